@@ -1,0 +1,58 @@
+"""One typed settings object, read from ZEROREC_* environment variables.
+
+Every backend is chosen here: the embedded defaults need nothing installed; the real ones
+point at Kafka, Redis and an S3-compatible server (MinIO in production).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """ZeroRec configuration. Field `foo_bar` is read from `ZEROREC_FOO_BAR`."""
+
+    model_config = SettingsConfigDict(env_prefix="ZEROREC_", extra="ignore")
+
+    # Where embedded backends and local runs keep their files.
+    data_dir: Path = Field(default=Path(".zerorec"), description="working folder for embedded backends")
+
+    # Backend selection: embedded default | real service.
+    object_store: Literal["local", "s3"] = "local"
+    kv_store: Literal["memory", "redis"] = "memory"
+    event_bus: Literal["memory", "kafka"] = "memory"
+
+    # S3-compatible object store (MinIO role).
+    s3_endpoint: str = "http://127.0.0.1:19000"
+    s3_bucket: str = "zerorec"
+    s3_access_key: str = "zerorec"
+    s3_secret_key: str = "zerorec-secret"
+    s3_region: str = "us-east-1"
+
+    # Redis key-value / feature store.
+    redis_url: str = "redis://127.0.0.1:16379/0"
+
+    # Kafka event bus.
+    kafka_bootstrap: str = "127.0.0.1:19092"
+    topic_behavior: str = "zerorec.behavior"
+    topic_items: str = "zerorec.items"
+    topic_dead_letter: str = "zerorec.dead-letter"
+
+    # Bounded waits so a stopped server gives an error instead of a hang.
+    connect_timeout_s: float = Field(default=3.0, gt=0)
+    request_timeout_s: float = Field(default=5.0, gt=0)
+
+    @property
+    def objects_dir(self) -> Path:
+        return self.data_dir / "objects"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Process-wide settings, read once from the environment."""
+    return Settings()
