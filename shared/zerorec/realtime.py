@@ -1,0 +1,201 @@
+"""Real-time state in the key-value store: what the consumer writes and the serving functions read.
+
+One place owns the key layout, so the consumer (writer) and the user / recall / reranking
+functions (readers) can never disagree about it. Pure: builds KV command objects, does no I/O.
+
+Layout (all values are strings):
+  user:{u}:recent    list, newest first, bounded (item-CF history, no retraining needed)
+  user:{u}:seen      list, newest first, bounded (the reranker's already-seen filter)
+  user:{u}:cats      hash category -> affinity (sum of event weights)
+  item:{i}           hash title / categories (JSON) / created_at / attributes (JSON)
+  hot:all, hot:cat:{c}  zset item -> forward-decayed popularity
+  items:fresh        zset item -> created_at (epoch seconds)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from zerorec.storage.kv import (
+    Delete,
+    HGetAll,
+    HIncr,
+    HSet,
+    ListPush,
+    ListRange,
+    ReadOp,
+    WriteOp,
+    ZIncr,
+    ZRem,
+    ZTop,
+)
+
+RECENT_MAX = 50
+SEEN_MAX = 1000
+
+# How much each behaviour says about taste; ratings scale with the stars given.
+EVENT_WEIGHTS: Mapping[str, float] = {
+    "view": 0.5,
+    "click": 1.0,
+    "like": 2.0,
+    "add_to_cart": 3.0,
+    "purchase": 4.0,
+    "rating": 1.0,
+}
+
+# Forward decay (Cormode et al.): add w * exp((t - LANDMARK) / TAU) instead of decaying every
+# stored score. Scores stay comparable and ordered by decayed popularity; float64 holds them
+# for ~12 years past the landmark with TAU = 7 days, and the worker's rebuild re-bases them.
+HOT_LANDMARK_S = 1_704_067_200  # 2024-01-01T00:00:00Z
+HOT_TAU_S = 7 * 24 * 3600
+
+
+def user_recent_key(user_id: str) -> str:
+    return f"user:{user_id}:recent"
+
+
+def user_seen_key(user_id: str) -> str:
+    return f"user:{user_id}:seen"
+
+
+def user_categories_key(user_id: str) -> str:
+    return f"user:{user_id}:cats"
+
+
+def item_key(item_id: str) -> str:
+    return f"item:{item_id}"
+
+
+def hot_key(category: str | None = None) -> str:
+    return "hot:all" if category is None else f"hot:cat:{category}"
+
+
+FRESH_KEY = "items:fresh"
+
+
+def event_token(event_id: str) -> str:
+    """The idempotency token of an event: apply_once(token, ...) never double counts it."""
+    return f"evt:{event_id}"
+
+
+def event_weight(kind: str, value: float | None = None) -> float:
+    weight = EVENT_WEIGHTS.get(kind, 1.0)
+    if kind == "rating" and value is not None:
+        weight = max(0.0, (value - 2.5) / 2.5) + 0.2  # a 1-star rating still says "seen", barely liked
+    return weight
+
+
+def decayed_increment(weight: float, timestamp_s: float) -> float:
+    return weight * math.exp((timestamp_s - HOT_LANDMARK_S) / HOT_TAU_S)
+
+
+@dataclass(frozen=True)
+class BehaviorEvent:
+    user_id: str
+    item_id: str
+    kind: str
+    timestamp_s: float
+    value: float | None = None
+
+
+def behavior_writes(event: BehaviorEvent, item_categories: Sequence[str]) -> list[WriteOp]:
+    """The KV writes one behavior event causes (apply them with apply_once, keyed by event id)."""
+    weight = event_weight(event.kind, event.value)
+    hot_inc = decayed_increment(weight, event.timestamp_s)
+    ops: list[WriteOp] = [
+        ListPush(user_recent_key(event.user_id), (event.item_id,), RECENT_MAX),
+        ListPush(user_seen_key(event.user_id), (event.item_id,), SEEN_MAX),
+        ZIncr(hot_key(), event.item_id, hot_inc),
+    ]
+    for category in item_categories:
+        ops.append(ZIncr(hot_key(category), event.item_id, hot_inc))
+        ops.append(HIncr(user_categories_key(event.user_id), category, weight))
+    return ops
+
+
+@dataclass(frozen=True)
+class ItemRecord:
+    item_id: str
+    title: str = ""
+    categories: tuple[str, ...] = ()
+    created_at_s: float = 0.0
+    attributes: Mapping[str, object] = field(default_factory=dict)
+
+    def to_hash(self) -> dict[str, str]:
+        return {
+            "title": self.title,
+            "categories": json.dumps(list(self.categories)),
+            "created_at": repr(float(self.created_at_s)),
+            "attributes": json.dumps(dict(self.attributes), sort_keys=True),
+        }
+
+    @classmethod
+    def from_hash(cls, item_id: str, fields: Mapping[str, str]) -> ItemRecord:
+        return cls(
+            item_id=item_id,
+            title=fields.get("title", ""),
+            categories=tuple(json.loads(fields.get("categories", "[]"))),
+            created_at_s=float(fields.get("created_at", 0.0)),
+            attributes=json.loads(fields.get("attributes", "{}")),
+        )
+
+
+def item_upsert_writes(item: ItemRecord) -> list[WriteOp]:
+    """Replace the item's metadata and (re)place it in the fresh-items channel."""
+    return [
+        Delete(item_key(item.item_id)),
+        HSet(item_key(item.item_id), item.to_hash()),
+        ZRem(FRESH_KEY, item.item_id),
+        ZIncr(FRESH_KEY, item.item_id, float(item.created_at_s)),
+    ]
+
+
+def item_delete_writes(item_id: str) -> list[WriteOp]:
+    return [Delete(item_key(item_id)), ZRem(FRESH_KEY, item_id), ZRem(hot_key(), item_id)]
+
+
+@dataclass(frozen=True)
+class UserState:
+    user_id: str
+    recent_items: list[str]
+    seen_items: list[str]
+    category_affinity: dict[str, float]
+
+    @property
+    def is_new(self) -> bool:
+        return not self.recent_items and not self.seen_items
+
+
+def user_state_reads(user_id: str) -> list[ReadOp]:
+    """One pipelined round trip for everything the serving path knows about a user."""
+    return [
+        ListRange(user_recent_key(user_id), 0, RECENT_MAX - 1),
+        ListRange(user_seen_key(user_id), 0, SEEN_MAX - 1),
+        HGetAll(user_categories_key(user_id)),
+    ]
+
+
+def user_state_from(user_id: str, results: Sequence) -> UserState:
+    recent, seen, cats = results
+    return UserState(
+        user_id=user_id,
+        recent_items=list(dict.fromkeys(recent)),  # de-duplicated, newest first
+        seen_items=list(dict.fromkeys(seen)),
+        category_affinity={c: float(v) for c, v in cats.items()},
+    )
+
+
+def hot_reads(n: int, category: str | None = None) -> list[ReadOp]:
+    return [ZTop(hot_key(category), n)]
+
+
+def fresh_reads(n: int) -> list[ReadOp]:
+    return [ZTop(FRESH_KEY, n)]
+
+
+def item_reads(item_ids: Sequence[str]) -> list[ReadOp]:
+    return [HGetAll(item_key(i)) for i in item_ids]
+
