@@ -51,6 +51,17 @@ class Settings(BaseSettings):
     def objects_dir(self) -> Path:
         return self.data_dir / "objects"
 
+    # --- BFF (recommender): downstream functions, deadlines and budget -------------------------
+    recall_url: str = "http://127.0.0.1:8081"
+    ranking_url: str = "http://127.0.0.1:8082"
+    reranking_url: str = "http://127.0.0.1:8083"
+    user_url: str = "http://127.0.0.1:8084"
+    item_url: str = "http://127.0.0.1:8085"
+    deadline_ms: int = Field(default=300, gt=0, description="deadline of each downstream call")
+    total_budget_ms: int = Field(default=1000, gt=0, description="budget of one whole recommendation")
+    recall_candidates: int = Field(default=500, ge=1, le=2000, description="candidates asked of recall")
+    grpc_port: int = Field(default=10072, gt=0, lt=65536, description="recommender gRPC port")
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

@@ -1,0 +1,91 @@
+"""recommender (BFF), HTTP: `POST /recommend`, `GET /health`, `GET /openapi.json`.
+
+Run: `functions-framework --target recommender --source functions/recommender/main.py --port 10071`
+(the aio decorator makes functions-framework serve it as ASGI). Orchestration: zerorec.bff.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import functions_framework.aio
+import orjson
+from pydantic import ValidationError
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from zerorec.api import MAX_BODY_BYTES, RecommendRequest, is_json_error, openapi_json, validation_reason
+from zerorec.bff import Recommender
+
+log = logging.getLogger("zerorec.recommender")
+_OPENAPI = openapi_json().encode()
+_recommender: Recommender | None = None
+
+
+def _recommender_instance() -> Recommender:
+    """Created on first use, inside the server's event loop (the HTTP pool is bound to it)."""
+    global _recommender
+    if _recommender is None:
+        _recommender = Recommender()
+    return _recommender
+
+
+def _json(body: bytes | str, status: int = 200) -> Response:
+    return Response(body, status_code=status, media_type="application/json")
+
+
+def _error(reason: str, status: int) -> Response:
+    return _json(orjson.dumps({"error": reason}), status)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _read_body(request: Request) -> bytes:
+    """The request body, refusing more than MAX_BODY_BYTES without reading it all."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise _TooLarge
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise _TooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@functions_framework.aio.http
+async def recommender(request: Request) -> Response:
+    """Route on path: POST /recommend, GET /health, GET /openapi.json."""
+    path = request.url.path.rstrip("/") or "/"
+    method = request.method
+    if path == "/health":
+        if method not in ("GET", "HEAD"):
+            return _error("use GET /health", 405)
+        return _json(_recommender_instance().health().model_dump_json())
+    if path == "/openapi.json":
+        if method not in ("GET", "HEAD"):
+            return _error("use GET /openapi.json", 405)
+        return _json(_OPENAPI)
+    if path not in ("/recommend", "/"):
+        return _error(f"no route {path}; see /openapi.json", 404)
+    if method != "POST":
+        return _error("use POST /recommend with a JSON body", 405)
+
+    try:
+        body = await _read_body(request)
+    except _TooLarge:
+        return _error(f"body larger than {MAX_BODY_BYTES} bytes", 413)
+    except ClientDisconnect:
+        return _error("client disconnected", 400)
+    try:
+        req = RecommendRequest.model_validate_json(body)
+    except ValidationError as exc:
+        return _error(validation_reason(exc), 400 if is_json_error(exc) else 422)
+    try:
+        resp = await _recommender_instance().recommend(req)
+    except Exception:  # a bug, not bad input: say so without leaking internals
+        log.exception("recommend failed")
+        return _error("internal error", 500)
+    return _json(resp.model_dump_json())
