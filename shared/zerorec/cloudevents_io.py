@@ -25,7 +25,8 @@ from urllib.parse import quote, unquote
 
 from cloudevents import exceptions as ce_exceptions
 from cloudevents import kafka as ce_kafka
-from cloudevents.http import CloudEvent, to_binary, to_structured
+from cloudevents.conversion import to_binary, to_structured
+from cloudevents.http import CloudEvent
 from cloudevents.http import from_http as _sdk_from_http
 from cloudevents.http import from_json as _sdk_from_json
 

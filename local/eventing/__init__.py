@@ -1,0 +1,1 @@
+"""Local emulation of Knative Eventing (KafkaSource, PingSource) from the knative/ manifests."""
