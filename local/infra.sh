@@ -123,15 +123,18 @@ launch() {
   echo $! >"$INFRA_DIR/$name/pid"
 }
 
+# Signal the server's whole process group (launch made it a group leader), so helpers die too.
+signal() { kill "-$1" -- "-$2" 2>/dev/null || kill "-$1" "$2" 2>/dev/null; }
+
 kill_pid() {
   local pid=$1 i
-  kill -TERM "$pid" 2>/dev/null || return 0
+  signal TERM "$pid" || return 0
   for ((i = 0; i < STOP_TIMEOUT * 10; i++)); do
-    alive "$pid" || return 0
+    alive "$pid" || { signal KILL "$pid" || true; return 0; }
     sleep 0.1
   done
   echo "infra: pid $pid still running ${STOP_TIMEOUT}s after SIGTERM: SIGKILL" >&2
-  kill -KILL "$pid" 2>/dev/null || true
+  signal KILL "$pid" || true
 }
 
 prepare_kafka() {

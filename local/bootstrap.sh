@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Bring a fresh machine (Debian 12, python3.11) to a working checkout: system packages for the local
+# servers (redis-server, java, mvn), .venv with the project and its train+dev extras (which bring the
+# `task` runner). Idempotent; a warm run only checks, and skips pip while pyproject.toml is unchanged.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VENV=$ROOT/.venv
+STAMP=$VENV/.zerorec-install-stamp
+T0=${EPOCHREALTIME/,/.}
+
+say() { echo "bootstrap: $*" >&2; }
+die() { echo "bootstrap: ERROR: $*" >&2; exit 1; }
+
+# --- system packages -----------------------------------------------------------------------------
+missing=()
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null || missing+=(maven)
+command -v setsid >/dev/null || missing+=(util-linux)
+if ((${#missing[@]})); then
+  SUDO=()
+  if ((EUID != 0)); then
+    command -v sudo >/dev/null || die "need root or sudo to install: ${missing[*]}"
+    SUDO=(sudo)
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt_install() { "${SUDO[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"; }
+  say "installing ${missing[*]} (apt-get)"
+  # Update the package lists only when they are absent or the install cannot find the packages.
+  if ! compgen -G "/var/lib/apt/lists/*_Packages" >/dev/null || ! apt_install; then
+    say "apt-get update"
+    "${SUDO[@]}" apt-get update -q
+    apt_install
+  fi
+fi
+
+# Kafka 4.x and S3Proxy 4.x need Java 17+.
+jv=$(java -XshowSettings:properties -version 2>&1 | sed -n 's/^ *java.specification.version = //p')
+[[ ${jv%%.*} =~ ^[0-9]+$ ]] && ((${jv%%.*} >= 17)) || die "java ${jv:-?} found; Java 17 or newer is needed"
+
+# --- Python venv and the project ---------------------------------------------------------------
+PYTHON=${ZEROREC_PYTHON:-}
+if [[ -z $PYTHON ]]; then
+  for c in python3.11 python3; do
+    if command -v "$c" >/dev/null && "$c" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+      PYTHON=$c
+      break
+    fi
+  done
+fi
+[[ -n $PYTHON ]] || die "python3.11 not found (set ZEROREC_PYTHON to one)"
+
+if [[ ! -x $VENV/bin/python ]] || ! "$VENV/bin/python" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+  say "creating $VENV with $(command -v "$PYTHON")"
+  rm -rf "$VENV"
+  if ! "$PYTHON" -m venv "$VENV"; then
+    die "could not create the venv: on Debian, apt-get install python3.11-venv"
+  fi
+  rm -f "$STAMP"
+fi
+
+# Reinstall when pyproject.toml changes (or the venv lost the task runner).
+want=$(sha256sum "$ROOT/pyproject.toml" | cut -d" " -f1)
+have=$(cat "$STAMP" 2>/dev/null || true)
+if [[ $want != "$have" || ! -x $VENV/bin/task ]]; then
+  say "pip install -e '.[train,dev]' (torch is several GB: minutes when not in pip's cache)"
+  t=${EPOCHREALTIME/,/.}
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT[train,dev]"
+  echo "$want" >"$STAMP"
+  say "pip install took $(awk -v a="$t" -v b="${EPOCHREALTIME/,/.}" 'BEGIN { printf "%.0f", b - a }')s"
+fi
+
+say "ready in $(awk -v a="$T0" -v b="${EPOCHREALTIME/,/.}" 'BEGIN { printf "%.1f", b - a }')s" \
+  "(python $("$VENV/bin/python" -c 'import platform; print(platform.python_version())'), java $jv)"
