@@ -30,6 +30,23 @@ def validate_key(key: str) -> str:
     return str(PurePosixPath(key))
 
 
+def listable_prefix(prefix: str) -> bool:
+    """True if a valid key could start with `prefix`: its complete segments form a valid key.
+
+    Backends list nothing for other prefixes (`../`, `/abs`, `a//`), so a prefix can never reach
+    outside the store's root.
+    """
+    if "\x00" in prefix or "\\" in prefix:
+        return False
+    if "/" not in prefix:
+        return True
+    try:
+        validate_key(prefix.rsplit("/", 1)[0])
+    except InvalidInputError:
+        return False
+    return True
+
+
 class ObjectStore(ABC):
     """A flat namespace of immutable-ish blobs addressed by '/'-separated keys."""
 

@@ -1,0 +1,276 @@
+"""Event bus backend on Apache Kafka via confluent-kafka (librdkafka).
+
+`publish` reports success only for records the broker acknowledged (acks=all, idempotent producer);
+consumers never auto-commit: offsets move only through `commit`, after processing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Sequence
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import TYPE_CHECKING, Any
+
+from confluent_kafka import Consumer as _KConsumer
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Producer as _KProducer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from zerorec.errors import BackendUnavailableError, DeliveryError, InvalidInputError
+from zerorec.storage.bus import Consumer, EventBus, OutgoingRecord, Record
+
+if TYPE_CHECKING:
+    from zerorec.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Errors librdkafka raises when it cannot reach the cluster at all.
+_TRANSPORT = {
+    KafkaError._ALL_BROKERS_DOWN,
+    KafkaError._TRANSPORT,
+    KafkaError._TIMED_OUT,
+    KafkaError._MSG_TIMED_OUT,
+    KafkaError._RESOLVE,
+}
+
+
+class KafkaEventBus(EventBus):
+    """A lazily created idempotent producer plus consumers created on demand."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        *,
+        connect_timeout_s: float = 3.0,
+        request_timeout_s: float = 5.0,
+        client_id: str = "zerorec",
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.connect_timeout_s = connect_timeout_s
+        self.request_timeout_s = request_timeout_s
+        self._common: dict[str, Any] = {
+            "bootstrap.servers": bootstrap,
+            "client.id": client_id,
+            "socket.connection.setup.timeout.ms": int(connect_timeout_s * 1000),
+            "socket.timeout.ms": max(int(request_timeout_s * 1000), 10),
+            "reconnect.backoff.max.ms": 1000,
+        }
+        self._producer: _KProducer | None = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> KafkaEventBus:
+        """Build the bus from ZEROREC_KAFKA_BOOTSTRAP and the timeouts."""
+        return cls(
+            settings.kafka_bootstrap,
+            connect_timeout_s=settings.connect_timeout_s,
+            request_timeout_s=settings.request_timeout_s,
+        )
+
+    # ---- admin -----------------------------------------------------------------------------
+
+    def ensure_topics(self, topics: Sequence[str], partitions: int = 1) -> None:
+        if not topics:
+            return
+        admin = AdminClient(dict(self._common))
+        timeout = self.connect_timeout_s + self.request_timeout_s
+        new = [
+            NewTopic(t, num_partitions=partitions, replication_factor=-1) for t in topics
+        ]  # broker default
+        try:
+            futures = admin.create_topics(
+                new, request_timeout=timeout, operation_timeout=self.request_timeout_s
+            )
+        except (KafkaException, ValueError, TypeError) as exc:
+            raise InvalidInputError(f"cannot create topics {list(topics)}: {exc}") from exc
+        for topic, fut in futures.items():
+            try:
+                fut.result(timeout=timeout + 1)
+            except FutureTimeout:
+                raise BackendUnavailableError(
+                    f"kafka at {self.bootstrap} did not answer create_topics({topic!r}) within {timeout:.0f}s"
+                ) from None
+            except KafkaException as exc:
+                err = exc.args[0]
+                if err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                    continue
+                if err.code() in _TRANSPORT:
+                    raise BackendUnavailableError(
+                        f"kafka at {self.bootstrap} unreachable while creating {topic!r}: {err.str()}"
+                    ) from exc
+                raise InvalidInputError(f"kafka refused topic {topic!r}: {err.str()}") from exc
+
+    # ---- produce ---------------------------------------------------------------------------
+
+    def _get_producer(self) -> _KProducer:
+        with self._lock:
+            if self._producer is None:
+                self._producer = _KProducer(
+                    {
+                        **self._common,
+                        "acks": "all",
+                        "enable.idempotence": True,
+                        "linger.ms": 5,
+                        # librdkafka itself fails a record it could not deliver within this time.
+                        "message.timeout.ms": int((self.connect_timeout_s + self.request_timeout_s) * 1000),
+                    }
+                )
+            return self._producer
+
+    def publish(self, topic: str, records: Sequence[OutgoingRecord]) -> None:
+        """Produce all records, flush, and raise DeliveryError unless every one was acknowledged."""
+        if not records:
+            return
+        producer = self._get_producer()
+        acked = 0
+        failures: list[str] = []
+        fatal = False
+
+        def on_delivery(err: KafkaError | None, _msg: Any) -> None:
+            nonlocal acked, fatal
+            if err is None:
+                acked += 1
+            else:
+                failures.append(err.str())
+                fatal = fatal or err.fatal()
+
+        try:
+            for r in records:
+                while True:
+                    try:
+                        producer.produce(
+                            topic,
+                            value=r.value,
+                            key=r.key,
+                            headers=list(r.headers) or None,
+                            on_delivery=on_delivery,
+                        )
+                        break
+                    except BufferError:  # local queue full: serve callbacks, then retry
+                        producer.poll(0.1)
+        except KafkaException as exc:
+            raise DeliveryError(f"kafka refused a record for {topic!r}: {exc.args[0].str()}") from exc
+        wait_s = self.connect_timeout_s + self.request_timeout_s + 2.0
+        left = producer.flush(wait_s)
+        if fatal:
+            with self._lock:
+                self._producer = None  # a fatal producer can never send again; start afresh
+        if failures or left or acked != len(records):
+            missing = len(records) - acked
+            reason = failures[0] if failures else f"no acknowledgement within {wait_s:.0f}s"
+            raise DeliveryError(
+                f"kafka at {self.bootstrap}: {missing} of {len(records)} records to {topic!r} "
+                f"not acknowledged ({reason}); none of them may be treated as sent"
+            )
+
+    # ---- consume ---------------------------------------------------------------------------
+
+    def consumer(self, topics: Sequence[str], group: str, *, from_beginning: bool = True) -> KafkaConsumer:
+        if not group:
+            raise InvalidInputError("consumer group must be non-empty")
+        return KafkaConsumer(self, list(topics), group, from_beginning)
+
+    def close(self) -> None:
+        """Flush what is still queued (bounded) and drop the producer."""
+        with self._lock:
+            producer, self._producer = self._producer, None
+        if producer is not None:
+            producer.flush(self.request_timeout_s)
+
+
+class KafkaConsumer(Consumer):
+    """A confluent-kafka consumer with auto-commit off; `commit` is synchronous."""
+
+    def __init__(self, bus: KafkaEventBus, topics: list[str], group: str, from_beginning: bool) -> None:
+        self._bus = bus
+        self._down: str | None = None
+        conf = {
+            **bus._common,
+            "group.id": group,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest" if from_beginning else "latest",
+            "error_cb": self._on_error,
+        }
+        self._c = _KConsumer(conf)
+        try:  # fail fast (bounded) when the cluster is unreachable, instead of polling forever
+            self._c.list_topics(timeout=bus.connect_timeout_s + bus.request_timeout_s)
+        except KafkaException as exc:
+            self._c.close()
+            raise BackendUnavailableError(
+                f"kafka at {bus.bootstrap} unreachable: {exc.args[0].str()} (is the broker running?)"
+            ) from exc
+        self._c.subscribe(topics)
+
+    def _on_error(self, err: KafkaError) -> None:
+        if err.code() == KafkaError._ALL_BROKERS_DOWN or err.fatal():
+            self._down = err.str()
+
+    def _convert(self, msgs: list[Any]) -> list[Record]:
+        out: list[Record] = []
+        for m in msgs:
+            err = m.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    continue
+                if err.fatal() or err.code() in _TRANSPORT:
+                    raise BackendUnavailableError(f"kafka at {self._bus.bootstrap}: {err.str()}")
+                log.warning("kafka consumer error (skipped): %s", err.str())
+                continue
+            _ts_type, ts = m.timestamp()
+            out.append(
+                Record(
+                    topic=m.topic(),
+                    partition=m.partition(),
+                    offset=m.offset(),
+                    value=m.value() or b"",
+                    key=m.key(),
+                    headers=tuple(m.headers() or ()),
+                    timestamp_ms=max(ts, 0),
+                )
+            )
+        return out
+
+    def poll(self, max_records: int = 500, timeout_s: float = 1.0) -> list[Record]:
+        if max_records < 1:
+            return []
+        try:
+            first = self._c.poll(timeout_s)
+            msgs = [] if first is None else [first]
+            if first is not None and max_records > 1:
+                msgs += self._c.consume(num_messages=max_records - 1, timeout=0)
+        except KafkaException as exc:
+            raise BackendUnavailableError(f"kafka at {self._bus.bootstrap}: {exc.args[0].str()}") from exc
+        except RuntimeError as exc:  # "Consumer closed"
+            raise InvalidInputError(str(exc)) from exc
+        if not msgs and self._down is not None:
+            reason, self._down = self._down, None
+            raise BackendUnavailableError(f"kafka at {self._bus.bootstrap} unreachable: {reason}")
+        return self._convert(msgs)
+
+    def commit(self, records: Sequence[Record]) -> None:
+        """Commit offset+1 of the last record per partition, waiting for the broker's answer."""
+        latest: dict[tuple[str, int], int] = {}
+        for r in records:
+            key = (r.topic, r.partition)
+            latest[key] = max(latest.get(key, -1), r.offset)
+        if not latest:
+            return
+        offsets = [TopicPartition(t, p, o + 1) for (t, p), o in latest.items()]
+        try:
+            result = self._c.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            err = exc.args[0]
+            cls = BackendUnavailableError if err.code() in _TRANSPORT else DeliveryError
+            raise cls(f"kafka offset commit failed ({err.str()}); the records will be redelivered") from exc
+        for tp in result or ():
+            if tp.error is not None:
+                raise DeliveryError(
+                    f"kafka offset commit failed for {tp.topic}[{tp.partition}]: {tp.error.str()}; "
+                    "the records will be redelivered"
+                )
+
+    def close(self) -> None:
+        with contextlib.suppress(RuntimeError):  # already closed
+            self._c.close()

@@ -1,0 +1,217 @@
+"""KVStore contract: runs unchanged against MemoryKVStore and RedisKVStore."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+from zerorec.errors import InvalidInputError
+from zerorec.storage.kv import (
+    Delete,
+    Get,
+    HGetAll,
+    HIncr,
+    HMGet,
+    HSet,
+    KVStore,
+    ListPush,
+    ListRange,
+    Set,
+    SetAdd,
+    SetMembers,
+    ZIncr,
+    ZRem,
+    ZTop,
+)
+
+K = Callable[[str], str]
+
+
+def test_reads_of_missing_keys(kv: KVStore, key: K) -> None:
+    m = key("missing")
+    assert kv.read([Get(m), HGetAll(m), HMGet(m, ("a", "b")), ListRange(m), ZTop(m, 5), SetMembers(m)]) == [
+        None,
+        {},
+        [None, None],
+        [],
+        [],
+        set(),
+    ]
+    assert kv.read([]) == []
+
+
+def test_set_get_delete(kv: KVStore, key: K) -> None:
+    kv.write([Set(key("s"), "v1")])
+    kv.write([Set(key("s"), "v2 é ✓")])
+    assert kv.read([Get(key("s"))]) == ["v2 é ✓"]
+    kv.write([Delete(key("s")), Delete(key("never"))])
+    assert kv.read([Get(key("s"))]) == [None]
+
+
+def test_hash_ops(kv: KVStore, key: K) -> None:
+    h = key("h")
+    kv.write([HSet(h, {"title": "A", "cat": "x"}), HSet(h, {"cat": "y", "year": "2020"}), HSet(h, {})])
+    assert kv.read([HGetAll(h), HMGet(h, ("cat", "nope", "title")), HMGet(h, ())]) == [
+        {"title": "A", "cat": "y", "year": "2020"},
+        ["y", None, "A"],
+        [],
+    ]
+
+
+def test_hincr_accumulates(kv: KVStore, key: K) -> None:
+    h = key("aff")
+    kv.write([HIncr(h, "books", 1.5), HIncr(h, "books", 2.0), HIncr(h, "films", -0.25)])
+    kv.write([HIncr(h, "books", 1)])
+    got = kv.read([HGetAll(h)])[0]
+    assert float(got["books"]) == pytest.approx(4.5)
+    assert float(got["films"]) == pytest.approx(-0.25)
+
+
+def test_sorted_set_ops(kv: KVStore, key: K) -> None:
+    z = key("hot")
+    kv.write([ZIncr(z, "a", 1), ZIncr(z, "b", 5), ZIncr(z, "c", 3), ZIncr(z, "a", 1.5), ZIncr(z, "d", -1)])
+    assert kv.read([ZTop(z, 3)]) == [[("b", 5.0), ("c", 3.0), ("a", 2.5)]]
+    assert kv.read([ZTop(z, 10)])[0][-1] == ("d", -1.0)
+    assert kv.read([ZTop(z, 0)]) == [[]]
+    kv.write([ZRem(z, "b"), ZRem(z, "zz")])
+    assert [m for m, _ in kv.read([ZTop(z, 10)])[0]] == ["c", "a", "d"]
+
+
+def test_sorted_set_ties_break_by_member_descending(kv: KVStore, key: K) -> None:
+    z = key("ties")
+    kv.write([ZIncr(z, m, 1) for m in ("a", "c", "b")])
+    assert [m for m, _ in kv.read([ZTop(z, 3)])[0]] == ["c", "b", "a"]
+
+
+def test_list_push_newest_first_and_capped(kv: KVStore, key: K) -> None:
+    lst = key("recent")
+    kv.write([ListPush(lst, ("i1", "i2"), maxlen=4)])
+    kv.write([ListPush(lst, ("i3", "i4", "i5"), maxlen=4)])
+    assert kv.read([ListRange(lst)]) == [["i5", "i4", "i3", "i2"]]
+    assert kv.read(
+        [ListRange(lst, 1, 2), ListRange(lst, 0, 0), ListRange(lst, -2, -1), ListRange(lst, 3, 1)]
+    ) == [
+        ["i4", "i3"],
+        ["i5"],
+        ["i3", "i2"],
+        [],
+    ]
+
+
+def test_sets(kv: KVStore, key: K) -> None:
+    s = key("seen")
+    kv.write([SetAdd(s, ("a", "b")), SetAdd(s, ("b", "c")), SetAdd(s, ())])
+    assert kv.read([SetMembers(s)]) == [{"a", "b", "c"}]
+
+
+def test_pipelined_read_keeps_order(kv: KVStore, key: K) -> None:
+    kv.write(
+        [
+            Set(key("g"), "1"),
+            HSet(key("h"), {"f": "v"}),
+            ListPush(key("l"), ("x",), 10),
+            ZIncr(key("z"), "m", 2),
+            SetAdd(key("s"), ("q",)),
+        ]
+    )
+    ops = [
+        SetMembers(key("s")),
+        Get(key("g")),
+        ZTop(key("z"), 1),
+        HMGet(key("h"), ("f",)),
+        ListRange(key("l")),
+        Get(key("nope")),
+        HGetAll(key("h")),
+        Get(key("g")),
+    ]
+    assert kv.read(ops) == [{"q"}, "1", [("m", 2.0)], ["v"], ["x"], None, {"f": "v"}, "1"]
+
+
+def test_write_is_all_or_nothing(kv: KVStore, key: K) -> None:
+    kv.write([Set(key("str"), "x"), ZIncr(key("z"), "m", 1)])
+    with pytest.raises(InvalidInputError):
+        # the last op hits a string with a hash command: nothing of the batch may stick
+        kv.write([ZIncr(key("z"), "m", 10), Set(key("new"), "y"), HSet(key("str"), {"f": "v"})])
+    assert kv.read([ZTop(key("z"), 1), Get(key("new")), Get(key("str"))]) == [[("m", 1.0)], None, "x"]
+
+
+def test_write_refuses_bad_ops(kv: KVStore, key: K) -> None:
+    with pytest.raises(InvalidInputError):
+        kv.write([Set(key("a"), "1"), Set(key("b"), "1", ttl_s=0)])
+    with pytest.raises(InvalidInputError):
+        kv.write([ListPush(key("l"), ("x",), maxlen=0)])
+    with pytest.raises(InvalidInputError):
+        kv.write([Get(key("a"))])  # type: ignore[list-item]
+    assert kv.read([Get(key("a"))]) == [None]
+
+
+def test_wrong_type_read_is_invalid_input(kv: KVStore, key: K) -> None:
+    kv.write([Set(key("str"), "x")])
+    with pytest.raises(InvalidInputError):
+        kv.read([HGetAll(key("str"))])
+
+
+def test_apply_once_skips_duplicates(kv: KVStore, key: K) -> None:
+    ops = [ZIncr(key("pop"), "item1", 1), HIncr(key("u1"), "books", 1), ListPush(key("hist"), ("item1",), 50)]
+    assert kv.apply_once(key("evt-1"), ops) is True
+    assert kv.apply_once(key("evt-1"), ops) is False  # redelivery
+    assert kv.apply_once(key("evt-2"), ops) is True
+    got = kv.read([ZTop(key("pop"), 1), HGetAll(key("u1")), ListRange(key("hist"))])
+    assert got[0] == [("item1", 2.0)]
+    assert float(got[1]["books"]) == 2.0
+    assert got[2] == ["item1", "item1"]
+
+
+def test_apply_once_failure_does_not_mark_token(kv: KVStore, key: K) -> None:
+    kv.write([Set(key("str"), "x")])
+    with pytest.raises(InvalidInputError):
+        kv.apply_once(key("evt"), [ZIncr(key("pop"), "a", 1), HIncr(key("str"), "f", 1)])
+    assert kv.read([ZTop(key("pop"), 1)]) == [[]]
+    assert kv.apply_once(key("evt"), [ZIncr(key("pop"), "a", 1)]) is True  # the retry applies
+
+
+def test_apply_once_concurrent_duplicates_apply_once(kv: KVStore, key: K) -> None:
+    results: list[bool] = []
+    barrier = threading.Barrier(6)
+
+    def worker() -> None:
+        barrier.wait()
+        for i in range(10):
+            results.append(kv.apply_once(key(f"evt-{i}"), [ZIncr(key("pop"), "x", 1)]))
+
+    threads = [threading.Thread(target=worker) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results.count(True) == 10
+    assert kv.read([ZTop(key("pop"), 1)]) == [[("x", 10.0)]]
+
+
+def test_concurrent_increments_are_not_lost(kv: KVStore, key: K) -> None:
+    def worker() -> None:
+        for _ in range(25):
+            kv.write([HIncr(key("h"), "n", 1), ZIncr(key("z"), "m", 1)])
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    h, z = kv.read([HGetAll(key("h")), ZTop(key("z"), 1)])
+    assert float(h["n"]) == 100
+    assert z == [("m", 100.0)]
+
+
+def test_ttl_expiry(kv: KVStore, key: K) -> None:
+    kv.write([Set(key("short"), "v", ttl_s=1), Set(key("kept"), "v", ttl_s=1), Set(key("kept"), "v2")])
+    assert kv.apply_once(key("tok"), [ZIncr(key("z"), "m", 1)], ttl_s=1) is True
+    assert kv.apply_once(key("tok"), [ZIncr(key("z"), "m", 1)], ttl_s=1) is False
+    time.sleep(1.3)
+    assert kv.read([Get(key("short")), Get(key("kept"))]) == [None, "v2"]  # plain Set clears the TTL
+    assert kv.apply_once(key("tok"), [ZIncr(key("z"), "m", 1)], ttl_s=1) is True  # token expired
+    assert kv.read([ZTop(key("z"), 1)]) == [[("m", 2.0)]]
+    with pytest.raises(InvalidInputError):
+        kv.apply_once(key("tok2"), [], ttl_s=0)
