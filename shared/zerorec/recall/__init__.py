@@ -1,0 +1,1 @@
+"""Recall channels behind one interface, and the merger."""

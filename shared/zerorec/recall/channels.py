@@ -1,0 +1,405 @@
+"""The recall channels: EASE, ALS, item-CF, hot, vector (faiss) and fresh.
+
+Each is backed by the library the field uses (implicit for ALS and cosine item-KNN, faiss for the
+vector index, numpy/scipy for EASE's closed form) and honours ``RecallChannel``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Self
+
+import faiss
+import numpy as np
+import scipy.sparse as sp
+from implicit.cpu.als import AlternatingLeastSquares
+from implicit.nearest_neighbours import CosineRecommender, bm25_weight
+
+from zerorec.data.interactions import InteractionData
+from zerorec.recall.base import RecallChannel, UserQuery, recency_weights
+
+NEG = np.float32(-np.inf)
+
+
+def _binary(data: InteractionData) -> sp.csr_matrix:
+    x = (data.matrix > 0).astype(np.float32)
+    return sp.csr_matrix(x)
+
+
+class EASEChannel(RecallChannel):
+    """EASE (Steck 2019): B = I - P / diag(P), P = (X'X + lambda I)^-1, on items with enough data.
+
+    Scores = sum of the rows of B for the user's history. Items under ``min_count`` interactions
+    are left out of the closed form (keeps the inversion small) and get -inf.
+    """
+
+    name: ClassVar[str] = "ease"
+
+    def __init__(self, l2: float = 200.0, min_count: int = 3) -> None:
+        self.l2 = l2
+        self.min_count = min_count
+        self.keep = np.zeros(0, dtype=np.int64)
+        self.weights = np.zeros((0, 0), dtype=np.float32)
+        self._pos = np.zeros(0, dtype=np.int64)
+
+    def fit(self, data: InteractionData) -> Self:
+        x = _binary(data)
+        counts = np.asarray(x.sum(axis=0)).ravel()
+        self.keep = np.flatnonzero(counts >= self.min_count).astype(np.int64)
+        xk = x[:, self.keep]
+        gram = (xk.T @ xk).toarray().astype(np.float64)
+        gram[np.diag_indices_from(gram)] += self.l2
+        p = np.linalg.inv(gram)
+        b = -p / np.diag(p)
+        b[np.diag_indices_from(b)] = 0.0
+        self.weights = b.astype(np.float32)
+        self.n_items = data.n_items
+        self.default_now = data.max_time()
+        self._index()
+        return self
+
+    def _index(self) -> None:
+        self._pos = np.full(self.n_items, -1, dtype=np.int64)
+        self._pos[self.keep] = np.arange(len(self.keep))
+
+    def score(self, query: UserQuery) -> np.ndarray:
+        out = np.full(self.n_items, NEG, dtype=np.float32)
+        rows = self._pos[query.history]
+        rows = rows[rows >= 0]
+        out[self.keep] = self.weights[rows].sum(axis=0) if len(rows) else 0.0
+        return out
+
+    def params(self) -> dict[str, Any]:
+        return {"l2": self.l2, "min_count": self.min_count}
+
+    def arrays(self) -> dict[str, Any]:
+        return {"keep": self.keep, "weights": self.weights.astype(np.float16)}
+
+    @classmethod
+    def from_state(cls, params: dict[str, Any], arrays: dict[str, Any]) -> Self:
+        ch = cls(**params)
+        ch.keep = arrays["keep"].astype(np.int64)
+        ch.weights = arrays["weights"].astype(np.float32)
+        return ch
+
+    @classmethod
+    def from_files(cls, files: dict[str, bytes]) -> Self:
+        ch = super().from_files(files)
+        ch._index()
+        return ch
+
+
+class ALSChannel(RecallChannel):
+    """Implicit ALS (implicit.cpu.als) on bm25-weighted interactions; score = user . item factors.
+
+    Known users use their trained factor; unknown users (or a supplied history) are solved on the
+    fly from the history with implicit's ``recalculate_user``.
+    """
+
+    name: ClassVar[str] = "als"
+
+    def __init__(
+        self, factors: int = 64, regularization: float = 0.05, iterations: int = 15,
+        alpha: float = 1.0, bm25: bool = True, seed: int = 0,
+    ) -> None:
+        self.factors = factors
+        self.regularization = regularization
+        self.iterations = iterations
+        self.alpha = alpha
+        self.bm25 = bm25
+        self.seed = seed
+        self.model = self._new_model()
+
+    def _new_model(self) -> AlternatingLeastSquares:
+        return AlternatingLeastSquares(
+            factors=self.factors, regularization=self.regularization, iterations=self.iterations,
+            alpha=self.alpha, random_state=self.seed, num_threads=1,
+        )
+
+    def _weigh(self, x: sp.csr_matrix) -> sp.csr_matrix:
+        return sp.csr_matrix(bm25_weight(x, K1=100, B=0.8).astype(np.float32)) if self.bm25 else x
+
+    def fit(self, data: InteractionData) -> Self:
+        x = _binary(data)
+        weighted = self._weigh(x)
+        self.model = self._new_model()
+        self.model.fit(weighted, show_progress=False)
+        self.n_items = data.n_items
+        self.default_now = data.max_time()
+        return self
+
+    def user_vector(self, query: UserQuery) -> np.ndarray:
+        if query.user is not None and query.user < self.model.user_factors.shape[0]:
+            return np.asarray(self.model.user_factors[query.user])
+        if len(query.history) == 0:
+            return np.zeros(self.model.item_factors.shape[1], dtype=np.float32)
+        row = sp.csr_matrix(
+            (np.ones(len(query.history), np.float32), (np.zeros(len(query.history)), query.history)),
+            shape=(1, self.n_items),
+        )
+        return np.asarray(self.model.recalculate_user(0, row)).ravel()
+
+    def score(self, query: UserQuery) -> np.ndarray:
+        return (self.model.item_factors @ self.user_vector(query)).astype(np.float32)
+
+    def item_embeddings(self) -> np.ndarray:
+        return np.asarray(self.model.item_factors, dtype=np.float32)
+
+    def params(self) -> dict[str, Any]:
+        return {"factors": self.factors, "regularization": self.regularization,
+                "iterations": self.iterations, "alpha": self.alpha, "bm25": self.bm25, "seed": self.seed}
+
+    def arrays(self) -> dict[str, Any]:
+        return {"user_factors": np.asarray(self.model.user_factors, np.float32),
+                "item_factors": np.asarray(self.model.item_factors, np.float32)}
+
+    @classmethod
+    def from_state(cls, params: dict[str, Any], arrays: dict[str, Any]) -> Self:
+        ch = cls(**params)
+        ch.model.user_factors = np.ascontiguousarray(arrays["user_factors"], dtype=np.float32)
+        ch.model.item_factors = np.ascontiguousarray(arrays["item_factors"], dtype=np.float32)
+        return ch
+
+
+class ItemCFChannel(RecallChannel):
+    """Item-item cosine neighbours (implicit CosineRecommender, top-K per item) over recent history.
+
+    Score of item j = sum over the user's last ``recent`` items i of sim(i, j) * recency weight.
+    """
+
+    name: ClassVar[str] = "itemcf"
+
+    def __init__(self, k: int = 50, recent: int = 100, half_life_days: float = 0.0) -> None:
+        self.k = k
+        self.recent = recent
+        self.half_life_days = half_life_days
+        self.similarity = sp.csr_matrix((0, 0), dtype=np.float32)
+
+    def fit(self, data: InteractionData) -> Self:
+        model = CosineRecommender(K=self.k, num_threads=1)
+        model.fit(_binary(data), show_progress=False)
+        sim = sp.csr_matrix(model.similarity, dtype=np.float32)
+        sim.setdiag(0)
+        sim.eliminate_zeros()
+        self.similarity = sim
+        self.n_items = data.n_items
+        self.default_now = data.max_time()
+        return self
+
+    def score(self, query: UserQuery) -> np.ndarray:
+        if len(query.history) == 0:
+            return np.full(self.n_items, NEG, dtype=np.float32)
+        items = query.history[-self.recent :]
+        times = query.times[-self.recent :] if len(query.times) else np.zeros(len(items))
+        w = recency_weights(times, query.reference_time(self.default_now), self.half_life_days)
+        return np.asarray(self.similarity[items].T @ w).ravel().astype(np.float32)
+
+    def params(self) -> dict[str, Any]:
+        return {"k": self.k, "recent": self.recent, "half_life_days": self.half_life_days}
+
+    def arrays(self) -> dict[str, Any]:
+        return {"similarity": self.similarity}
+
+    @classmethod
+    def from_state(cls, params: dict[str, Any], arrays: dict[str, Any]) -> Self:
+        ch = cls(**params)
+        ch.similarity = arrays["similarity"].astype(np.float32)
+        return ch
+
+
+class HotChannel(RecallChannel):
+    """Time-decayed popularity around a reference time, overall and per category.
+
+    Interactions are counted per item in time bins; the score at time t is
+    sum_b count[item, b] * exp(-|t - t_b| / tau). For live serving t is "now" (only the past
+    exists, so this is plain time decay); in offline evaluation t is the user's last interaction
+    time, i.e. what was popular when the user was active.
+    """
+
+    name: ClassVar[str] = "hot"
+
+    def __init__(self, tau_days: float = 60.0, bin_days: float = 7.0) -> None:
+        self.tau_days = tau_days
+        self.bin_days = bin_days
+        self.counts = sp.csr_matrix((0, 0), dtype=np.float32)  # bins x items
+        self.origin = 0.0
+        self.category_names: list[str] = []
+        self.category_items = sp.csr_matrix((0, 0), dtype=np.float32)  # items x categories
+
+    def fit(self, data: InteractionData) -> Self:
+        coo = data.times.tocoo()
+        width = self.bin_days * 86_400
+        self.origin = float(coo.data.min()) if coo.nnz else 0.0
+        bins = ((coo.data - self.origin) // width).astype(np.int64) if coo.nnz else np.zeros(0, np.int64)
+        n_bins = int(bins.max()) + 1 if len(bins) else 1
+        self.counts = sp.csr_matrix(
+            (np.ones(len(bins), np.float32), (bins, coo.col)), shape=(n_bins, data.n_items)
+        )
+        vocab: dict[str, int] = {}
+        rows, cols = [], []
+        for i, cats in enumerate(data.item_categories):
+            for c in cats:
+                rows.append(i)
+                cols.append(vocab.setdefault(c, len(vocab)))
+        self.category_names = list(vocab)
+        self.category_items = sp.csr_matrix(
+            (np.ones(len(rows), np.float32), (rows, cols)), shape=(data.n_items, max(len(vocab), 1))
+        )
+        self.n_items = data.n_items
+        self.default_now = data.max_time()
+        return self
+
+    def popularity_at(self, now: float) -> np.ndarray:
+        """Kernel-weighted interaction counts per item at time ``now``."""
+        width = self.bin_days * 86_400
+        centers = self.origin + (np.arange(self.counts.shape[0]) + 0.5) * width
+        kernel = np.exp(-np.abs(now - centers) / (self.tau_days * 86_400)).astype(np.float32)
+        return np.asarray(self.counts.T @ kernel).ravel()
+
+    def score(self, query: UserQuery) -> np.ndarray:
+        return self.popularity_at(query.reference_time(self.default_now)).astype(np.float32)
+
+    def category_scores(self, category: str, now: float | None = None) -> np.ndarray:
+        """Hot scores restricted to one category (-inf elsewhere); unknown category -> all -inf."""
+        out = np.full(self.n_items, NEG, dtype=np.float32)
+        if category not in self.category_names:
+            return out
+        col = self.category_names.index(category)
+        members = self.category_items[:, col].nonzero()[0]
+        pop = self.popularity_at(self.default_now if now is None else now)
+        out[members] = pop[members]
+        return out
+
+    def params(self) -> dict[str, Any]:
+        return {"tau_days": self.tau_days, "bin_days": self.bin_days}
+
+    def arrays(self) -> dict[str, Any]:
+        return {"counts": self.counts, "category_items": self.category_items,
+                "origin": np.array([self.origin]),
+                "category_names": np.array(self.category_names, dtype=np.str_)}
+
+    @classmethod
+    def from_state(cls, params: dict[str, Any], arrays: dict[str, Any]) -> Self:
+        ch = cls(**params)
+        ch.counts = arrays["counts"].astype(np.float32)
+        ch.category_items = arrays["category_items"].astype(np.float32)
+        ch.origin = float(arrays["origin"][0])
+        ch.category_names = [str(c) for c in arrays["category_names"].tolist()]
+        return ch
+
+
+class VectorChannel(RecallChannel):
+    """Faiss inner-product index over L2-normalised item embeddings (ALS item factors by default).
+
+    The query vector is the recency-weighted mean of the embeddings of the user's last ``recent``
+    items; ``recall`` searches the index (what scales to large catalogues), ``score`` is the
+    same inner product over every item.
+    """
+
+    name: ClassVar[str] = "vector"
+
+    def __init__(self, recent: int = 20, half_life_days: float = 30.0, factors: int = 64) -> None:
+        self.recent = recent
+        self.half_life_days = half_life_days
+        self.factors = factors
+        self.embeddings = np.zeros((0, 0), dtype=np.float32)
+        self.index: faiss.Index | None = None
+
+    def fit(self, data: InteractionData, embeddings: np.ndarray | None = None) -> Self:
+        if embeddings is None:
+            embeddings = ALSChannel(factors=self.factors).fit(data).item_embeddings()
+        emb = np.ascontiguousarray(embeddings, dtype=np.float32).copy()
+        faiss.normalize_L2(emb)
+        self.embeddings = emb
+        self._build()
+        self.n_items = data.n_items
+        self.default_now = data.max_time()
+        return self
+
+    def _build(self) -> None:
+        self.index = faiss.IndexFlatIP(self.embeddings.shape[1])
+        self.index.add(self.embeddings)
+
+    def query_vector(self, query: UserQuery) -> np.ndarray | None:
+        if len(query.history) == 0:
+            return None
+        items = query.history[-self.recent :]
+        times = query.times[-self.recent :] if len(query.times) else np.zeros(len(items))
+        w = recency_weights(times, query.reference_time(self.default_now), self.half_life_days)
+        vec = (w[:, None] * self.embeddings[items]).sum(axis=0, keepdims=True).astype(np.float32)
+        faiss.normalize_L2(vec)
+        return vec
+
+    def score(self, query: UserQuery) -> np.ndarray:
+        vec = self.query_vector(query)
+        if vec is None:
+            return np.full(self.n_items, NEG, dtype=np.float32)
+        return (self.embeddings @ vec[0]).astype(np.float32)
+
+    def recall(self, query: UserQuery, n: int, exclude: np.ndarray | None = None):  # type: ignore[override]
+        from zerorec.recall.base import Candidates
+
+        vec = self.query_vector(query)
+        if vec is None or self.index is None:
+            return Candidates(np.zeros(0, np.int64), np.zeros(0, np.float32), self.name)
+        skip = set(query.history.tolist()) | (set(exclude.tolist()) if exclude is not None else set())
+        k = min(self.n_items, n + len(skip))
+        scores, items = self.index.search(vec, k)
+        keep = [(i, s) for i, s in zip(items[0].tolist(), scores[0].tolist(), strict=True)
+                if i >= 0 and i not in skip][:n]
+        return Candidates(np.array([i for i, _ in keep], np.int64),
+                          np.array([s for _, s in keep], np.float32), self.name)
+
+    def params(self) -> dict[str, Any]:
+        return {"recent": self.recent, "half_life_days": self.half_life_days, "factors": self.factors}
+
+    def arrays(self) -> dict[str, Any]:
+        assert self.index is not None
+        return {"index": faiss.serialize_index(self.index).tobytes()}
+
+    @classmethod
+    def from_state(cls, params: dict[str, Any], arrays: dict[str, Any]) -> Self:
+        ch = cls(**params)
+        ch.index = faiss.deserialize_index(np.frombuffer(arrays["index"], dtype=np.uint8))
+        ch.embeddings = ch.index.reconstruct_n(0, ch.index.ntotal)
+        return ch
+
+
+class FreshChannel(RecallChannel):
+    """Newest items first: score = exp(-age / tau) for items that exist at the reference time."""
+
+    name: ClassVar[str] = "fresh"
+
+    def __init__(self, tau_days: float = 30.0) -> None:
+        self.tau_days = tau_days
+        self.created = np.zeros(0, dtype=np.float64)
+
+    def fit(self, data: InteractionData) -> Self:
+        assert data.item_created is not None
+        self.created = data.item_created.astype(np.float64)
+        self.n_items = data.n_items
+        self.default_now = max(data.max_time(), float(self.created.max()) if len(self.created) else 0.0)
+        return self
+
+    def score(self, query: UserQuery) -> np.ndarray:
+        now = query.reference_time(self.default_now)
+        age = (now - self.created) / 86_400
+        out = np.exp(-np.maximum(age, 0.0) / self.tau_days).astype(np.float32)
+        out[age < 0] = NEG
+        return out
+
+    def params(self) -> dict[str, Any]:
+        return {"tau_days": self.tau_days}
+
+    def arrays(self) -> dict[str, Any]:
+        return {"created": self.created}
+
+    @classmethod
+    def from_state(cls, params: dict[str, Any], arrays: dict[str, Any]) -> Self:
+        ch = cls(**params)
+        ch.created = arrays["created"].astype(np.float64)
+        return ch
+
+
+CHANNELS: dict[str, type[RecallChannel]] = {
+    c.name: c for c in (EASEChannel, ALSChannel, ItemCFChannel, HotChannel, VectorChannel, FreshChannel)
+}
