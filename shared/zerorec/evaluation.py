@@ -53,7 +53,9 @@ def protocol_split(
     return ProtocolSplit(train, train_frame, test_frame, np.array(users, dtype=np.int64), truth)
 
 
-def ranking_metrics(recs: np.ndarray, truth: Sequence[np.ndarray], ks: Sequence[int] = KS) -> dict[str, float]:
+def ranking_metrics(
+    recs: np.ndarray, truth: Sequence[np.ndarray], ks: Sequence[int] = KS
+) -> dict[str, float]:
     """Recall@K, NDCG@K (binary gains, IDCG over min(K, |truth|)) and HR@K, averaged over rows."""
     out: dict[str, float] = {}
     n = len(truth)

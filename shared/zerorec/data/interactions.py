@@ -23,9 +23,7 @@ ITEM_COLUMNS = ("item_id", "title", "categories", "created_at")
 def _require(df: pd.DataFrame, columns: Iterable[str], what: str) -> None:
     missing = [c for c in columns if c not in df.columns]
     if missing:
-        raise InvalidInputError(
-            f"{what} is missing column(s) {missing}; got columns {list(df.columns)}"
-        )
+        raise InvalidInputError(f"{what} is missing column(s) {missing}; got columns {list(df.columns)}")
 
 
 def normalize_interactions(df: pd.DataFrame, source: str = "interactions") -> pd.DataFrame:
@@ -176,7 +174,9 @@ class InteractionData:
         rows = frame["user_id"].map(user_index).to_numpy(np.int64)
         cols = frame["item_id"].map(item_index).to_numpy(np.int64)
         shape = (len(user_ids), len(item_ids))
-        weights = frame["weight"].to_numpy(np.float32) if "weight" in frame else np.ones(len(frame), np.float32)
+        weights = (
+            frame["weight"].to_numpy(np.float32) if "weight" in frame else np.ones(len(frame), np.float32)
+        )
         matrix = sp.csr_matrix((weights, (rows, cols)), shape=shape, dtype=np.float32)
         times = sp.csr_matrix(
             (frame["timestamp"].to_numpy(np.float64), (rows, cols)), shape=shape, dtype=np.float64

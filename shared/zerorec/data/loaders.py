@@ -11,7 +11,27 @@ import pandas as pd
 from zerorec.data.interactions import normalize_interactions, normalize_items
 from zerorec.errors import InvalidInputError, NotFoundError
 
-ML100K_GENRES = ["unknown", "Action", "Adventure", "Animation", "Children", "Comedy", "Crime", "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western"]
+ML100K_GENRES = [
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
+]
 
 
 def _read_table(path: str | Path, what: str) -> pd.DataFrame:
@@ -106,7 +126,9 @@ def load_dataset(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
             return load_movielens_100k(path)
         if (path / "interactions.csv").exists():
             items = path / "items.csv"
-            return load_interactions(path / "interactions.csv"), (load_items(items) if items.exists() else None)
+            return load_interactions(path / "interactions.csv"), (
+                load_items(items) if items.exists() else None
+            )
         raise InvalidInputError(
             f"{path}: no ratings.csv (ml-latest-small), u.data (ML-100K) or interactions.csv found"
         )

@@ -12,7 +12,20 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-CATEGORIES = ["action", "adventure", "animation", "comedy", "crime", "documentary", "drama", "fantasy", "horror", "romance", "scifi", "thriller"]
+CATEGORIES = [
+    "action",
+    "adventure",
+    "animation",
+    "comedy",
+    "crime",
+    "documentary",
+    "drama",
+    "fantasy",
+    "horror",
+    "romance",
+    "scifi",
+    "thriller",
+]
 
 
 @dataclass(frozen=True)
@@ -102,9 +115,7 @@ def generate(config: SyntheticConfig | None = None) -> tuple[pd.DataFrame, pd.Da
         {
             "item_id": [f"i{i}" for i in range(cfg.n_items)],
             "title": [f"Item {i}" for i in range(cfg.n_items)],
-            "categories": [
-                [CATEGORIES[c] for c in np.flatnonzero(item_cats[i])] for i in range(cfg.n_items)
-            ],
+            "categories": [[CATEGORIES[c] for c in np.flatnonzero(item_cats[i])] for i in range(cfg.n_items)],
             "created_at": created,
         }
     )

@@ -110,8 +110,12 @@ class RecallChannel(ABC):
 
     def to_files(self) -> dict[str, bytes]:
         """Safe files: params.json plus one .npy/.npz/.faiss per learned array."""
-        meta = {"channel": self.name, "n_items": self.n_items, "default_now": self.default_now,
-                "params": self.params()}
+        meta = {
+            "channel": self.name,
+            "n_items": self.n_items,
+            "default_now": self.default_now,
+            "params": self.params(),
+        }
         files = {"params.json": json.dumps(meta, sort_keys=True).encode()}
         for key, value in self.arrays().items():
             if isinstance(value, bytes):

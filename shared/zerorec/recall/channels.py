@@ -98,8 +98,13 @@ class ALSChannel(RecallChannel):
     name: ClassVar[str] = "als"
 
     def __init__(
-        self, factors: int = 64, regularization: float = 0.05, iterations: int = 15,
-        alpha: float = 1.0, bm25: bool = True, seed: int = 0,
+        self,
+        factors: int = 64,
+        regularization: float = 0.05,
+        iterations: int = 15,
+        alpha: float = 1.0,
+        bm25: bool = True,
+        seed: int = 0,
     ) -> None:
         self.factors = factors
         self.regularization = regularization
@@ -111,8 +116,12 @@ class ALSChannel(RecallChannel):
 
     def _new_model(self) -> AlternatingLeastSquares:
         return AlternatingLeastSquares(
-            factors=self.factors, regularization=self.regularization, iterations=self.iterations,
-            alpha=self.alpha, random_state=self.seed, num_threads=1,
+            factors=self.factors,
+            regularization=self.regularization,
+            iterations=self.iterations,
+            alpha=self.alpha,
+            random_state=self.seed,
+            num_threads=1,
         )
 
     def _weigh(self, x: sp.csr_matrix) -> sp.csr_matrix:
@@ -145,12 +154,20 @@ class ALSChannel(RecallChannel):
         return np.asarray(self.model.item_factors, dtype=np.float32)
 
     def params(self) -> dict[str, Any]:
-        return {"factors": self.factors, "regularization": self.regularization,
-                "iterations": self.iterations, "alpha": self.alpha, "bm25": self.bm25, "seed": self.seed}
+        return {
+            "factors": self.factors,
+            "regularization": self.regularization,
+            "iterations": self.iterations,
+            "alpha": self.alpha,
+            "bm25": self.bm25,
+            "seed": self.seed,
+        }
 
     def arrays(self) -> dict[str, Any]:
-        return {"user_factors": np.asarray(self.model.user_factors, np.float32),
-                "item_factors": np.asarray(self.model.item_factors, np.float32)}
+        return {
+            "user_factors": np.asarray(self.model.user_factors, np.float32),
+            "item_factors": np.asarray(self.model.item_factors, np.float32),
+        }
 
     @classmethod
     def from_state(cls, params: dict[str, Any], arrays: dict[str, Any]) -> Self:
@@ -273,9 +290,12 @@ class HotChannel(RecallChannel):
         return {"tau_days": self.tau_days, "bin_days": self.bin_days}
 
     def arrays(self) -> dict[str, Any]:
-        return {"counts": self.counts, "category_items": self.category_items,
-                "origin": np.array([self.origin]),
-                "category_names": np.array(self.category_names, dtype=np.str_)}
+        return {
+            "counts": self.counts,
+            "category_items": self.category_items,
+            "origin": np.array([self.origin]),
+            "category_names": np.array(self.category_names, dtype=np.str_),
+        }
 
     @classmethod
     def from_state(cls, params: dict[str, Any], arrays: dict[str, Any]) -> Self:
@@ -344,10 +364,14 @@ class VectorChannel(RecallChannel):
         skip = set(query.history.tolist()) | (set(exclude.tolist()) if exclude is not None else set())
         k = min(self.n_items, n + len(skip))
         scores, items = self.index.search(vec, k)
-        keep = [(i, s) for i, s in zip(items[0].tolist(), scores[0].tolist(), strict=True)
-                if i >= 0 and i not in skip][:n]
-        return Candidates(np.array([i for i, _ in keep], np.int64),
-                          np.array([s for _, s in keep], np.float32), self.name)
+        keep = [
+            (i, s)
+            for i, s in zip(items[0].tolist(), scores[0].tolist(), strict=True)
+            if i >= 0 and i not in skip
+        ][:n]
+        return Candidates(
+            np.array([i for i, _ in keep], np.int64), np.array([s for _, s in keep], np.float32), self.name
+        )
 
     def params(self) -> dict[str, Any]:
         return {"recent": self.recent, "half_life_days": self.half_life_days, "factors": self.factors}
