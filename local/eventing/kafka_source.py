@@ -40,7 +40,7 @@ from zerorec.cloudevents_io import (
     to_http_binary,
     to_kafka_record,
 )
-from zerorec.errors import InvalidInputError, ZeroRecError
+from zerorec.errors import BackendUnavailableError, DeliveryError, InvalidInputError, ZeroRecError
 from zerorec.storage.bus import Consumer, EventBus, Record
 
 from local.eventing.manifests import (
@@ -138,17 +138,23 @@ class KafkaSourceDispatcher:
     def run(self) -> None:
         """Consume and deliver until `stop()`; commits after each batch."""
         spec = self.spec
-        self._consumer = self.bus.consumer(
-            list(spec.topics), spec.consumer_group, from_beginning=spec.initial_offset == "earliest"
-        )
+        self._consumer = self._join()
         last_progress = time.monotonic()
+        failures = 0
         try:
             with ThreadPoolExecutor(self.max_parallel, thread_name_prefix=f"ks-{spec.name}") as pool:
                 while not self._stop.is_set():
                     consumer = self._consumer
                     if consumer is None:
                         break
-                    records = consumer.poll(self.max_batch, self.poll_timeout_s)
+                    try:
+                        records = consumer.poll(self.max_batch, self.poll_timeout_s)
+                    except BackendUnavailableError as exc:
+                        failures += 1
+                        log.error("[kafka-source %s] poll failed (%s); retrying", spec.name, exc)
+                        self._stop.wait(min(0.5 * 2**failures, 10.0))
+                        continue
+                    failures = 0
                     if records:
                         self._process(records, pool)
                     if time.monotonic() - last_progress >= self.progress_every_s:
@@ -161,6 +167,20 @@ class KafkaSourceDispatcher:
             if self._own_client:
                 self.client.close()
             self.on_progress(f"[kafka-source {spec.name}] stopped: {self.stats.line()}")
+
+    def _join(self) -> Consumer | None:
+        """Join the consumer group, retrying (bounded backoff) while the bus is unreachable."""
+        spec, failures = self.spec, 0
+        while not self._stop.is_set():
+            try:
+                return self.bus.consumer(
+                    list(spec.topics), spec.consumer_group, from_beginning=spec.initial_offset == "earliest"
+                )
+            except BackendUnavailableError as exc:
+                failures += 1
+                log.error("[kafka-source %s] cannot join the group (%s); retrying", spec.name, exc)
+                self._stop.wait(min(0.5 * 2**failures, 10.0))
+        return None
 
     # ------------------------------------------------------------ one batch
 
@@ -182,9 +202,15 @@ class KafkaSourceDispatcher:
         to_commit = [batch[-1] for batch in done.values() if batch]
         consumer = self._consumer
         if to_commit and consumer is not None and not self._killed:
-            consumer.commit(to_commit)
-            with self._lock:
-                self.stats.committed += sum(len(batch) for batch in done.values())
+            try:
+                consumer.commit(to_commit)
+            except (BackendUnavailableError, DeliveryError) as exc:
+                # Delivered but not committed: redelivered after a restart (the sink is idempotent);
+                # the next successful commit covers these offsets too.
+                log.error("[kafka-source %s] commit failed: %s", self.spec.name, exc)
+            else:
+                with self._lock:
+                    self.stats.committed += sum(len(batch) for batch in done.values())
         if any(len(done[key]) < len(batch) for key, batch in partitions.items()):
             self._stop.set()  # an abandoned record: leave so that it is redelivered
 
@@ -337,17 +363,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     from zerorec.settings import get_settings
     from zerorec.storage import event_bus
 
-    bus = event_bus(get_settings())
-    dispatchers = build_dispatchers(
-        bus,
-        manifests=args.manifests or [str(DEFAULT_MANIFESTS)],
-        names=args.source,
-        sink_overrides=_parse_sinks(args.sink),
-        progress_every_s=args.progress_every,
-    )
-    topics = {t for d in dispatchers for t in d.spec.topics}
-    topics |= {d.spec.delivery.dead_letter.topic for d in dispatchers if d.spec.delivery.dead_letter}
-    bus.ensure_topics(sorted(t for t in topics if t))
+    try:
+        bus = event_bus(get_settings())
+        dispatchers = build_dispatchers(
+            bus,
+            manifests=args.manifests or [str(DEFAULT_MANIFESTS)],
+            names=args.source,
+            sink_overrides=_parse_sinks(args.sink),
+            progress_every_s=args.progress_every,
+        )
+        topics = {t for d in dispatchers for t in d.spec.topics}
+        topics |= {d.spec.delivery.dead_letter.topic for d in dispatchers if d.spec.delivery.dead_letter}
+        bus.ensure_topics(sorted(t for t in topics if t))
+    except ZeroRecError as exc:
+        log.error("error: %s", exc)
+        return 2
 
     def _stop(signum: int, frame: object) -> None:
         log.info("signal %s: stopping", signum)
