@@ -211,6 +211,7 @@ def test_serving_modules_do_not_import_torch(trained: tuple[DeepFM, bytes], tmp_
         import zerorec.ranking
         from zerorec.ranking.onnx_scorer import OnnxScorer
         import zerorec.ranking.metrics
+        import zerorec.rerank, zerorec.bundle
         scorer = OnnxScorer({str(path)!r})
         p = scorer.score(np.ones((3, {len(CARDS)}), np.int64), np.zeros((3, {N_DENSE}), np.float32))
         assert p.shape == (3,)
