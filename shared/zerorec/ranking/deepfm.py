@@ -134,6 +134,8 @@ class DeepFM(nn.Module):
         self.register_buffer("dense_mean", torch.from_numpy(mean.copy()))
         self.register_buffer("dense_std", torch.from_numpy(np.maximum(std, 1e-6).copy()))
         self.table_sizes = sizes
+        self.history: list[dict[str, float]] = []  # filled by train_deepfm, one row per epoch
+        self.best_epoch: int | None = None
         self.embedding = nn.Embedding(total, k)
         self.weight = nn.Embedding(total, 1)
         self.dense_vectors = nn.Parameter(torch.empty(self.n_dense, k))
