@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from zerorec.cloudevents_io import from_kafka_record, new_event, to_kafka_record
 from zerorec.settings import Settings
 from zerorec.storage.bus import OutgoingRecord
@@ -57,7 +56,9 @@ def _start(manifest: Path, sink_url: str, kafka: str) -> subprocess.Popen[str]:
     return subprocess.Popen(command, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
 
 
-def test_sigkill_before_commit_redelivers_and_sigterm_stops(kafka_server: str, namespace: str, sink, tmp_path):
+def test_sigkill_before_commit_redelivers_and_sigterm_stops(
+    kafka_server: str, namespace: str, sink, tmp_path
+):
     topic, dlq, group = f"it.{namespace}.behavior", f"it.{namespace}.dlq", f"it-{namespace}"
     manifest = tmp_path / "sources.yaml"
     manifest.write_text(MANIFEST.format(topic=topic, dlq=dlq, group=group))
@@ -88,7 +89,13 @@ def test_sigkill_before_commit_redelivers_and_sigterm_stops(kafka_server: str, n
     second = _start(manifest, sink.url, kafka_server)
     try:
         # A SIGKILLed member keeps its partitions until its session times out (librdkafka: 45 s).
-        got = sink.wait_for(4, timeout_s=120)
+        try:
+            got = sink.wait_for(4, timeout_s=120)
+        except AssertionError as exc:
+            second.terminate()
+            raise AssertionError(
+                f"{exc}; dispatcher log:\n{second.communicate(timeout=30)[1][-4000:]}"
+            ) from None
         deadline = time.monotonic() + 30
         letters = []
         consumer = bus.consumer([dlq], f"checker-{namespace}")
