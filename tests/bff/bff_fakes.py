@@ -16,10 +16,20 @@ from typing import Any
 
 import orjson
 import uvicorn
+from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from zerorec.api import (
+    HotRequest,
+    ItemRequest,
+    RankingRequest,
+    RecallRequest,
+    RerankRequest,
+    UserRequest,
+    validation_reason,
+)
 from zerorec.settings import Settings
 
 SERVICES = ("user", "recall", "ranking", "reranking", "item")
@@ -32,6 +42,7 @@ class Call:
     body: dict[str, Any]
     start: float
     end: float = 0.0
+    invalid: str | None = None  # why the body broke the request model, if it did
 
 
 @dataclass
@@ -58,7 +69,8 @@ class Fakes:
         """Settings pointing the BFF at the fakes; services in `down` get a closed port."""
         urls = {f"{s}_url": (f"http://127.0.0.1:{closed_port()}" if s in down else self.urls[s])
                 for s in SERVICES}
-        values: dict[str, Any] = {"deadline_ms": 500, "total_budget_ms": 2000, "recall_candidates": 50}
+        # Generous by default (tests run on loaded machines); deadline tests set their own.
+        values: dict[str, Any] = {"deadline_ms": 2000, "total_budget_ms": 5000, "recall_candidates": 50}
         values.update(urls)
         values.update(overrides)
         return Settings(**values)
@@ -114,6 +126,11 @@ def _item(body: dict[str, Any]) -> Any:
                       for i in body["item_ids"]}}
 
 
+REQUEST_MODELS: dict[tuple[str, str], type[BaseModel]] = {
+    ("user", "/"): UserRequest, ("recall", "/"): RecallRequest, ("recall", "/hot"): HotRequest,
+    ("ranking", "/"): RankingRequest, ("reranking", "/"): RerankRequest, ("item", "/"): ItemRequest,
+}
+
 HANDLERS = {
     ("user", "/"): _user, ("recall", "/"): _recall, ("recall", "/hot"): _hot,
     ("ranking", "/"): _ranking, ("reranking", "/"): _reranking, ("item", "/"): _item,
@@ -123,10 +140,17 @@ HANDLERS = {
 def make_app(service: str, fakes: Fakes) -> Starlette:
     async def endpoint(request: Request) -> Response:
         path = request.url.path
-        body = orjson.loads(await request.body())
+        raw = await request.body()
+        body = orjson.loads(raw)
         call = Call(service, path, body, time.perf_counter())
         with fakes.lock:
             fakes.calls.append(call)
+        try:  # the BFF must send exactly the contract (strict request models)
+            REQUEST_MODELS[(service, path)].model_validate_json(raw)
+        except ValidationError as exc:
+            call.invalid = validation_reason(exc)
+            call.end = time.perf_counter()
+            return Response(orjson.dumps({"error": call.invalid}), status_code=422)
         key = service if path == "/" else f"{service}{path}"
         mode = fakes.mode.get(key, "ok")
         try:

@@ -25,4 +25,6 @@ def fake_cluster() -> Iterator[Fakes]:
 def fakes(fake_cluster: Fakes) -> Iterator[Fakes]:
     fake_cluster.reset()
     yield fake_cluster
+    invalid = [(x.service, x.path, x.invalid) for x in fake_cluster.calls if x.invalid]
     fake_cluster.reset()
+    assert invalid == [], f"the BFF sent bodies that break the contract: {invalid}"

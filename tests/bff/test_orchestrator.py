@@ -50,7 +50,7 @@ def test_happy_path_order_and_result(fakes: Fakes) -> None:
     assert user.start < recall.end and recall.start < user.end
     assert ranking.start >= max(user.end, recall.end)
     assert rerank.start >= ranking.end and item.start >= rerank.end
-    assert elapsed < 0.3 + 0.5, "user and recall were not concurrent"
+    assert elapsed < 0.3 + 1.0, "user and recall were not concurrent"
     # The contract bodies the BFF sent.
     assert recall.body == {"user_id": "u1", "n": 50, "recent_items": [], "exclude": ["i29"]}
     assert len(ranking.body["candidates"]) == 29
@@ -156,19 +156,19 @@ def test_slow_downstream_times_out_within_deadline(fakes: Fakes) -> None:
     elapsed = time.perf_counter() - t
     assert resp.degraded == ["ranking_timeout"]
     assert ids(resp) == ["i0", "i2", "i3", "i4", "i5"]
-    assert elapsed < 1.0
-    assert 150 <= resp.timings_ms["ranking"] < 400
+    assert elapsed < 1.5
+    assert 150 <= resp.timings_ms["ranking"] < 700
 
 
 def test_total_budget_bounds_the_whole_request(fakes: Fakes) -> None:
     for s in ("user", "recall", "ranking", "reranking", "item"):
-        fakes.delay[s] = 0.25
+        fakes.delay[s] = 0.4
     t = time.perf_counter()
-    resp = recommend(fakes.settings(deadline_ms=400, total_budget_ms=600))
+    resp = recommend(fakes.settings(deadline_ms=500, total_budget_ms=700))
     elapsed = time.perf_counter() - t
-    # user+recall (0.25 s) and ranking (0.25 s) fit; reranking is cut at the budget; item is skipped.
-    assert resp.degraded[0] == "reranking_timeout"
-    assert resp.degraded[1] == "item_skipped"
-    assert elapsed < 0.6 + 0.25
-    assert resp.timings_ms["total"] <= 600 + 50
-    assert len(resp.items) == 5
+    # Unbounded this takes 1.6 s. user+recall (0.4 s) fit; ranking is cut at the 0.7 s budget,
+    # reranking and item are skipped: recall order, no metadata.
+    assert resp.degraded == ["ranking_timeout", "reranking_skipped", "item_skipped"]
+    assert elapsed < 1.1
+    assert resp.timings_ms["total"] < 1000
+    assert ids(resp) == ["i0", "i2", "i3", "i4", "i5"]
