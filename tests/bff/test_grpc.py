@@ -103,3 +103,17 @@ def test_oversized_message_is_rejected(fakes: Fakes) -> None:
 
     err = with_server(fakes, body)
     assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_committed_stubs_are_current(tmp_path: Path) -> None:
+    protoc = pytest.importorskip("grpc_tools.protoc")
+    proto_dir = REPO / "functions" / "recommender" / "proto"
+    well_known = Path(protoc.__file__).parent / "_proto"  # google/protobuf/*.proto
+    rc = protoc.main([
+        "protoc", f"-I{proto_dir}", f"-I{well_known}",
+        f"--python_out={tmp_path}", f"--grpc_python_out={tmp_path}", f"--pyi_out={tmp_path}",
+        str(proto_dir / "recommender.proto"),
+    ])
+    assert rc == 0
+    for name in ("recommender_pb2.py", "recommender_pb2_grpc.py", "recommender_pb2.pyi"):
+        assert (tmp_path / name).read_text() == (proto_dir / name).read_text(), f"{name} is stale"
