@@ -234,7 +234,7 @@ class HotChannel(RecallChannel):
 
     name: ClassVar[str] = "hot"
 
-    def __init__(self, tau_days: float = 60.0, bin_days: float = 7.0) -> None:
+    def __init__(self, tau_days: float = 20.0, bin_days: float = 1.0) -> None:
         self.tau_days = tau_days
         self.bin_days = bin_days
         self.counts = sp.csr_matrix((0, 0), dtype=np.float32)  # bins x items
@@ -265,11 +265,12 @@ class HotChannel(RecallChannel):
         self.default_now = data.max_time()
         return self
 
-    def popularity_at(self, now: float) -> np.ndarray:
-        """Kernel-weighted interaction counts per item at time ``now``."""
+    def popularity_at(self, now: float, tau_days: float | None = None) -> np.ndarray:
+        """Kernel-weighted interaction counts per item at time ``now`` (``tau_days`` overrides tau)."""
         width = self.bin_days * 86_400
         centers = self.origin + (np.arange(self.counts.shape[0]) + 0.5) * width
-        kernel = np.exp(-np.abs(now - centers) / (self.tau_days * 86_400)).astype(np.float32)
+        tau = (self.tau_days if tau_days is None else tau_days) * 86_400
+        kernel = np.exp(-np.abs(now - centers) / tau).astype(np.float32)
         return np.asarray(self.counts.T @ kernel).ravel()
 
     def score(self, query: UserQuery) -> np.ndarray:

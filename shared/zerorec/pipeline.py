@@ -1,0 +1,607 @@
+"""Train and serve the whole recommender: channels -> merge -> DeepFM (ONNX) -> rerank.
+
+``train_recommender`` fits everything on interactions (torch only here); ``Recommender`` is what a
+serving function holds: ``Recommender.from_files(bundle.files)`` then ``recommend(user_id, k)`` or
+the stage calls (``query``, ``candidates``, ``rank``, ``rerank``) for one user in a few ms.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from zerorec.data.interactions import InteractionData
+from zerorec.data.split import temporal_user_split
+from zerorec.errors import IntegrityError, InvalidInputError
+from zerorec.features import ItemFeatures, build_features, dense_names, sparse_cardinalities
+from zerorec.recall.base import Candidates, RecallChannel, UserQuery, top_n
+from zerorec.recall.channels import (
+    CHANNELS,
+    ALSChannel,
+    EASEChannel,
+    FreshChannel,
+    HotChannel,
+    ItemCFChannel,
+    VectorChannel,
+)
+from zerorec.recall.merge import MergedCandidates, merge
+from zerorec.rerank import RerankConfig, rerank
+
+CHANNEL_ORDER = ("ease", "als", "itemcf", "vector", "hot", "fresh")
+Progress = Callable[[str], None]
+
+
+@dataclass
+class PipelineConfig:
+    """Every hyper-parameter of the pipeline (chosen on the validation cut, never on test)."""
+
+    ease_l2: float = 200.0
+    ease_min_count: int = 3
+    als_factors: int = 64
+    als_regularization: float = 0.05
+    als_iterations: int = 15
+    itemcf_k: int = 50
+    hot_tau_days: float = 20.0
+    fresh_tau_days: float = 30.0
+    vector_recent: int = 20
+    quotas: dict[str, int] = field(
+        default_factory=lambda: {"ease": 250, "itemcf": 100, "als": 80, "vector": 40, "hot": 50, "fresh": 20}
+    )
+    n_candidates: int = 500
+    hard_negatives: int = 60
+    random_negatives: int = 20
+    ranker_epochs: int = 8
+    ranker_embed_dim: int = 8
+    ranker_hidden: tuple[int, ...] = (64, 32)
+    ranker_threads: int = 2
+    rerank_diversity: float = 0.0
+    rerank_freshness: float = 0.0
+    rerank_pool: int = 100
+    seed: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["ranker_hidden"] = list(self.ranker_hidden)
+        return out
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> PipelineConfig:
+        known = {k: v for k, v in raw.items() if k in cls.__dataclass_fields__}
+        if "ranker_hidden" in known:
+            known["ranker_hidden"] = tuple(known["ranker_hidden"])
+        return cls(**known)
+
+
+@dataclass
+class Recommendation:
+    """One recommended item with its provenance and the reasons it moved."""
+
+    item_id: str
+    score: float
+    channel: str
+    reasons: tuple[str, ...] = ()
+
+
+def make_channels(config: PipelineConfig) -> dict[str, RecallChannel]:
+    return {
+        "ease": EASEChannel(config.ease_l2, config.ease_min_count),
+        "als": ALSChannel(
+            config.als_factors, config.als_regularization, config.als_iterations, seed=config.seed
+        ),
+        "itemcf": ItemCFChannel(config.itemcf_k),
+        "vector": VectorChannel(recent=config.vector_recent, factors=config.als_factors),
+        "hot": HotChannel(config.hot_tau_days),
+        "fresh": FreshChannel(config.fresh_tau_days),
+    }
+
+
+def fit_channels(
+    data: InteractionData, config: PipelineConfig, progress: Progress | None = None
+) -> dict[str, RecallChannel]:
+    """Fit every channel; the vector channel indexes the ALS item factors."""
+    channels = make_channels(config)
+    for name, channel in channels.items():
+        if progress:
+            progress(f"fit {name}")
+        if isinstance(channel, VectorChannel):
+            als = channels["als"]
+            assert isinstance(als, ALSChannel)
+            channel.fit(data, als.item_embeddings())
+        else:
+            channel.fit(data)
+    return channels
+
+
+class Recommender:
+    """A fitted pipeline over one item vocabulary; cheap per-user calls, safe-file persistence."""
+
+    def __init__(
+        self,
+        data: InteractionData,
+        channels: dict[str, RecallChannel],
+        config: PipelineConfig,
+        ranker_onnx: bytes | None = None,
+        items: ItemFeatures | None = None,
+    ) -> None:
+        self.data = data
+        self.channels = channels
+        self.config = config
+        self.items = items or ItemFeatures.from_data(data)
+        self.ranker_onnx = ranker_onnx
+        self.scorer = None
+        if ranker_onnx is not None:
+            from zerorec.ranking.onnx_scorer import OnnxScorer
+
+            self.scorer = OnnxScorer(ranker_onnx)
+
+    # ---- one user -------------------------------------------------------------------------
+    def query(
+        self, user_id: str | None, recent_items: Sequence[str] | None = None, now: float | None = None
+    ) -> UserQuery:
+        """Known user: stored history (plus ``recent_items``); unknown: ``recent_items`` only.
+
+        An unknown user with no (known) recent items is a cold-start query: hot + fresh.
+        """
+        user = self.data.user_index.get(str(user_id)) if user_id is not None else None
+        hist = np.zeros(0, np.int64)
+        times = np.zeros(0, np.float64)
+        if user is not None:
+            hist, times = self.data.history(user)
+        if recent_items:
+            extra = [self.data.item_index[i] for i in recent_items if i in self.data.item_index]
+            extra = [i for i in dict.fromkeys(extra) if i not in set(hist.tolist())]
+            if extra:
+                t_last = float(times.max()) if len(times) else self.data.max_time()
+                hist = np.concatenate([hist, np.array(extra, np.int64)])
+                times = np.concatenate([times, np.full(len(extra), t_last)])
+        return UserQuery(user=user, history=hist, times=times, now=now)
+
+    def score_vectors(self, query: UserQuery) -> dict[str, np.ndarray]:
+        return {name: ch.score(query) for name, ch in self.channels.items()}
+
+    def candidates(
+        self,
+        query: UserQuery,
+        n: int | None = None,
+        exclude: np.ndarray | None = None,
+        vectors: Mapping[str, np.ndarray] | None = None,
+    ) -> MergedCandidates:
+        """Merged recall (quotas, de-dup, provenance), never a history or excluded item."""
+        n = n or self.config.n_candidates
+        vectors = vectors or self.score_vectors(query)
+        skip = query.history if exclude is None else np.concatenate([query.history, exclude])
+        skip = skip.astype(np.int64)
+        answers = []
+        cold = len(query.history) == 0
+        for name in CHANNEL_ORDER:
+            if name not in self.channels:
+                continue
+            quota = self.config.quotas.get(name, 0)
+            if cold and name in ("hot", "fresh"):
+                quota = n  # cold start: hot + fresh fill the list
+            if quota <= 0:
+                continue
+            vec = vectors[name]
+            if cold and name in ("ease", "als", "itemcf", "vector"):
+                continue
+            idx = top_n(vec, quota, skip)
+            answers.append(Candidates(idx, vec[idx].astype(np.float32), name))
+        if cold and query.categories and "hot" in self.channels:
+            hot = self.channels["hot"]
+            assert isinstance(hot, HotChannel)
+            boost = np.zeros(self.data.n_items, np.float32)
+            for cat, weight in query.categories.items():
+                member = np.isfinite(hot.category_scores(cat))
+                boost[member] += float(weight)
+            vec = np.log1p(np.maximum(vectors["hot"], 0)) * (1.0 + boost)
+            idx = top_n(vec, n, skip)
+            answers.insert(0, Candidates(idx, vec[idx].astype(np.float32), "hot"))
+        return merge(answers, limit=n)
+
+    def features(
+        self, query: UserQuery, merged: MergedCandidates, vectors: Mapping[str, np.ndarray]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        hot = self.channels.get("hot")
+        now = query.reference_time(self.data.max_time())
+        return build_features(
+            query,
+            merged,
+            vectors,
+            CHANNEL_ORDER,
+            self.items,
+            hot if isinstance(hot, HotChannel) else None,
+            now,
+        )
+
+    def rank(
+        self, query: UserQuery, merged: MergedCandidates, vectors: Mapping[str, np.ndarray] | None = None
+    ) -> np.ndarray:
+        """Ranker scores for the merged candidates (DeepFM via ONNX; fallback: EASE then hot)."""
+        vectors = vectors or self.score_vectors(query)
+        if len(merged) == 0:
+            return np.zeros(0, np.float32)
+        if self.scorer is None:
+            return fallback_scores(merged, vectors)
+        sparse, dense = self.features(query, merged, vectors)
+        return self.scorer.score(sparse, dense)
+
+    def rerank(
+        self,
+        query: UserQuery,
+        merged: MergedCandidates,
+        scores: np.ndarray,
+        k: int,
+        seen: Sequence[int] = (),
+    ) -> list[Recommendation]:
+        """MMR/freshness/seen filter (zerorec.rerank) over the best ``rerank_pool`` ranked items."""
+        order = np.lexsort((np.arange(len(scores)), -scores))[: max(self.config.rerank_pool, k)]
+        ids = self.data.item_ids
+        cands = [(str(ids[merged.items[j]]), float(scores[j]), merged.channel[j]) for j in order]
+        categories = {
+            c[0]: self.data.item_categories[merged.items[j]] for c, j in zip(cands, order, strict=True)
+        }
+        created = {
+            c[0]: float(self.items.created[merged.items[j]]) for c, j in zip(cands, order, strict=True)
+        }
+        cfg = RerankConfig(
+            diversity=self.config.rerank_diversity, freshness_weight=self.config.rerank_freshness
+        )
+        seen_ids = {str(ids[i]) for i in list(query.history) + list(seen)}
+        out = rerank(
+            cands,
+            k,
+            cfg,
+            categories=categories,
+            created_at=created,
+            seen=seen_ids,
+            now=query.reference_time(self.data.max_time()),
+        )
+        return [Recommendation(str(r.item_id), float(r.score), r.channel, r.reasons) for r in out]
+
+    def recommend(
+        self,
+        user_id: str | None,
+        k: int = 20,
+        recent_items: Sequence[str] | None = None,
+        exclude: Sequence[str] = (),
+        categories: Mapping[str, float] | None = None,
+    ) -> list[Recommendation]:
+        """Full pipeline for one user; never an item in the user's history or ``exclude``."""
+        if k < 1:
+            raise InvalidInputError(f"k must be >= 1, got {k}")
+        query = self.query(user_id, recent_items)
+        if categories:
+            query.categories = dict(categories)
+        excl = np.array([self.data.item_index[i] for i in exclude if i in self.data.item_index], np.int64)
+        vectors = self.score_vectors(query)
+        merged = self.candidates(query, exclude=excl, vectors=vectors)
+        scores = self.rank(query, merged, vectors)
+        return self.rerank(query, merged, scores, k, seen=excl.tolist())
+
+    def hot(self, n: int, category: str | None = None) -> list[Recommendation]:
+        """The hot list at the newest training time (overall or for one category)."""
+        hot = self.channels["hot"]
+        assert isinstance(hot, HotChannel)
+        vec = hot.category_scores(category) if category else hot.score(UserQuery())
+        idx = top_n(vec, n)
+        return [Recommendation(str(self.data.item_ids[i]), float(vec[i]), "hot") for i in idx]
+
+    # ---- persistence ------------------------------------------------------------------------
+    def to_files(self) -> dict[str, bytes]:
+        """Safe files for zerorec.bundle: channels/<name>/..., items.json, history.npz, ranker.onnx."""
+        files: dict[str, bytes] = {}
+        for name, channel in self.channels.items():
+            for fname, blob in channel.to_files().items():
+                files[f"channels/{name}/{fname}"] = blob
+        meta = {
+            "config": self.config.to_json(),
+            "item_ids": self.data.item_ids.tolist(),
+            "user_ids": self.data.user_ids.tolist(),
+            "item_categories": self.data.item_categories,
+            "dense_features": dense_names(CHANNEL_ORDER),
+        }
+        files["meta.json"] = json.dumps(meta).encode()
+        files["history.npz"] = _npz(self.data.times)
+        files["weights.npz"] = _npz(self.data.matrix)
+        for key, value in self.items.arrays().items():
+            files[f"items/{key}.npz" if sp.issparse(value) else f"items/{key}.npy"] = (
+                _npz(value) if sp.issparse(value) else _npy(np.asarray(value))
+            )
+        if self.ranker_onnx is not None:
+            files["ranker.onnx"] = self.ranker_onnx
+        return files
+
+    @classmethod
+    def from_files(cls, files: Mapping[str, bytes]) -> Recommender:
+        """Inverse of to_files (no torch import); IntegrityError on a missing or foreign file."""
+        try:
+            meta = json.loads(files["meta.json"])
+            times = sp.load_npz(io.BytesIO(files["history.npz"])).tocsr()
+            weights = sp.load_npz(io.BytesIO(files["weights.npz"])).tocsr()
+        except (KeyError, ValueError) as exc:
+            raise IntegrityError(f"recommender bundle is incomplete: {exc}") from exc
+        config = PipelineConfig.from_json(meta["config"])
+        data = InteractionData(
+            np.array(meta["user_ids"], dtype=object),
+            np.array(meta["item_ids"], dtype=object),
+            weights,
+            times,
+            [list(c) for c in meta["item_categories"]],
+        )
+        channels: dict[str, RecallChannel] = {}
+        for name, cls_ in CHANNELS.items():
+            prefix = f"channels/{name}/"
+            sub = {k[len(prefix) :]: v for k, v in files.items() if k.startswith(prefix)}
+            if sub:
+                channels[name] = cls_.from_files(sub)
+        item_arrays: dict[str, Any] = {}
+        for k, v in files.items():
+            if k.startswith("items/"):
+                stem, _, ext = k[len("items/") :].rpartition(".")
+                item_arrays[stem] = (
+                    sp.load_npz(io.BytesIO(v)) if ext == "npz" else np.load(io.BytesIO(v), allow_pickle=False)
+                )
+        items = ItemFeatures.from_arrays(item_arrays)
+        data.item_created = items.created.astype(np.int64)
+        return cls(data, channels, config, files.get("ranker.onnx"), items)
+
+
+def _npy(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _npz(mat: sp.spmatrix) -> bytes:
+    buf = io.BytesIO()
+    sp.save_npz(buf, sp.csr_matrix(mat), compressed=True)
+    return buf.getvalue()
+
+
+def fallback_scores(merged: MergedCandidates, vectors: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Without a ranker: EASE score, hot popularity as a small tie-breaker."""
+    ease = vectors.get("ease")
+    hot = vectors.get("hot")
+    base = np.zeros(len(merged), np.float64)
+    if ease is not None:
+        e = ease[merged.items].astype(np.float64)
+        base = np.where(np.isfinite(e), e, np.nanmin(np.where(np.isfinite(e), e, np.nan)) - 1.0)
+        base = np.nan_to_num(base, nan=0.0)
+    if hot is not None:
+        base = base + 1e-3 * np.log1p(np.maximum(hot[merged.items], 0))
+    return base.astype(np.float32)
+
+
+# ---- training -------------------------------------------------------------------------------
+@dataclass
+class RankerData:
+    sparse: np.ndarray
+    dense: np.ndarray
+    labels: np.ndarray
+    groups: np.ndarray  # user index per row
+
+
+def ranker_training_data(
+    data: InteractionData,
+    channels: dict[str, RecallChannel],
+    config: PipelineConfig,
+    labels: Mapping[int, np.ndarray],
+    progress_iter: Callable[[Any], Any] = lambda x: x,
+) -> tuple[RankerData, float]:
+    """Candidates of the merged recall per user, labelled by held-out items; hard negatives (not
+    clicked candidates, sampled) and random catalogue negatives. Returns data and candidate recall."""
+    rng = np.random.default_rng(config.seed)
+    rec = Recommender(data, channels, config)
+    sparse_rows, dense_rows, label_rows, group_rows = [], [], [], []
+    hits = []
+    for user in progress_iter(sorted(labels)):
+        query = UserQuery.from_data(data, user)
+        vectors = rec.score_vectors(query)
+        merged = rec.candidates(query, vectors=vectors)
+        pos = labels[user]
+        is_pos = np.isin(merged.items, pos)
+        hits.append(is_pos.sum() / max(len(pos), 1))
+        neg_idx = np.flatnonzero(~is_pos)
+        hard = rng.choice(neg_idx, min(config.hard_negatives, len(neg_idx)), replace=False)
+        keep = np.sort(np.concatenate([np.flatnonzero(is_pos), hard]))
+        sub = MergedCandidates(
+            merged.items[keep],
+            [merged.channel[i] for i in keep],
+            merged.channel_names,
+            merged.channel_scores[keep],
+        )
+        blocked = np.zeros(data.n_items, bool)
+        blocked[merged.items] = True
+        blocked[query.history] = True
+        blocked[pos] = True
+        pool = np.flatnonzero(~blocked)
+        rand = rng.choice(pool, min(config.random_negatives, len(pool)), replace=False)
+        rand_m = MergedCandidates(
+            rand,
+            ["random"] * len(rand),
+            merged.channel_names,
+            np.full((len(rand), len(merged.channel_names)), np.nan),
+        )
+        for part in (sub, rand_m):
+            if len(part) == 0:
+                continue
+            s, d = rec.features(query, part, vectors)
+            sparse_rows.append(s)
+            dense_rows.append(d)
+            label_rows.append(np.isin(part.items, pos).astype(np.float32))
+            group_rows.append(np.full(len(part), user))
+    out = RankerData(
+        np.concatenate(sparse_rows),
+        np.concatenate(dense_rows),
+        np.concatenate(label_rows),
+        np.concatenate(group_rows),
+    )
+    return out, float(np.mean(hits)) if hits else 0.0
+
+
+def train_recommender(
+    interactions: pd.DataFrame,
+    items: pd.DataFrame | None = None,
+    config: PipelineConfig | None = None,
+    progress: bool = False,
+    train_ranker: bool = True,
+    log: Progress | None = None,
+) -> tuple[Recommender, dict[str, Any]]:
+    """Fit the channels on a validation cut, train DeepFM on their candidates (labels: the cut's
+    held-out items), then refit the channels on all interactions. Returns (recommender, info)."""
+    from tqdm.auto import tqdm
+
+    config = config or PipelineConfig()
+    say = log or (lambda msg: None)
+    t0 = time.perf_counter()
+    if len(interactions) == 0:
+        raise InvalidInputError("no interactions to train on")
+    names = set(interactions["item_id"].unique().tolist())
+    if items is not None:
+        names |= set(items["item_id"].tolist())
+    vocab = sorted(names)
+    info: dict[str, Any] = {"config": config.to_json()}
+    onnx_bytes = None
+    if train_ranker:
+        inner, held = temporal_user_split(interactions)
+        inner_data = InteractionData.from_frame(inner, items, item_vocabulary=vocab)
+        say("fitting channels on the validation cut")
+        inner_channels = fit_channels(inner_data, config, say)
+        labels = {
+            inner_data.user_index[u]: np.array([inner_data.item_index[i] for i in g], np.int64)
+            for u, g in held.groupby("user_id")["item_id"]
+            if u in inner_data.user_index
+        }
+        say("building ranker training data")
+        it = (lambda x: tqdm(x, desc="ranker data", leave=False)) if progress else (lambda x: x)
+        rd, cand_recall = ranker_training_data(inner_data, inner_channels, config, labels, it)
+        info["validation_candidate_recall"] = cand_recall
+        info["ranker_rows"] = len(rd.labels)
+        onnx_bytes, ranker_info = _train_ranker(rd, inner_data, config, progress)
+        info.update(ranker_info)
+    say("fitting channels on all interactions")
+    data = InteractionData.from_frame(interactions, items, item_vocabulary=vocab)
+    channels = fit_channels(data, config, say)
+    info["train_seconds"] = time.perf_counter() - t0
+    info["data_window"] = {
+        "start": int(interactions["timestamp"].min()),
+        "end": int(interactions["timestamp"].max()),
+        "interactions": len(interactions),
+        "users": data.n_users,
+        "items": data.n_items,
+    }
+    return Recommender(data, channels, config, onnx_bytes), info
+
+
+def _train_ranker(
+    rd: RankerData, data: InteractionData, config: PipelineConfig, progress: bool
+) -> tuple[bytes, dict[str, Any]]:
+    from zerorec.ranking.deepfm import DeepFMConfig, export_onnx, train_deepfm
+
+    rng = np.random.default_rng(config.seed)
+    users = np.unique(rd.groups)
+    valid_users = rng.choice(users, max(1, len(users) // 10), replace=False)
+    is_valid = np.isin(rd.groups, valid_users)
+    if rd.labels[~is_valid].min() == rd.labels[~is_valid].max():
+        is_valid[:] = False
+    n_genres = int(rd.sparse[:, 2:5].max())
+    cards = sparse_cardinalities(data.n_users, data.n_items, n_genres, len(CHANNEL_ORDER))
+    cfg = DeepFMConfig(
+        embed_dim=config.ranker_embed_dim,
+        hidden=config.ranker_hidden,
+        epochs=config.ranker_epochs,
+        seed=config.seed,
+        threads=config.ranker_threads,
+        shared_vocab_groups=((2, 3, 4),),
+    )
+    tr = ~is_valid
+    valid = (rd.sparse[is_valid], rd.dense[is_valid], rd.labels[is_valid]) if is_valid.any() else None
+    model = train_deepfm(
+        rd.sparse[tr], rd.dense[tr], rd.labels[tr], cards, cfg, valid=valid, progress=progress
+    )
+    buf = io.BytesIO()
+    export_onnx(model, buf)
+    return buf.getvalue(), {
+        "ranker_best_epoch": getattr(model, "best_epoch", None),
+        "ranker_history": getattr(model, "history", None),
+    }
+
+
+# ---- evaluation -----------------------------------------------------------------------------
+def evaluate_protocol(
+    interactions: pd.DataFrame,
+    items: pd.DataFrame | None = None,
+    config: PipelineConfig | None = None,
+    progress: bool = False,
+    log: Progress | None = None,
+    k: int = 20,
+) -> dict[str, Any]:
+    """temporal-user-20: train on the train split (the ranker's validation cut is taken inside it),
+    then one row per channel, the merged recall, recall+ranking and the full pipeline."""
+    from tqdm.auto import tqdm
+
+    from zerorec.evaluation import candidate_recall, full_report, protocol_split
+
+    config = config or PipelineConfig()
+    ps = protocol_split(interactions, items)
+    t0 = time.perf_counter()
+    rec, info = train_recommender(ps.train_frame, items, config, progress=progress, log=log)
+    train_s = time.perf_counter() - t0
+    names = [c for c in CHANNEL_ORDER if c in rec.channels]
+    rows: dict[str, list[np.ndarray]] = {n: [] for n in [*names, "merged", "ranked", "full"]}
+    cands: list[np.ndarray] = []
+    wall = dict.fromkeys(rows, 0.0)
+    users = ps.users if not progress else tqdm(ps.users, desc="evaluate", leave=False)
+    for user in users:
+        query = UserQuery.from_data(rec.data, int(user))
+        t = time.perf_counter()
+        vectors = rec.score_vectors(query)
+        t_vec = time.perf_counter() - t
+        for n in names:
+            t = time.perf_counter()
+            rows[n].append(_pad(top_n(vectors[n], k, query.history), k))
+            wall[n] += time.perf_counter() - t + t_vec / len(names)
+        t = time.perf_counter()
+        merged = rec.candidates(query, vectors=vectors)
+        rows["merged"].append(_pad(merged.items[:k], k))
+        wall["merged"] += time.perf_counter() - t + t_vec
+        cands.append(merged.items)
+        t = time.perf_counter()
+        scores = rec.rank(query, merged, vectors)
+        order = np.lexsort((np.arange(len(scores)), -scores))
+        rows["ranked"].append(_pad(merged.items[order[:k]], k))
+        t_rank = time.perf_counter() - t
+        wall["ranked"] += t_rank + wall["merged"] / max(len(cands), 1)
+        t = time.perf_counter()
+        out = rec.rerank(query, merged, scores, k)
+        idx = np.array([rec.data.item_index[r.item_id] for r in out], np.int64)
+        rows["full"].append(_pad(idx, k))
+        wall["full"] += time.perf_counter() - t + t_rank
+    report: dict[str, Any] = {
+        "protocol": "temporal-user-20",
+        "users_evaluated": len(ps.users),
+        "items": rec.data.n_items,
+        "train_seconds": train_s,
+        f"candidate_recall@{config.n_candidates}": candidate_recall(cands, ps.truth),
+        "validation_candidate_recall": info.get("validation_candidate_recall"),
+        "rows": {},
+    }
+    for n, recs in rows.items():
+        metrics = full_report(np.array(recs), ps.truth, rec.data)
+        metrics["wall_seconds"] = wall[n]
+        report["rows"][n] = metrics
+    return report
+
+
+def _pad(items: np.ndarray, k: int) -> np.ndarray:
+    out = np.full(k, -1, np.int64)
+    out[: min(k, len(items))] = items[:k]
+    return out
