@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
+from zerorec.errors import InvalidInputError
 from zerorec.storage.bus import EventBus, OutgoingRecord
 
 T = Callable[[str], str]
@@ -111,3 +113,13 @@ def test_poll_respects_max_records(bus: EventBus, topic: T, drain: D) -> None:
     c2.close()
     assert len(batch) == 2
     assert 1 <= len(more) <= 2
+
+
+def test_closed_consumer_refuses_poll(bus: EventBus, topic: T, drain: D) -> None:
+    t = topic("a")
+    bus.ensure_topics([t])
+    c = bus.consumer([t], topic("g"))
+    c.close()
+    c.close()  # closing twice is harmless
+    with pytest.raises(InvalidInputError):
+        c.poll(timeout_s=0.1)

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from zerorec.errors import BackendUnavailableError, DeliveryError
+from zerorec.settings import Settings
 from zerorec.storage.bus import OutgoingRecord
 from zerorec.storage.bus_kafka import KafkaEventBus
 from zerorec.storage.kv import Get, Set, ZIncr
@@ -82,3 +83,11 @@ def test_kafka_admin_and_consumer_on_dead_broker(dead_port: int) -> None:
         _fails_fast(lambda: bus.consumer(["zerorec.behavior"], "g"), BackendUnavailableError)
     finally:
         bus.close()
+
+
+def test_s3_wrong_credentials_are_a_clear_error(s3_server: str, real_settings: Settings) -> None:
+    bad = real_settings.model_copy(update={"s3_secret_key": "not-the-secret"})
+    store = S3ObjectStore.from_settings(bad)
+    with pytest.raises(BackendUnavailableError, match="refused"):
+        store.get("any/key")
+    store.close()

@@ -12,8 +12,13 @@ from zerorec.storage.objects_local import LocalObjectStore
 from zerorec.storage.objects_s3 import S3ObjectStore
 
 
+def _embedded(tmp_path) -> Settings:
+    # explicit, since `local/infra.sh env` exports the real backends into the environment
+    return Settings(data_dir=tmp_path, object_store="local", kv_store="memory", event_bus="memory")
+
+
 def test_embedded_defaults(tmp_path) -> None:
-    s = Settings(data_dir=tmp_path)
+    s = _embedded(tmp_path)
     store = object_store(s)
     assert isinstance(store, LocalObjectStore)
     assert store.root == (tmp_path / "objects").resolve()
@@ -22,7 +27,7 @@ def test_embedded_defaults(tmp_path) -> None:
 
 
 def test_embedded_kv_and_bus_are_shared_in_process(tmp_path) -> None:
-    s = Settings(data_dir=tmp_path)
+    s = _embedded(tmp_path)
     assert kv_store(s) is kv_store(s)
     assert event_bus(s) is event_bus(s)
 
