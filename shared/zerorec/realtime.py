@@ -23,6 +23,7 @@ from zerorec.storage.kv import (
     Delete,
     HGetAll,
     HIncr,
+    HMGet,
     HSet,
     ListPush,
     ListRange,
@@ -153,8 +154,11 @@ def item_upsert_writes(item: ItemRecord) -> list[WriteOp]:
     ]
 
 
-def item_delete_writes(item_id: str) -> list[WriteOp]:
-    return [Delete(item_key(item_id)), ZRem(FRESH_KEY, item_id), ZRem(hot_key(), item_id)]
+def item_delete_writes(item_id: str, categories: Sequence[str] = ()) -> list[WriteOp]:
+    """Drop the item's metadata and its places in fresh, hot and its categories' hot lists."""
+    ops: list[WriteOp] = [Delete(item_key(item_id)), ZRem(FRESH_KEY, item_id), ZRem(hot_key(), item_id)]
+    ops += [ZRem(hot_key(c), item_id) for c in categories]
+    return ops
 
 
 @dataclass(frozen=True)
@@ -199,3 +203,20 @@ def fresh_reads(n: int) -> list[ReadOp]:
 def item_reads(item_ids: Sequence[str]) -> list[ReadOp]:
     return [HGetAll(item_key(i)) for i in item_ids]
 
+
+
+def item_categories_read(item_id: str) -> ReadOp:
+    """The item's categories field (JSON list) alone; parse with `categories_from`."""
+    return HMGet(item_key(item_id), ("categories",))
+
+
+def categories_from(result: Sequence[str | None]) -> tuple[str, ...]:
+    """Categories from the HMGet of `item_categories_read` (empty for an unknown item)."""
+    raw = result[0] if result else None
+    if not raw:
+        return ()
+    try:
+        parsed = json.loads(raw)
+    except ValueError:
+        return ()
+    return tuple(str(c) for c in parsed) if isinstance(parsed, list) else ()

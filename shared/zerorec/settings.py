@@ -62,6 +62,21 @@ class Settings(BaseSettings):
     recall_candidates: int = Field(default=500, ge=1, le=2000, description="candidates asked of recall")
     grpc_port: int = Field(default=10072, gt=0, lt=65536, description="recommender gRPC port")
 
+    # --- serving functions (recall, ranking, reranking, user, item) ---------------------------
+    model_name: str = Field(default="recommender", description="bundle the serving functions load")
+    model_cache_dir: Path | None = Field(default=None, description="verified bundle files kept here")
+    model_retry_s: float = Field(default=5.0, gt=0, description="retry period while no model is loaded")
+    rerank_diversity: float | None = Field(
+        default=None, ge=0, le=1, description="MMR trade-off; None keeps the bundle's value"
+    )
+
+    # --- event pipeline: behavior ingestion, consumer, worker -----------------------------------
+    behavior_api_key: str = Field(default="", description="X-API-Key for POST /events (empty: open)")
+    behavior_max_batch: int = Field(default=1000, ge=1, le=10000, description="events per request")
+    behavior_max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024, description="request body limit")
+    consumer_category_cache_s: float = Field(default=10.0, ge=0, description="item-category cache TTL")
+    export_group: str = Field(default="zerorec-export-events", description="export task consumer group")
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

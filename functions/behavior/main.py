@@ -1,0 +1,98 @@
+"""behavior, HTTP: `POST /events` (one event, an array, {"events": [...]} or a CloudEvent), `GET /health`.
+
+Answers 202 with per-event results only after Kafka acknowledged every accepted event; 400/413 for
+bad input (with reasons), 401 for a wrong X-API-Key, 503 when the broker did not acknowledge in time.
+Run: `functions-framework --target behavior --source functions/behavior/main.py --port 8086`.
+Logic: zerorec.ingest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import functions_framework.aio
+import orjson
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from zerorec.cloudevents_io import from_http
+from zerorec.errors import BackendUnavailableError, DeliveryError, InvalidInputError
+from zerorec.ingest import BatchTooLargeError, BehaviorIngest, IngestResult, check_api_key
+from zerorec.settings import get_settings
+from zerorec.storage import event_bus
+
+log = logging.getLogger("zerorec.behavior")
+_settings = get_settings()
+_ingest = BehaviorIngest(
+    event_bus(_settings), _settings.topic_behavior, max_batch=_settings.behavior_max_batch
+)
+
+
+def _json(doc: object, status: int) -> Response:
+    return Response(orjson.dumps(doc), status_code=status, media_type="application/json")
+
+
+def _error(reason: str, status: int) -> Response:
+    return _json({"error": reason}, status)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _TooLarge
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _is_cloudevent(request: Request) -> bool:
+    ctype = request.headers.get("content-type", "").lower()
+    return "ce-specversion" in request.headers or ctype.startswith("application/cloudevents+json")
+
+
+@functions_framework.aio.http
+async def behavior(request: Request) -> Response:
+    """Route on path: POST /events, GET /health."""
+    path = request.url.path.rstrip("/") or "/"
+    if path == "/health":
+        return _json({"status": "ok", "topic": _ingest.topic}, 200)
+    if path not in ("/events", "/"):
+        return _error(f"no route {path}; use POST /events", 404)
+    if request.method != "POST":
+        return _error("use POST /events", 405)
+    if not check_api_key(_settings.behavior_api_key, request.headers.get("x-api-key")):
+        return _error("missing or wrong X-API-Key", 401)
+    limit = _settings.behavior_max_body_bytes
+    try:
+        body = await _read_body(request, limit)
+    except _TooLarge:
+        return _error(f"body larger than {limit} bytes", 413)
+    except ClientDisconnect:
+        return _error("client disconnected", 400)
+    try:
+        if _is_cloudevent(request):
+            event = from_http(dict(request.headers), body)
+            result: IngestResult = await asyncio.to_thread(_ingest.accept_cloudevent, event)
+        else:
+            result = await asyncio.to_thread(_ingest.accept_json, body)
+    except BatchTooLargeError as exc:
+        return _error(str(exc), 413)
+    except InvalidInputError as exc:
+        return _error(str(exc), 400)
+    except (DeliveryError, BackendUnavailableError) as exc:
+        log.warning("publish failed: %s", exc)
+        return _error(f"event bus unavailable, nothing accepted; retry later ({exc})", 503)
+    except Exception:  # a bug, not bad input: say so without leaking internals
+        log.exception("ingest failed")
+        return _error("internal error", 500)
+    if not result.accepted:
+        return _json({"error": "no valid event in the request", **result.to_json()}, 400)
+    return _json(result.to_json(), 202)

@@ -1,0 +1,145 @@
+"""Behavior acceptance: validate tracked events and produce them to the behavior topic.
+
+`BehaviorIngest.accept_json(body)` takes one event, a JSON array of events or `{"events": [...]}`;
+`accept_cloudevent(event)` takes one CloudEvent (binary or structured HTTP). Every payload is checked
+against `events/schemas/behavior.v1.json`; the valid ones become `dev.zerorec.behavior.v1` CloudEvents
+(Kafka binary binding, key = user_id) and go out in ONE `bus.publish` call, which returns only once the
+broker acknowledged every record (else DeliveryError / BackendUnavailableError: nothing is reported
+as accepted). Invalid payloads get a per-event reason and are not produced.
+
+Exactly-once note: a 503 means "not acknowledged", not "not written"; a client that retries a 503
+may produce duplicates unless it sends CloudEvents with its own stable ids (the consumer dedups by id).
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from zerorec.cloudevents_io import CloudEvent, event_data, new_event, to_kafka_record, validate
+from zerorec.errors import InvalidInputError
+from zerorec.event_schemas import SchemaCatalogue, catalogue
+from zerorec.storage.bus import EventBus, OutgoingRecord
+
+BEHAVIOR_TYPE = "dev.zerorec.behavior.v1"
+SOURCE = "/zerorec/behavior"
+DEFAULT_MAX_BATCH = 1000
+DEFAULT_MAX_BODY_BYTES = 2 * 1024 * 1024
+
+
+class BatchTooLargeError(InvalidInputError):
+    """More events in one request than the configured maximum."""
+
+
+@dataclass
+class IngestResult:
+    """Per-event outcome of one request, in request order."""
+
+    ids: list[str | None] = field(default_factory=list)  # event id if accepted, else None
+    errors: list[dict[str, Any]] = field(default_factory=list)  # {"index", "reason"}
+
+    @property
+    def accepted(self) -> int:
+        return sum(1 for i in self.ids if i is not None)
+
+    def to_json(self) -> dict[str, Any]:
+        """The response body: counts, the accepted ids by position and the rejections."""
+        return {
+            "accepted": self.accepted,
+            "rejected": len(self.errors),
+            "ids": self.ids,
+            "errors": self.errors,
+        }
+
+
+def check_api_key(expected: str, given: str | None) -> bool:
+    """True when no key is configured or `given` matches it (constant-time)."""
+    if not expected:
+        return True
+    return given is not None and hmac.compare_digest(expected.encode(), given.encode())
+
+
+def parse_batch(body: bytes, max_batch: int = DEFAULT_MAX_BATCH) -> list[Any]:
+    """A JSON body as a list of payloads: one object, an array, or {"events": [...]}."""
+    if not body.strip():
+        raise InvalidInputError('empty body: send one event, a JSON array or {"events": [...]}')
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInputError(f"body is not valid JSON: {exc}") from None
+    if isinstance(doc, dict) and set(doc) == {"events"}:
+        doc = doc["events"]
+        if not isinstance(doc, list):
+            raise InvalidInputError("'events' must be a JSON array")
+    payloads = doc if isinstance(doc, list) else [doc]
+    if not payloads:
+        raise InvalidInputError("no events in the batch")
+    if len(payloads) > max_batch:
+        raise BatchTooLargeError(f"batch of {len(payloads)} events is over the limit of {max_batch}")
+    return payloads
+
+
+class BehaviorIngest:
+    """Validates behavior payloads and produces them, acknowledged, to `topic`."""
+
+    def __init__(
+        self,
+        bus: EventBus,
+        topic: str,
+        *,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        catalogue_: SchemaCatalogue | None = None,
+    ) -> None:
+        self.bus = bus
+        self.topic = topic
+        self.max_batch = max_batch
+        self.catalogue = catalogue_ or catalogue()
+
+    def check(self, payload: Any) -> str | None:
+        """Why `payload` is not a valid behavior event, or None."""
+        try:
+            self.catalogue.validate_data(BEHAVIOR_TYPE, payload)
+        except InvalidInputError as exc:
+            return str(exc)
+        return None
+
+    def accept_payloads(self, payloads: Sequence[Any]) -> IngestResult:
+        """Validate each payload, produce the valid ones in one acknowledged publish."""
+        result = IngestResult()
+        records: list[OutgoingRecord] = []
+        for index, payload in enumerate(payloads):
+            reason = self.check(payload)
+            if reason is not None:
+                result.ids.append(None)
+                result.errors.append({"index": index, "reason": reason})
+                continue
+            event = new_event(BEHAVIOR_TYPE, payload, source=SOURCE, subject=payload["user_id"])
+            records.append(to_kafka_record(event, key=payload["user_id"]))
+            result.ids.append(event["id"])
+        self.bus.publish(self.topic, records)  # raises unless every record was acknowledged
+        return result
+
+    def accept_json(self, body: bytes) -> IngestResult:
+        """Parse a JSON body (one, array, or {"events": [...]}) and accept it."""
+        return self.accept_payloads(parse_batch(body, self.max_batch))
+
+    def accept_cloudevent(self, event: CloudEvent) -> IngestResult:
+        """Accept one client-built behavior CloudEvent; its id is kept (client retries dedup)."""
+        validate(event, self.catalogue)
+        if event["type"] != BEHAVIOR_TYPE:
+            raise InvalidInputError(f"this endpoint takes {BEHAVIOR_TYPE} events, got {event['type']!r}")
+        payload = event_data(event)
+        fresh = new_event(
+            BEHAVIOR_TYPE,
+            payload,
+            source=str(event["source"]),
+            subject=payload["user_id"],
+            event_id=str(event["id"]),
+            time=event.get("time"),
+        )
+        self.bus.publish(self.topic, [to_kafka_record(fresh, key=payload["user_id"])])
+        return IngestResult(ids=[str(event["id"])])

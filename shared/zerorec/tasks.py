@@ -1,0 +1,338 @@
+"""Worker tasks (the Celery worker's jobs), each triggered by one task CloudEvent.
+
+- `dev.zerorec.task.catalogue-import.v1`: a CSV/Parquet catalogue object -> item.upserted events on
+  the items topic (`zerorec.catalog`), never straight into the KV: the item stream stays the single
+  source of truth and the consumer applies it like any other change.
+- `dev.zerorec.task.rebuild-hot.v1`: recompute the hot lists (global and per category) from the
+  behavior log over the last `window_hours`, keep the top `n` of each, and replace them atomically.
+  This also bounds the hot zsets (the consumer only ever adds members).
+- `dev.zerorec.task.export-events.v1`: the behavior log -> Parquet under `<prefix>/<date>/...` for
+  training. Default: since the last export (consumer group `settings.export_group`, committed only
+  after the objects are written: a crash re-exports, never skips; rows carry `event_id` to dedup).
+  With `since`/`until`: a backfill that reads the whole log and commits nothing.
+
+PingSources send the same tasks as `dev.knative.sources.ping` with the `zerorectype` extension;
+`run_task` takes the effective type, so both paths are one.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from zerorec import catalog
+from zerorec.cloudevents_io import from_kafka_record, validate
+from zerorec.errors import InvalidInputError
+from zerorec.event_schemas import catalogue, parse_timestamp
+from zerorec.realtime import (
+    categories_from,
+    decayed_increment,
+    event_weight,
+    hot_key,
+    item_categories_read,
+)
+from zerorec.settings import Settings
+from zerorec.storage.bus import EventBus, Record
+from zerorec.storage.kv import Delete, KVStore, SetAdd, SetMembers, WriteOp, ZIncr
+from zerorec.storage.objects import ObjectStore
+
+CATALOGUE_IMPORT = "dev.zerorec.task.catalogue-import.v1"
+REBUILD_HOT = "dev.zerorec.task.rebuild-hot.v1"
+EXPORT_EVENTS = "dev.zerorec.task.export-events.v1"
+BEHAVIOR_TYPE = "dev.zerorec.behavior.v1"
+HOT_CATEGORIES_KEY = "hot:cats"  # the categories whose hot lists the last rebuild wrote
+EXPORT_CHUNK = 100_000
+MAX_RECORDS = 2_000_000
+
+EXPORT_SCHEMA = pa.schema(
+    [
+        ("event_id", pa.string()),
+        ("source", pa.string()),
+        ("user_id", pa.string()),
+        ("item_id", pa.string()),
+        ("kind", pa.string()),
+        ("timestamp", pa.timestamp("ms", tz="UTC")),
+        ("value", pa.float64()),
+        ("context", pa.string()),
+        ("topic", pa.string()),
+        ("partition", pa.int32()),
+        ("offset", pa.int64()),
+    ]
+)
+
+
+@dataclass
+class Stores:
+    """What the tasks work on."""
+
+    settings: Settings
+    bus: EventBus
+    kv: KVStore
+    objects: ObjectStore
+
+
+def run_task(task_type: str, data: Any, stores: Stores) -> dict[str, Any]:
+    """Run the task `task_type` with its (validated) data; returns a JSON-able report."""
+    data = data or {}
+    s = stores.settings
+    if task_type == CATALOGUE_IMPORT:
+        return catalogue_import(stores.objects, stores.bus, s.topic_items, data["key"], data["format"])
+    if task_type == REBUILD_HOT:
+        return rebuild_hot(
+            stores.bus,
+            stores.kv,
+            s.topic_behavior,
+            window_hours=data.get("window_hours", 24),
+            n=data.get("n", 200),
+        )
+    if task_type == EXPORT_EVENTS:
+        return export_events(
+            stores.bus,
+            stores.objects,
+            s.topic_behavior,
+            group=s.export_group,
+            prefix=data.get("prefix", "events"),
+            since=data.get("since"),
+            until=data.get("until"),
+        )
+    raise InvalidInputError(f"the worker has no task {task_type!r}")
+
+
+# ---------------------------------------------------------------- catalogue import
+
+
+def _rows(blob: bytes, fmt: str) -> Iterator[dict[str, Any]]:
+    if fmt == "parquet":
+        try:
+            parquet = pq.ParquetFile(io.BytesIO(blob))
+        except (pa.ArrowException, OSError) as exc:
+            raise InvalidInputError(f"not a readable Parquet file: {exc}") from None
+        for batch in parquet.iter_batches(batch_size=catalog.CHUNK):
+            yield from batch.to_pylist()
+        return
+    import pandas as pd
+
+    try:
+        chunks = pd.read_csv(io.BytesIO(blob), dtype=str, keep_default_na=False, chunksize=catalog.CHUNK)
+        for frame in chunks:
+            yield from frame.to_dict("records")
+    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise InvalidInputError(f"not a readable CSV file: {exc}") from None
+
+
+def catalogue_import(objects: ObjectStore, bus: EventBus, topic: str, key: str, fmt: str) -> dict[str, Any]:
+    """Publish every row of the catalogue object `key` as an item.upserted event."""
+    blob = objects.get(key)  # NotFoundError if missing
+    now = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    report = catalog.publish_rows(bus, topic, _rows(blob, fmt), default_created_at=now)
+    return {"task": CATALOGUE_IMPORT, "key": key, **report.to_json()}
+
+
+# ---------------------------------------------------------------- reading the log
+
+
+class LogReader:
+    """Read a topic until caught up; offsets move only through `commit` (a context manager)."""
+
+    def __init__(
+        self,
+        bus: EventBus,
+        topic: str,
+        group: str,
+        *,
+        from_beginning: bool = True,
+        max_records: int = MAX_RECORDS,
+        idle_s: float = 1.5,
+        first_wait_s: float = 5.0,
+    ) -> None:
+        self._consumer = bus.consumer([topic], group, from_beginning=from_beginning)
+        self.max_records = max_records
+        self.idle_s = idle_s
+        self.first_wait_s = first_wait_s
+        self._last: dict[tuple[str, int], Record] = {}
+
+    def __enter__(self) -> LogReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._consumer.close()
+
+    def batches(self) -> Iterator[list[Record]]:
+        """Batches until `idle_s` without records once data came (or `first_wait_s` with none)."""
+        started = last = time.monotonic()
+        seen = 0
+        while seen < self.max_records:
+            records = self._consumer.poll(min(1000, self.max_records - seen), 0.5)
+            now = time.monotonic()
+            if not records:
+                if (seen and now - last > self.idle_s) or (not seen and now - started > self.first_wait_s):
+                    return
+                continue
+            last, seen = now, seen + len(records)
+            for r in records:
+                self._last[(r.topic, r.partition)] = r
+            yield records
+
+    def commit(self) -> None:
+        """Commit everything yielded so far."""
+        if self._last:
+            self._consumer.commit(list(self._last.values()))
+            self._last.clear()
+
+
+def _behavior(record: Record) -> dict[str, Any] | None:
+    """The record's validated behavior event as a row, or None if it is not a valid one."""
+    try:
+        event = from_kafka_record(record)
+        validate(event, catalogue())
+    except InvalidInputError:
+        return None
+    if event["type"] != BEHAVIOR_TYPE:
+        return None
+    data = event.get_data()
+    return {
+        "event_id": str(event["id"]),
+        "source": str(event["source"]),
+        "user_id": data["user_id"],
+        "item_id": data["item_id"],
+        "kind": data["kind"],
+        "timestamp": parse_timestamp(data["timestamp"]).astimezone(UTC),
+        "value": data.get("value"),
+        "context": json.dumps(data["context"], sort_keys=True) if "context" in data else None,
+        "topic": record.topic,
+        "partition": record.partition,
+        "offset": record.offset,
+    }
+
+
+# ---------------------------------------------------------------- hot lists
+
+
+def rebuild_hot(
+    bus: EventBus,
+    kv: KVStore,
+    topic: str,
+    *,
+    window_hours: int = 24,
+    n: int = 200,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """Recompute hot:all and hot:cat:* from the behavior log of the last `window_hours` (top `n`)."""
+    since = (now or datetime.now(UTC)) - timedelta(hours=window_hours)
+    scores: dict[str, float] = {}
+    used = 0
+    group = f"zerorec-rebuild-hot-{uuid.uuid4().hex[:12]}"  # transient: reads all, commits nothing
+    with LogReader(bus, topic, group) as reader:
+        for batch in reader.batches():
+            for record in batch:
+                row = _behavior(record)
+                if row is None or row["timestamp"] < since:
+                    continue
+                used += 1
+                weight = event_weight(row["kind"], row["value"])
+                inc = decayed_increment(weight, row["timestamp"].timestamp())
+                scores[row["item_id"]] = scores.get(row["item_id"], 0.0) + inc
+    items = list(scores)
+    results = kv.read([item_categories_read(i) for i in items] + [SetMembers(HOT_CATEGORIES_KEY)])
+    previous: set[str] = results.pop()
+    per_category: dict[str, dict[str, float]] = {}
+    for item_id, result in zip(items, results, strict=True):
+        for category in categories_from(result):
+            per_category.setdefault(category, {})[item_id] = scores[item_id]
+    ops: list[WriteOp] = [*_replace_zset(hot_key(), scores, n)]
+    for category, members in per_category.items():
+        ops += _replace_zset(hot_key(category), members, n)
+    ops += [Delete(hot_key(c)) for c in previous - set(per_category)]
+    ops.append(Delete(HOT_CATEGORIES_KEY))
+    if per_category:
+        ops.append(SetAdd(HOT_CATEGORIES_KEY, tuple(sorted(per_category))))
+    kv.write(ops)  # atomic: readers see the old lists or the new ones
+    return {
+        "task": REBUILD_HOT,
+        "events": used,
+        "items": len(scores),
+        "categories": len(per_category),
+        "window_hours": window_hours,
+        "n": n,
+    }
+
+
+def _replace_zset(key: str, scores: dict[str, float], n: int) -> list[WriteOp]:
+    top = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+    return [Delete(key), *(ZIncr(key, member, score) for member, score in top)]
+
+
+# ---------------------------------------------------------------- export
+
+
+def _write_parquet(objects: ObjectStore, prefix: str, rows: Sequence[dict[str, Any]], run: str) -> list[str]:
+    by_date: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_date.setdefault(row["timestamp"].date().isoformat(), []).append(row)
+    keys = []
+    for date, part in sorted(by_date.items()):
+        table = pa.Table.from_pylist(part, schema=EXPORT_SCHEMA)
+        sink = io.BytesIO()
+        pq.write_table(table, sink, compression="zstd")
+        first = min(r["offset"] for r in part)
+        key = f"{prefix.rstrip('/')}/{date}/part-{run}-{first:012d}.parquet"
+        objects.put(key, sink.getvalue())
+        keys.append(key)
+    return keys
+
+
+def export_events(
+    bus: EventBus,
+    objects: ObjectStore,
+    topic: str,
+    *,
+    group: str,
+    prefix: str = "events",
+    since: str | None = None,
+    until: str | None = None,
+    chunk: int = EXPORT_CHUNK,
+) -> dict[str, Any]:
+    """Export valid behavior events to Parquet, one object per event date and chunk."""
+    backfill = since is not None or until is not None
+    lo = parse_timestamp(since) if since else None
+    hi = parse_timestamp(until) if until else None
+    run = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    if backfill:
+        group = f"zerorec-export-backfill-{uuid.uuid4().hex[:12]}"
+    exported = skipped = 0
+    keys: list[str] = []
+    rows: list[dict[str, Any]] = []
+    with LogReader(bus, topic, group) as reader:
+        for batch in reader.batches():
+            for record in batch:
+                row = _behavior(record)
+                if row is None:
+                    skipped += 1
+                elif (lo is None or row["timestamp"] >= lo) and (hi is None or row["timestamp"] < hi):
+                    rows.append(row)
+            if len(rows) >= chunk:
+                keys += _write_parquet(objects, prefix, rows, run)
+                exported, rows = exported + len(rows), []
+                if not backfill:
+                    reader.commit()  # only after the objects are written
+        if rows:
+            keys += _write_parquet(objects, prefix, rows, run)
+            exported += len(rows)
+        if not backfill:
+            reader.commit()
+    return {
+        "task": EXPORT_EVENTS,
+        "exported": exported,
+        "skipped": skipped,
+        "objects": keys,
+        "backfill": backfill,
+    }
