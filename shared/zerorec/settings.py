@@ -80,5 +80,6 @@ class Settings(BaseSettings):
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
+    admin_api_key: str = Field(default="", description="X-API-Key for the item admin endpoint (empty: open)")
     """Process-wide settings, read once from the environment."""
     return Settings()

@@ -1,0 +1,54 @@
+"""item: `POST /` batch metadata lookup; `POST /admin/items` catalogue upserts and deletions.
+
+The admin endpoint produces `item.upserted.v1` / `item.deleted.v1` CloudEvents to the items topic
+(zerorec.catalog); the consumer applies them to the KV, which `POST /` reads. X-API-Key when
+ZEROREC_ADMIN_API_KEY is set. Also `GET /health` and `POST /events/model-published` (reload).
+Run: `functions-framework --target item --source functions/item/main.py --port 8085`.
+"""
+
+from __future__ import annotations
+
+import functions_framework.aio
+from starlette.requests import Request
+from starlette.responses import Response
+from zerorec.api import ItemRequest
+from zerorec.errors import BackendUnavailableError, DeliveryError
+from zerorec.ingest import check_api_key
+from zerorec.online import ItemAdmin, ItemAdminRequest, ItemStage, default_kv, stage_loader
+from zerorec.serving import HTTPError, ModelSlot, dispatch, offload, parse
+from zerorec.settings import get_settings
+from zerorec.storage import event_bus
+
+_settings = get_settings()
+_kv = default_kv(_settings)
+_admin = ItemAdmin(event_bus(_settings), _settings.topic_items)
+SLOT: ModelSlot[ItemStage] = ModelSlot(
+    _settings.model_name, stage_loader(lambda m: ItemStage(m, _kv), _settings), _settings.model_retry_s
+)
+SLOT.load()  # cold start: before functions-framework opens the port
+
+
+async def _lookup(request: Request, stage: ItemStage) -> Response:
+    req = await parse(request, ItemRequest)
+    return await offload(stage.lookup, req.item_ids)
+
+
+async def _admin_items(request: Request, _stage: ItemStage) -> Response:
+    if not check_api_key(_settings.admin_api_key, request.headers.get("x-api-key")):
+        raise HTTPError(401, "missing or wrong X-API-Key")
+    req = await parse(request, ItemAdminRequest, limit=1024 * 1024)
+    try:
+        response = await offload(_admin.apply, req)
+    except (DeliveryError, BackendUnavailableError) as exc:
+        raise HTTPError(503, f"items topic unavailable: {exc}") from None
+    response.status_code = 202
+    return response
+
+
+_handle = dispatch(SLOT, {"/": _lookup, "/admin/items": _admin_items})
+
+
+@functions_framework.aio.http
+async def item(request: Request) -> Response:
+    """Entry point (routes on path)."""
+    return await _handle(request)

@@ -1,0 +1,35 @@
+"""ranking: `POST /` DeepFM (ONNX) scores for a candidate batch, same order as given.
+
+Also `GET /health` (503 until the model is loaded) and `POST /events/model-published` (reload).
+Run: `functions-framework --target ranking --source functions/ranking/main.py --port 8082`.
+"""
+
+from __future__ import annotations
+
+import functions_framework.aio
+from starlette.requests import Request
+from starlette.responses import Response
+from zerorec.api import RankingRequest
+from zerorec.online import RankingStage, default_kv, stage_loader
+from zerorec.serving import ModelSlot, dispatch, offload, parse
+from zerorec.settings import get_settings
+
+_settings = get_settings()
+_kv = default_kv(_settings)
+SLOT: ModelSlot[RankingStage] = ModelSlot(
+    _settings.model_name, stage_loader(lambda m: RankingStage(m, _kv), _settings), _settings.model_retry_s
+)
+SLOT.load()  # cold start: before functions-framework opens the port
+
+
+async def _score(request: Request, stage: RankingStage) -> Response:
+    return await offload(stage.score, await parse(request, RankingRequest))
+
+
+_handle = dispatch(SLOT, {"/": _score})
+
+
+@functions_framework.aio.http
+async def ranking(request: Request) -> Response:
+    """Entry point (routes on path)."""
+    return await _handle(request)

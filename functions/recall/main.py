@@ -1,0 +1,40 @@
+"""recall: `POST /` multi-channel candidates, `POST /hot` the hot list (degraded path).
+
+Also `GET /health` (503 until the model is loaded) and `POST /events/model-published` (reload).
+Run: `functions-framework --target recall --source functions/recall/main.py --port 8081`.
+"""
+
+from __future__ import annotations
+
+import functions_framework.aio
+from starlette.requests import Request
+from starlette.responses import Response
+from zerorec.api import HotRequest, RecallRequest
+from zerorec.online import RecallStage, default_kv, stage_loader
+from zerorec.serving import ModelSlot, dispatch, offload, parse
+from zerorec.settings import get_settings
+
+_settings = get_settings()
+_kv = default_kv(_settings)
+SLOT: ModelSlot[RecallStage] = ModelSlot(
+    _settings.model_name, stage_loader(lambda m: RecallStage(m, _kv), _settings), _settings.model_retry_s
+)
+SLOT.load()  # cold start: before functions-framework opens the port
+
+
+async def _candidates(request: Request, stage: RecallStage) -> Response:
+    return await offload(stage.recall, await parse(request, RecallRequest))
+
+
+async def _hot(request: Request, stage: RecallStage) -> Response:
+    req = await parse(request, HotRequest)
+    return await offload(stage.hot, req.n, req.category)
+
+
+_handle = dispatch(SLOT, {"/": _candidates, "/hot": _hot})
+
+
+@functions_framework.aio.http
+async def recall(request: Request) -> Response:
+    """Entry point (routes on path)."""
+    return await _handle(request)

@@ -1,0 +1,36 @@
+"""reranking: `POST /` MMR, freshness and rules over ranked items; never a `seen` item.
+
+Also `GET /health` (503 until the model is loaded) and `POST /events/model-published` (reload).
+Run: `functions-framework --target reranking --source functions/reranking/main.py --port 8083`.
+"""
+
+from __future__ import annotations
+
+import functions_framework.aio
+from starlette.requests import Request
+from starlette.responses import Response
+from zerorec.api import RerankRequest
+from zerorec.online import RerankStage, stage_loader
+from zerorec.serving import ModelSlot, dispatch, offload, parse
+from zerorec.settings import get_settings
+
+_settings = get_settings()
+SLOT: ModelSlot[RerankStage] = ModelSlot(
+    _settings.model_name,
+    stage_loader(lambda m: RerankStage(m, _settings.rerank_diversity), _settings),
+    _settings.model_retry_s,
+)
+SLOT.load()  # cold start: before functions-framework opens the port
+
+
+async def _rerank(request: Request, stage: RerankStage) -> Response:
+    return await offload(stage.rerank, await parse(request, RerankRequest))
+
+
+_handle = dispatch(SLOT, {"/": _rerank})
+
+
+@functions_framework.aio.http
+async def reranking(request: Request) -> Response:
+    """Entry point (routes on path)."""
+    return await _handle(request)

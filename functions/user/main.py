@@ -1,0 +1,36 @@
+"""user: `POST /` the user's profile (real-time state from the KV over the training history).
+
+Also `GET /health` (503 until the model is loaded) and `POST /events/model-published` (reload).
+Run: `functions-framework --target user --source functions/user/main.py --port 8084`.
+"""
+
+from __future__ import annotations
+
+import functions_framework.aio
+from starlette.requests import Request
+from starlette.responses import Response
+from zerorec.api import UserRequest
+from zerorec.online import UserStage, default_kv, stage_loader
+from zerorec.serving import ModelSlot, dispatch, offload, parse
+from zerorec.settings import get_settings
+
+_settings = get_settings()
+_kv = default_kv(_settings)
+SLOT: ModelSlot[UserStage] = ModelSlot(
+    _settings.model_name, stage_loader(lambda m: UserStage(m, _kv), _settings), _settings.model_retry_s
+)
+SLOT.load()  # cold start: before functions-framework opens the port
+
+
+async def _profile(request: Request, stage: UserStage) -> Response:
+    req = await parse(request, UserRequest)
+    return await offload(stage.profile, req.user_id)
+
+
+_handle = dispatch(SLOT, {"/": _profile})
+
+
+@functions_framework.aio.http
+async def user(request: Request) -> Response:
+    """Entry point (routes on path)."""
+    return await _handle(request)

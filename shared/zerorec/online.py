@@ -1,0 +1,370 @@
+"""The serving side of the pipeline: one loaded bundle, split into the stages the functions serve.
+
+Every stage wraps C's `zerorec.pipeline.Recommender` (loaded with `Recommender.from_files` from a
+verified bundle) and adds only what the online path needs: the user's real-time state from the KV
+store (one pipelined round trip, `zerorec.realtime`), the HTTP contract types (`zerorec.api`) and
+id <-> index mapping. Channel scoring, merging, ranker features and reranking are C's functions,
+called as they are. Sync and CPU-bound: the functions call these through `asyncio.to_thread`.
+
+| stage | KV round trips | pipeline calls |
+|---|---|---|
+| RecallStage.recall | 1 (user state) unless the request has `recent_items` | query, vectors, candidates |
+| RecallStage.hot | 1 (hot zset); the bundle's hot list when the KV has none | hot |
+| RankingStage.score | 1 (user state) | query, score_vectors, rank (features + OnnxScorer) |
+| RerankStage.rerank | 0 (seen items come in the request) | query, rerank (MMR, freshness, seen) |
+| UserStage.profile | 1 (recent, seen, categories) | training history from the bundle |
+| ItemStage.lookup | 1 (one HGETALL per id, pipelined) | bundle metadata for ids the KV lacks |
+| ItemAdmin.apply | 0 (produces item events; the consumer writes the KV) | - |
+
+A KV outage degrades a stage to the bundle alone (logged), it does not fail the request.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from zerorec.api import (
+    HotItem,
+    HotResponse,
+    Id,
+    ItemMeta,
+    ItemResponse,
+    RankingRequest,
+    RankingResponse,
+    RecallCandidate,
+    RecallRequest,
+    RecallResponse,
+    RerankedItem,
+    RerankRequest,
+    RerankResponse,
+    UserProfile,
+)
+from zerorec.bundle import load_bundle
+from zerorec.catalog import publish_deletes, publish_upserts
+from zerorec.errors import BackendUnavailableError
+from zerorec.pipeline import CHANNEL_ORDER, Recommender
+from zerorec.realtime import (
+    RECENT_MAX,
+    SEEN_MAX,
+    ItemRecord,
+    UserState,
+    hot_reads,
+    item_reads,
+    user_state_from,
+    user_state_reads,
+)
+from zerorec.recall.merge import MergedCandidates
+from zerorec.settings import Settings, get_settings
+from zerorec.storage import EventBus, KVStore, ObjectStore, kv_store, object_store
+
+log = logging.getLogger("zerorec.online")
+
+
+@dataclass(frozen=True)
+class ServingModel:
+    """A verified bundle loaded into the pipeline (no torch: onnxruntime, numpy, faiss)."""
+
+    name: str
+    version: str
+    rec: Recommender
+    manifest: dict[str, Any]
+
+    def index(self, item_ids: Sequence[str]) -> np.ndarray:
+        """Vocabulary index of each id, -1 for ids the model does not know."""
+        lookup = self.rec.data.item_index
+        return np.fromiter((lookup.get(i, -1) for i in item_ids), dtype=np.int64, count=len(item_ids))
+
+    def known(self, item_ids: Sequence[str]) -> np.ndarray:
+        """Indices of the ids the model knows (unknown ids dropped, order kept)."""
+        idx = self.index(item_ids)
+        return idx[idx >= 0]
+
+
+def load_model(
+    store: ObjectStore, name: str, version: str = "latest", cache_dir: Path | None = None
+) -> ServingModel:
+    """Fetch and verify bundle `name`/`version` (IntegrityError on any mismatch) and build it."""
+    bundle = load_bundle(store, name, version, cache_dir=cache_dir)
+    rec = Recommender.from_files(bundle.files)
+    return ServingModel(name, bundle.version, rec, bundle.manifest)
+
+
+def _read_user(kv: KVStore, user_id: str) -> UserState:
+    """The user's real-time state in one pipelined round trip; empty if the KV is unreachable."""
+    try:
+        return user_state_from(user_id, kv.read(user_state_reads(user_id)))
+    except BackendUnavailableError as exc:
+        log.warning("KV unavailable, serving %s without real-time state: %s", user_id, exc)
+        return UserState(user_id, [], [], {})
+
+
+def _merged(
+    model: ServingModel,
+    idx: np.ndarray,
+    channels: Sequence[str],
+    channel_scores: Sequence[dict[str, float]] | None = None,
+) -> MergedCandidates:
+    """Candidates from the wire back into C's MergedCandidates (channel_scores NaN where absent)."""
+    names = list(CHANNEL_ORDER)
+    scores = np.full((len(idx), len(names)), np.nan, dtype=np.float32)
+    if channel_scores is not None:
+        col = {c: k for k, c in enumerate(names)}
+        for row, cs in enumerate(channel_scores):
+            for c, s in cs.items():
+                if c in col:
+                    scores[row, col[c]] = s
+    return MergedCandidates(idx, list(channels), names, scores)
+
+
+class RecallStage:
+    """Multi-channel candidates for one user; real-time recent items feed item-CF, EASE, vectors."""
+
+    def __init__(self, model: ServingModel, kv: KVStore) -> None:
+        self.model = model
+        self.kv = kv
+
+    def recall(self, req: RecallRequest) -> RecallResponse:
+        """Merged candidates, best first; `score` is the merge order (1 = first), per-channel
+        raw scores in `channel_scores`. Never an item of the user's history or `exclude`."""
+        rec = self.model.rec
+        recent, categories = list(req.recent_items), {}
+        if not recent:  # the BFF did not pass the user's history: read it (one round trip)
+            state = _read_user(self.kv, req.user_id)
+            recent, categories = state.recent_items, state.category_affinity
+        query = rec.query(req.user_id, recent)
+        query.categories = categories
+        vectors = rec.score_vectors(query)
+        merged = rec.candidates(query, req.n, self.model.known(req.exclude), vectors)
+        ids = rec.data.item_ids
+        m = len(merged)
+        names = merged.channel_names
+        out = []
+        for pos, (item, channel, row) in enumerate(
+            zip(merged.items.tolist(), merged.channel, merged.channel_scores.tolist(), strict=True)
+        ):
+            scores = {names[c]: s for c, s in enumerate(row) if s == s and abs(s) != float("inf")}
+            out.append(
+                RecallCandidate.model_construct(
+                    item_id=str(ids[item]), score=(m - pos) / m, channel=channel, channel_scores=scores
+                )
+            )
+        return RecallResponse.model_construct(candidates=out, model_version=self.model.version)
+
+    def hot(self, n: int, category: str | None = None) -> HotResponse:
+        """The real-time hot list from the KV (consumer-maintained), else the bundle's."""
+        try:
+            (top,) = self.kv.read(hot_reads(n, category))
+        except BackendUnavailableError as exc:
+            log.warning("KV unavailable, hot list from the bundle: %s", exc)
+            top = []
+        if top:
+            items = [HotItem(item_id=i, score=float(s), channel="hot") for i, s in top]
+        else:
+            items = [
+                HotItem(item_id=r.item_id, score=r.score, channel="hot")
+                for r in self.model.rec.hot(n, category)
+            ]
+        return HotResponse(items=items)
+
+
+class RankingStage:
+    """DeepFM (ONNX) scores for a candidate batch, with C's features for this user."""
+
+    def __init__(self, model: ServingModel, kv: KVStore) -> None:
+        self.model = model
+        self.kv = kv
+
+    def score(self, req: RankingRequest) -> RankingResponse:
+        """One score per candidate, same order; ids the model does not know score 0."""
+        rec = self.model.rec
+        state = _read_user(self.kv, req.user_id)  # the only KV round trip
+        query = rec.query(req.user_id, state.recent_items)
+        query.categories = state.category_affinity
+        cands = req.candidates
+        idx = self.model.index([c.item_id for c in cands])
+        known = np.flatnonzero(idx >= 0)
+        out = np.zeros(len(cands), dtype=np.float32)
+        if len(known):
+            merged = _merged(
+                self.model,
+                idx[known],
+                [cands[k].channel for k in known],
+                [cands[k].channel_scores for k in known],
+            )
+            out[known] = rec.rank(query, merged, rec.score_vectors(query))
+        return RankingResponse.model_construct(scores=out.tolist(), model_version=self.model.version)
+
+
+class RerankStage:
+    """MMR, freshness and the seen filter (zerorec.rerank through the pipeline's rerank)."""
+
+    def __init__(self, model: ServingModel, diversity: float | None = None) -> None:
+        self.model = model
+        if diversity is not None:  # a per-deployment override of the trained config
+            rec = model.rec
+            rec.config = dataclasses.replace(rec.config, rerank_diversity=diversity)
+
+    def rerank(self, req: RerankRequest) -> RerankResponse:
+        """At most `n` items, never a seen one; ids the model does not know are dropped."""
+        rec = self.model.rec
+        seen = set(req.seen)
+        items = [
+            it
+            for it in dict((it.item_id, it) for it in reversed(req.items)).values()
+            if it.item_id not in seen
+        ][::-1]  # de-duplicated (first wins), seen removed
+        idx = self.model.index([it.item_id for it in items])
+        keep = [k for k in range(len(items)) if idx[k] >= 0]
+        if not keep:
+            return RerankResponse(items=[])
+        merged = _merged(self.model, idx[keep], [items[k].channel for k in keep])
+        scores = np.array([items[k].score for k in keep], dtype=np.float64)
+        picked = rec.rerank(
+            rec.query(req.user_id), merged, scores, req.n, seen=self.model.known(req.seen).tolist()
+        )
+        return RerankResponse(
+            items=[
+                RerankedItem(item_id=r.item_id, score=r.score, channel=r.channel, reasons=list(r.reasons))
+                for r in picked
+            ]
+        )
+
+
+class UserStage:
+    """The user's profile: real-time state (KV) over the training history (bundle)."""
+
+    def __init__(self, model: ServingModel, kv: KVStore) -> None:
+        self.model = model
+        self.kv = kv
+
+    def profile(self, user_id: str) -> dict[str, Any]:
+        """The contract's UserProfile plus `history` statistics."""
+        rec = self.model.rec
+        state = _read_user(self.kv, user_id)  # one round trip: recent, seen, categories
+        user = rec.data.user_index.get(user_id)
+        trained: list[str] = []
+        stats: dict[str, Any] = {
+            "trained_interactions": 0,
+            "realtime_recent": len(state.recent_items),
+            "realtime_seen": len(state.seen_items),
+        }
+        affinity = dict(state.category_affinity)
+        if user is not None:
+            items, times = rec.data.history(user)
+            order = np.argsort(-times, kind="stable")
+            trained = [str(rec.data.item_ids[i]) for i in items[order]]
+            for i in items.tolist():
+                for c in rec.data.item_categories[i]:
+                    affinity[c] = affinity.get(c, 0.0) + 1.0
+            stats.update(
+                trained_interactions=len(items), first_ts=_iso(times.min()), last_ts=_iso(times.max())
+            )
+        profile = UserProfile(
+            user_id=user_id,
+            recent_items=list(dict.fromkeys([*state.recent_items, *trained]))[:RECENT_MAX],
+            seen_items=list(dict.fromkeys([*state.seen_items, *trained]))[:SEEN_MAX],
+            category_affinity=dict(sorted(affinity.items(), key=lambda kv: -kv[1])),
+            attributes={"known": user is not None},
+            is_new=user is None and state.is_new,
+        )
+        return {**profile.model_dump(), "history": stats}
+
+
+class ItemStage:
+    """Item metadata: the KV (catalogue updates) over the bundle (training catalogue)."""
+
+    def __init__(self, model: ServingModel, kv: KVStore) -> None:
+        self.model = model
+        self.kv = kv
+
+    def lookup(self, item_ids: Sequence[str]) -> ItemResponse:
+        """Metadata keyed by id; ids neither the KV nor the bundle knows are absent."""
+        ids = list(dict.fromkeys(item_ids))
+        try:
+            hashes = self.kv.read(item_reads(ids))  # one pipelined round trip
+        except BackendUnavailableError as exc:
+            log.warning("KV unavailable, item metadata from the bundle: %s", exc)
+            hashes = [{}] * len(ids)
+        rec = self.model.rec
+        out: dict[str, ItemMeta] = {}
+        for item_id, fields in zip(ids, hashes, strict=True):
+            if fields:
+                r = ItemRecord.from_hash(item_id, fields)
+                out[item_id] = ItemMeta(
+                    title=r.title or None,
+                    categories=list(r.categories),
+                    created_at=_iso(r.created_at_s),
+                    attributes=dict(r.attributes),
+                )
+                continue
+            i = rec.data.item_index.get(item_id)
+            if i is not None:
+                out[item_id] = ItemMeta(
+                    categories=list(rec.data.item_categories[i]), created_at=_iso(rec.items.created[i])
+                )
+        return ItemResponse(items=out)
+
+
+def _iso(ts: float) -> str | None:
+    """Epoch seconds -> RFC 3339 (UTC), None for 0/unknown."""
+    ts = float(ts)
+    if not ts or ts != ts:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+def stage_loader(
+    build: Callable[[ServingModel], Any], settings: Settings | None = None
+) -> Callable[[str], tuple[str, Any]]:
+    """A ModelSlot loader: fetch + verify + build the model from the configured object store,
+    then `build(model)` the function's stage."""
+    s = settings or get_settings()
+    store = object_store(s)
+
+    def load(version: str) -> tuple[str, Any]:
+        model = load_model(store, s.model_name, version, s.model_cache_dir)
+        return model.version, build(model)
+
+    return load
+
+
+def default_kv(settings: Settings | None = None) -> KVStore:
+    """The configured KV store (one per process)."""
+    return kv_store(settings or get_settings())
+
+
+class ItemAdminRequest(BaseModel):
+    """item `POST /admin/items`: catalogue changes, published as item CloudEvents (zerorec.catalog)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    upsert: list[dict[str, Any]] = Field(
+        default_factory=list, max_length=1000, description="item.upserted.v1 payloads (full replacement)"
+    )
+    delete: list[Id] = Field(default_factory=list, max_length=1000, description="item ids to delete")
+    reason: str | None = Field(default=None, max_length=256, description="why the items were deleted")
+
+
+class ItemAdmin:
+    """Produces catalogue changes to the items topic; the consumer applies them to the KV."""
+
+    def __init__(self, bus: EventBus, topic: str) -> None:
+        self.bus = bus
+        self.topic = topic
+
+    def apply(self, req: ItemAdminRequest) -> dict[str, Any]:
+        """Publish the upserts then the deletes; per-entry rejections are reported, not raised."""
+        out: dict[str, Any] = {}
+        if req.upsert:
+            out["upserted"] = publish_upserts(self.bus, self.topic, req.upsert).to_json()
+        if req.delete:
+            out["deleted"] = publish_deletes(self.bus, self.topic, req.delete, reason=req.reason).to_json()
+        return out
