@@ -46,14 +46,11 @@ def normalize_interactions(df: pd.DataFrame, source: str = "interactions") -> pd
         row = int(np.flatnonzero(bad_ids.to_numpy())[0])
         raise InvalidInputError(f"{source}: row {row + 1} has an empty user_id or item_id")
     ts = df["timestamp"]
-    if pd.api.types.is_numeric_dtype(ts):
-        ts_num = pd.to_numeric(ts, errors="coerce")
-    else:
-        ts_num = pd.to_numeric(ts, errors="coerce")
-        if ts_num.isna().any():
-            parsed = pd.to_datetime(ts, errors="coerce", utc=True)
-            as_seconds = pd.Series(parsed.to_numpy().astype("datetime64[s]").astype("int64"), index=ts.index)
-            ts_num = ts_num.where(ts_num.notna(), as_seconds.where(parsed.notna()))
+    ts_num = pd.to_numeric(ts, errors="coerce")
+    if ts_num.isna().any() and not pd.api.types.is_numeric_dtype(ts):
+        parsed = pd.to_datetime(ts.where(ts_num.isna()), errors="coerce", utc=True, format="ISO8601")
+        seconds = (parsed - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
+        ts_num = ts_num.where(ts_num.notna(), seconds)
     if ts_num.isna().any():
         row = int(np.flatnonzero(ts_num.isna().to_numpy())[0])
         raise InvalidInputError(

@@ -1,0 +1,129 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+from zerorec.bundle import load_bundle, publish_bundle
+from zerorec.cli import app
+from zerorec.data import SyntheticConfig, generate
+from zerorec.evaluation import protocol_split, ranking_metrics
+from zerorec.pipeline import PipelineConfig, Recommender, evaluate_protocol, train_recommender
+from zerorec.storage.objects_local import LocalObjectStore
+
+SMALL = SyntheticConfig(n_users=250, n_items=500, mean_interactions=30, seed=11)
+CFG = PipelineConfig(
+    ease_min_count=1,
+    als_factors=16,
+    n_candidates=200,
+    ranker_epochs=4,
+    quotas={"ease": 100, "itemcf": 40, "als": 30, "vector": 20, "hot": 20, "fresh": 10},
+)
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    return generate(SMALL)
+
+
+@pytest.fixture(scope="module")
+def trained(synthetic):
+    inter, items = synthetic
+    return train_recommender(inter, items, CFG)
+
+
+def test_end_to_end_beats_popularity(synthetic):
+    inter, items = synthetic
+    report = evaluate_protocol(inter, items, CFG)
+    rows = report["rows"]
+    full, pop = rows["full"], rows["hot"]
+    assert full["ndcg@10"] > 1.3 * pop["ndcg@10"], (full, pop)
+    assert full["recall@20"] > 1.2 * pop["recall@20"]
+    # plain (not time-aware) popularity as the classic baseline
+    ps = protocol_split(inter, items)
+    counts = ps.train.item_popularity()
+    recs = []
+    for u in ps.users:
+        s = counts.copy()
+        s[ps.train.history(int(u))[0]] = -1
+        recs.append(np.argsort(-s, kind="stable")[:20])
+    classic = ranking_metrics(np.array(recs), ps.truth)
+    assert full["ndcg@10"] > 1.3 * classic["ndcg@10"]
+
+
+def test_recommend_never_returns_seen_and_round_trips(trained, tmp_path):
+    rec, info = trained
+    user = rec.data.user_ids[0]
+    seen = {rec.data.item_ids[i] for i in rec.data.history(0)[0]}
+    out = rec.recommend(user, 10)
+    assert len(out) == 10 and not {r.item_id for r in out} & seen
+    assert all(r.reasons and r.reasons[0].startswith("found by") for r in out)
+    store = LocalObjectStore(tmp_path)
+    version = publish_bundle(store, "recommender", rec.to_files(), params=info["config"])
+    loaded = Recommender.from_files(load_bundle(store, "recommender", version).files)
+    assert [r.item_id for r in loaded.recommend(user, 10)] == [r.item_id for r in out]
+
+
+def test_unknown_user_and_empty_history_fall_back_to_hot_and_fresh(trained):
+    rec, _ = trained
+    out = rec.recommend("nobody-knows-me", 10)
+    assert len(out) == 10 and {r.channel for r in out} <= {"hot", "fresh"}
+    # documented fallback: candidates are the hot and fresh lists (then ranked)
+    pool = {r.item_id for r in rec.hot(CFG.n_candidates)}
+    assert {r.item_id for r in out if r.channel == "hot"} <= pool
+    # an unknown user who sends recent items gets personalised recall, never those items back
+    recent = [rec.data.item_ids[i] for i in rec.data.history(1)[0][-5:]]
+    out2 = rec.recommend("anonymous", 10, recent_items=recent)
+    assert not {r.item_id for r in out2} & set(recent)
+    assert {r.channel for r in out2} - {"hot", "fresh"}
+
+
+def test_cli_recommend_batch(tmp_path, synthetic):
+    inter, _ = synthetic
+    path = tmp_path / "train.csv"
+    inter[["user_id", "item_id", "timestamp"]].to_csv(path, index=False)
+    users = tmp_path / "users.txt"
+    users.write_text("u1\nu2\nghost\n")
+    out = tmp_path / "recs.csv"
+    result = CliRunner().invoke(
+        app,
+        [
+            "recommend-batch",
+            "--interactions",
+            str(path),
+            "--users",
+            str(users),
+            "--k",
+            "5",
+            "--out",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    import pandas as pd
+
+    recs = pd.read_csv(out, dtype=str)
+    assert list(recs.columns) == ["user_id", "item_id", "rank"]
+    assert recs.groupby("user_id").size().to_dict() == {"u1": 5, "u2": 5, "ghost": 5}
+    seen = set(zip(inter["user_id"], inter["item_id"], strict=True))
+    assert not any((u, i) in seen for u, i in zip(recs["user_id"], recs["item_id"], strict=True))
+
+
+def test_cli_missing_column_is_a_clear_error(tmp_path):
+    path = tmp_path / "bad.csv"
+    path.write_text("user_id,item_id\n1,2\n")
+    users = tmp_path / "users.txt"
+    users.write_text("1\n")
+    result = CliRunner().invoke(
+        app,
+        [
+            "recommend-batch",
+            "--interactions",
+            str(path),
+            "--users",
+            str(users),
+            "--out",
+            str(tmp_path / "o.csv"),
+        ],
+    )
+    assert result.exit_code != 0
+    assert "timestamp" in str(result.exception)
