@@ -24,8 +24,11 @@ class Settings(BaseSettings):
 
     # Backend selection: embedded default | real service.
     object_store: Literal["local", "s3"] = "local"
-    kv_store: Literal["memory", "redis"] = "memory"
-    event_bus: Literal["memory", "kafka"] = "memory"
+    # sqlite: a file under data_dir that separate processes share; memory: one process only.
+    kv_store: Literal["sqlite", "memory", "redis"] = "sqlite"
+    event_bus: Literal["sqlite", "memory", "kafka"] = "sqlite"
+    sqlite_kv_path: Path | None = Field(default=None, description="KV file; default data_dir/kv.sqlite3")
+    sqlite_bus_path: Path | None = Field(default=None, description="bus file; default data_dir/bus.sqlite3")
 
     # S3-compatible object store (MinIO role).
     s3_endpoint: str = "http://127.0.0.1:19000"
@@ -50,6 +53,14 @@ class Settings(BaseSettings):
     @property
     def objects_dir(self) -> Path:
         return self.data_dir / "objects"
+
+    @property
+    def kv_sqlite_file(self) -> Path:
+        return self.sqlite_kv_path or self.data_dir / "kv.sqlite3"
+
+    @property
+    def bus_sqlite_file(self) -> Path:
+        return self.sqlite_bus_path or self.data_dir / "bus.sqlite3"
 
     # --- BFF (recommender): downstream functions, deadlines and budget -------------------------
     recall_url: str = "http://127.0.0.1:8081"

@@ -1,4 +1,4 @@
-"""One fixture per port, parametrized over its embedded and its real backend.
+"""One fixture per port, parametrized over its embedded backends and its real one.
 
 The contract tests take `objects`, `kv` or `bus` and never look at which backend they got.
 """
@@ -37,12 +37,19 @@ def objects(request: pytest.FixtureRequest, tmp_path, namespace: str) -> Iterato
     store.close()
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=real)])
-def kv(request: pytest.FixtureRequest, namespace: str) -> Iterator[KVStore]:
+@pytest.fixture(params=["memory", "sqlite", pytest.param("redis", marks=real)])
+def kv(request: pytest.FixtureRequest, namespace: str, tmp_path) -> Iterator[KVStore]:
     if request.param == "memory":
         from zerorec.storage.kv_memory import MemoryKVStore
 
         yield MemoryKVStore()
+        return
+    if request.param == "sqlite":
+        from zerorec.storage.kv_sqlite import SqliteKVStore
+
+        store = SqliteKVStore(tmp_path / "kv.sqlite3")
+        yield store
+        store.close()
         return
     import redis
     from zerorec.storage.kv_redis import RedisKVStore
@@ -64,12 +71,19 @@ def key(namespace: str) -> Callable[[str], str]:
     return lambda name: f"{namespace}:{name}"
 
 
-@pytest.fixture(params=["memory", pytest.param("kafka", marks=real)])
-def bus(request: pytest.FixtureRequest, namespace: str) -> Iterator[EventBus]:
+@pytest.fixture(params=["memory", "sqlite", pytest.param("kafka", marks=real)])
+def bus(request: pytest.FixtureRequest, namespace: str, tmp_path) -> Iterator[EventBus]:
     if request.param == "memory":
         from zerorec.storage.bus_memory import MemoryEventBus
 
         yield MemoryEventBus()
+        return
+    if request.param == "sqlite":
+        from zerorec.storage.bus_sqlite import SqliteEventBus
+
+        sqlite_bus = SqliteEventBus(tmp_path / "bus.sqlite3")
+        yield sqlite_bus
+        sqlite_bus.close()
         return
     from confluent_kafka.admin import AdminClient
     from zerorec.storage.bus_kafka import KafkaEventBus

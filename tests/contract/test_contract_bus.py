@@ -1,4 +1,4 @@
-"""EventBus contract: runs unchanged against MemoryEventBus and KafkaEventBus."""
+"""EventBus contract: runs unchanged against MemoryEventBus, SqliteEventBus and KafkaEventBus."""
 
 from __future__ import annotations
 

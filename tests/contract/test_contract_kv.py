@@ -1,4 +1,4 @@
-"""KVStore contract: runs unchanged against MemoryKVStore and RedisKVStore."""
+"""KVStore contract: runs unchanged against MemoryKVStore, SqliteKVStore and RedisKVStore."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """Storage ports and the factories that pick a backend from Settings.
 
-The embedded backends (local directory, in-process KV and bus) need nothing installed; the real
-ones (S3, Redis, Kafka) are imported only when selected. The in-process KV store and event bus
-are shared by everything in one process, so embedded functions running side by side see one
-another's writes and events.
+The embedded backends need nothing installed: a local directory, and a KV store and event bus on
+SQLite files under data_dir (the default), which separate processes on one machine share, or
+in-process ones (`memory`, shared by everything in one process only, for single-process tests).
+The real ones (S3, Redis, Kafka) are imported only when selected.
 """
 
 from __future__ import annotations
@@ -45,12 +45,22 @@ def object_store(settings: Settings | None = None) -> ObjectStore:
 
 
 def kv_store(settings: Settings | None = None) -> KVStore:
-    """The configured KV store: `memory` (one per process) or `redis`."""
+    """The configured KV store: `sqlite` (one per file and process), `memory` (one per process), `redis`."""
     s = settings or get_settings()
     if s.kv_store == "redis":
         from zerorec.storage.kv_redis import RedisKVStore
 
         return RedisKVStore.from_settings(s)
+    if s.kv_store == "sqlite":
+        from zerorec.storage.kv_sqlite import SqliteKVStore
+
+        path = s.kv_sqlite_file.resolve()
+        with _lock:
+            kv = _embedded.get(f"kv:{path}")
+            if kv is None:
+                kv = _embedded[f"kv:{path}"] = SqliteKVStore.from_settings(s)
+        assert isinstance(kv, KVStore)
+        return kv
     from zerorec.storage.kv_memory import MemoryKVStore
 
     with _lock:
@@ -60,12 +70,22 @@ def kv_store(settings: Settings | None = None) -> KVStore:
 
 
 def event_bus(settings: Settings | None = None) -> EventBus:
-    """The configured event bus: `memory` (one per process) or `kafka`."""
+    """The configured event bus: `sqlite` (one per file and process), `memory` (one per process), `kafka`."""
     s = settings or get_settings()
     if s.event_bus == "kafka":
         from zerorec.storage.bus_kafka import KafkaEventBus
 
         return KafkaEventBus.from_settings(s)
+    if s.event_bus == "sqlite":
+        from zerorec.storage.bus_sqlite import SqliteEventBus
+
+        path = s.bus_sqlite_file.resolve()
+        with _lock:
+            bus = _embedded.get(f"bus:{path}")
+            if bus is None:
+                bus = _embedded[f"bus:{path}"] = SqliteEventBus.from_settings(s)
+        assert isinstance(bus, EventBus)
+        return bus
     from zerorec.storage.bus_memory import MemoryEventBus
 
     with _lock:
