@@ -243,8 +243,7 @@ class SqliteConsumer(Consumer):
                     owners.setdefault(t, member_id)
             owned = [t for t in self.topics if owners.get(t) == self.member_id]
             for t in owned:
-                if t not in self._owned:
-                    self._assign(conn, t)
+                self._assign(conn, t, fresh=t not in self._owned)
             return owned
 
         owned = self._bus._db.run("consumer heartbeat", tx, immediate=True)
@@ -253,16 +252,20 @@ class SqliteConsumer(Consumer):
         self._owned = owned
         self._next_heartbeat = time.monotonic() + self._bus.heartbeat_s
 
-    def _assign(self, conn: sqlite3.Connection, topic: str) -> None:
-        """Start each partition of a newly owned topic at the group's committed offset."""
-        SqliteEventBus._create(conn, topic, 1)
+    def _assign(self, conn: sqlite3.Connection, topic: str, *, fresh: bool) -> None:
+        """Start each partition of an owned topic not fetched yet at the group's committed offset.
+
+        A topic that does not exist yet is not created (like Kafka consumers); its partitions are
+        picked up by the heartbeat after the topic appears.
+        """
         committed = dict(
             conn.execute(
                 "SELECT partition, next_offset FROM offsets WHERE grp = ? AND topic = ?", (self.group, topic)
             )
         )
         for p, end in conn.execute("SELECT partition, next_offset FROM partitions WHERE topic = ?", (topic,)):
-            self.positions[(topic, p)] = committed.get(p, 0 if self.from_beginning else end)
+            if fresh or (topic, p) not in self.positions:
+                self.positions[(topic, p)] = committed.get(p, 0 if self.from_beginning else end)
 
     # ---- port ----------------------------------------------------------------------------------
 
