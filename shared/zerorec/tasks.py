@@ -52,6 +52,8 @@ BEHAVIOR_TYPE = "dev.zerorec.behavior.v1"
 HOT_CATEGORIES_KEY = "hot:cats"  # the categories whose hot lists the last rebuild wrote
 EXPORT_CHUNK = 100_000
 MAX_RECORDS = 2_000_000
+IDLE_S = 1.5  # caught up: this long without a record once records came
+FIRST_WAIT_S = 5.0  # an empty log: this long without any record (a Kafka group join takes ~0.5 s)
 
 EXPORT_SCHEMA = pa.schema(
     [
@@ -151,13 +153,13 @@ class LogReader:
         *,
         from_beginning: bool = True,
         max_records: int = MAX_RECORDS,
-        idle_s: float = 1.5,
-        first_wait_s: float = 5.0,
+        idle_s: float | None = None,
+        first_wait_s: float | None = None,
     ) -> None:
         self._consumer = bus.consumer([topic], group, from_beginning=from_beginning)
         self.max_records = max_records
-        self.idle_s = idle_s
-        self.first_wait_s = first_wait_s
+        self.idle_s = IDLE_S if idle_s is None else idle_s
+        self.first_wait_s = FIRST_WAIT_S if first_wait_s is None else first_wait_s
         self._last: dict[tuple[str, int], Record] = {}
 
     def __enter__(self) -> LogReader:

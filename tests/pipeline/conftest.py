@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,6 +15,8 @@ import pytest
 from zerorec import settings as settings_mod
 
 REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # for local.eventing
 EMBEDDED = {
     "ZEROREC_EVENT_BUS": "memory",
     "ZEROREC_KV_STORE": "memory",

@@ -1,0 +1,167 @@
+"""functions/worker in-process on the embedded backends: catalogue import -> item stream -> KV,
+rebuild-hot from the event log, export-events to Parquet (committed after writing), PingSource events."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from conftest import call, click
+from zerorec import catalog
+from zerorec.cloudevents_io import PING_EVENT_TYPE, from_kafka_record, new_event, to_http_binary
+from zerorec.consumer import EventApplier
+from zerorec.ingest import BehaviorIngest
+from zerorec.realtime import hot_key, item_key
+from zerorec.settings import get_settings
+from zerorec.storage import event_bus, kv_store, object_store
+from zerorec.storage.kv import HGetAll, ZTop
+
+
+@pytest.fixture
+def app(make_app: Any, namespace: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+    from zerorec import tasks
+
+    monkeypatch.setattr(tasks, "IDLE_S", 0.2)  # the in-process bus answers at once
+    monkeypatch.setattr(tasks, "FIRST_WAIT_S", 0.3)
+    return make_app(
+        "worker",
+        ZEROREC_TOPIC_ITEMS=f"{namespace}.items",
+        ZEROREC_TOPIC_BEHAVIOR=f"{namespace}.behavior",
+        ZEROREC_EXPORT_GROUP=f"{namespace}-export",
+    )
+
+
+def task(app: Any, event_type: str, data: Any, *, ping: bool = False) -> Any:
+    if ping:
+        event = new_event(
+            PING_EVENT_TYPE,
+            data,
+            source="/apis/v1/namespaces/zerorec/pingsources/x",
+            extensions={"zerorectype": event_type},
+        )
+    else:
+        event = new_event(event_type, data, source="/ops")
+    headers, body = to_http_binary(event)
+    return call(app, "POST", "/", headers=headers, content=body)
+
+
+def apply_topic(topic: str, group: str) -> int:
+    """Play the consumer: apply everything on `topic` to the KV."""
+    consumer = event_bus().consumer([topic], group)
+    applier = EventApplier(kv_store(), category_cache_s=0)
+    records = consumer.poll(100_000, 0.05)
+    for r in records:
+        applier.apply(from_kafka_record(r))
+    consumer.close()
+    return len(records)
+
+
+CSV = """item_id,title,categories,created_at,brand,price
+i1,Dune,books|sci-fi,2024-05-01T12:00:00Z,ace,9.5
+i2,,books,2024-05-02,penguin,
+,Nameless,books,2024-05-02T00:00:00Z,x,1
+i3,Bad date,books,yesterday,x,1
+"""
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_catalogue_import_goes_through_the_item_stream(app: Any, namespace: str, fmt: str) -> None:
+    key = f"{namespace}/catalogue.{fmt}"
+    if fmt == "csv":
+        blob = CSV.encode()
+    else:
+        frame = pd.read_csv(io.StringIO(CSV), dtype=str, keep_default_na=False)
+        frame["categories"] = frame["categories"].str.split("|")
+        sink = io.BytesIO()
+        frame.to_parquet(sink)
+        blob = sink.getvalue()
+    object_store().put(key, blob)
+    r = task(app, "dev.zerorec.task.catalogue-import.v1", {"key": key, "format": fmt})
+    assert r.status_code == 200, r.text
+    report = r.json()
+    assert report["published"] == 2 and report["rejected"] == 2
+    assert {x["index"] for x in report["reasons"]} == {2, 3}
+    assert apply_topic(f"{namespace}.items", f"{namespace}-c") == 2
+    i1, i2 = kv_store().read([HGetAll(item_key("i1")), HGetAll(item_key("i2"))])
+    assert i1["categories"] == '["books", "sci-fi"]' and '"price": "9.5"' in i1["attributes"]
+    assert i2["title"] == "i2" and float(i2["created_at"]) == pytest.approx(1714608000.0)
+
+
+def test_catalogue_import_errors(app: Any, namespace: str) -> None:
+    r = task(
+        app, "dev.zerorec.task.catalogue-import.v1", {"key": f"{namespace}/missing.csv", "format": "csv"}
+    )
+    assert r.status_code == 422
+    object_store().put(f"{namespace}/x.parquet", b"not parquet")
+    r = task(
+        app, "dev.zerorec.task.catalogue-import.v1", {"key": f"{namespace}/x.parquet", "format": "parquet"}
+    )
+    assert r.status_code == 400 and "Parquet" in r.json()["error"]
+    r = task(app, "dev.zerorec.task.catalogue-import.v1", {"key": "../etc/passwd", "format": "csv"})
+    assert r.status_code == 400
+
+
+def _post_clicks(namespace: str, clicks: list[dict[str, Any]]) -> None:
+    BehaviorIngest(event_bus(), f"{namespace}.behavior").accept_payloads(clicks)
+
+
+def test_rebuild_hot_from_the_log_as_a_ping(app: Any, namespace: str) -> None:
+    bus = event_bus()
+    catalog.publish_upserts(
+        bus,
+        f"{namespace}.items",
+        [
+            {
+                "item_id": f"{namespace}a",
+                "title": "A",
+                "categories": [f"{namespace}c"],
+                "created_at": "2024-01-01T00:00:00Z",
+                "attributes": {},
+            },
+        ],
+    )
+    apply_topic(f"{namespace}.items", f"{namespace}-c")
+    _post_clicks(
+        namespace,
+        [click("u1", f"{namespace}a")] * 3
+        + [click("u2", f"{namespace}b")]
+        + [{**click("u3", f"{namespace}old"), "timestamp": "2020-01-01T00:00:00Z"}],
+    )
+    r = task(app, "dev.zerorec.task.rebuild-hot.v1", {"window_hours": 24, "n": 1}, ping=True)
+    assert r.status_code == 200, r.text
+    assert r.json()["events"] == 4 and r.json()["items"] == 2
+    hot, cat = kv_store().read([ZTop(hot_key(), 10), ZTop(hot_key(f"{namespace}c"), 10)])
+    assert [m for m, _ in hot] == [f"{namespace}a"]  # top n=1, the stale item out of the window
+    assert [m for m, _ in cat] == [f"{namespace}a"]
+
+
+def test_export_events_writes_parquet_then_commits(app: Any, namespace: str) -> None:
+    _post_clicks(namespace, [click(f"u{n}", f"i{n}") for n in range(5)])
+    prefix = f"{namespace}/events"
+    r = task(app, "dev.zerorec.task.export-events.v1", {"prefix": prefix}, ping=True)
+    assert r.status_code == 200, r.text
+    report = r.json()
+    assert report["exported"] == 5 and report["backfill"] is False
+    (key,) = report["objects"]
+    assert key.startswith(prefix + "/") and key.endswith(".parquet")
+    table = pq.read_table(io.BytesIO(object_store().get(key)))
+    assert sorted(table.column("user_id").to_pylist()) == [f"u{n}" for n in range(5)]
+    assert table.schema.field("timestamp").type.tz == "UTC"
+    # committed: the next export has nothing new; a backfill re-reads the log
+    assert task(app, "dev.zerorec.task.export-events.v1", {"prefix": prefix}).json()["exported"] == 0
+    _post_clicks(namespace, [click("u9", "i9")])
+    assert task(app, "dev.zerorec.task.export-events.v1", {"prefix": prefix}).json()["exported"] == 1
+    back = task(app, "dev.zerorec.task.export-events.v1", {"prefix": prefix, "since": "2000-01-01T00:00:00Z"})
+    assert back.json()["exported"] == 6 and back.json()["backfill"] is True
+
+
+def test_invalid_task_events_are_400(app: Any) -> None:
+    assert task(app, "dev.zerorec.task.rebuild-hot.v1", {"n": 0}).status_code == 400
+    assert task(app, "dev.zerorec.behavior.v1", click()).status_code == 400
+    plain_ping = new_event(PING_EVENT_TYPE, {}, source="/p")
+    headers, body = to_http_binary(plain_ping)
+    assert call(app, "POST", "/", headers=headers, content=body).status_code == 400
+    assert get_settings().topic_items.endswith(".items")
