@@ -45,3 +45,18 @@ def test_real_backends_are_selected_without_connecting(real_settings: Settings) 
     assert store.bucket == s.s3_bucket
     assert isinstance(kv_store(s), RedisKVStore)
     assert isinstance(event_bus(s), KafkaEventBus)
+
+
+def test_sqlite_is_the_default_and_lives_under_data_dir(tmp_path) -> None:
+    from zerorec.storage.bus_sqlite import SqliteEventBus
+    from zerorec.storage.kv_sqlite import SqliteKVStore
+
+    defaults = Settings.model_fields
+    assert (defaults["kv_store"].default, defaults["event_bus"].default) == ("sqlite", "sqlite")
+    s = Settings(data_dir=tmp_path, kv_store="sqlite", event_bus="sqlite")
+    kv, bus = kv_store(s), event_bus(s)
+    assert isinstance(kv, SqliteKVStore) and kv.path == tmp_path / "kv.sqlite3"
+    assert isinstance(bus, SqliteEventBus) and bus.path == tmp_path / "bus.sqlite3"
+    assert kv_store(s) is kv and event_bus(s) is bus  # one per file and process
+    other = Settings(data_dir=tmp_path, kv_store="sqlite", sqlite_kv_path=tmp_path / "other.db")
+    assert kv_store(other) is not kv and kv_store(other).path == tmp_path / "other.db"
