@@ -80,6 +80,7 @@ class Settings(BaseSettings):
     rerank_diversity: float | None = Field(
         default=None, ge=0, le=1, description="MMR trade-off; None keeps the bundle's value"
     )
+    admin_api_key: str = Field(default="", description="X-API-Key for the item admin endpoint (empty: open)")
 
     # --- event pipeline: behavior ingestion, consumer, worker -----------------------------------
     behavior_api_key: str = Field(default="", description="X-API-Key for POST /events (empty: open)")
@@ -91,6 +92,5 @@ class Settings(BaseSettings):
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    admin_api_key: str = Field(default="", description="X-API-Key for the item admin endpoint (empty: open)")
     """Process-wide settings, read once from the environment."""
     return Settings()
