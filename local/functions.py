@@ -11,8 +11,8 @@ and items topics -> consumer) and the PingSource emulator (-> worker). Logs and 
 .local-infra/functions/. `start` waits (bounded) for every `/health` to answer 200, and stops
 what it started if one does not.
 
-Backends: embedded by default: models in a directory (ZEROREC_DATA_DIR, default
-.local-infra/data), KV and bus in SQLite files there when zerorec.storage offers them (separate
+Backends: embedded by default: models in a directory (ZEROREC_DATA_DIR, default .zerorec,
+where `zerorec train` publishes), KV and bus in SQLite files there when zerorec.storage offers them (separate
 processes then share them), else in-process memory (each process has its own KV and bus: clicks
 do not reach the serving functions, and the dispatcher sees no events). `--real` takes Kafka, Redis
 and S3 from `local/infra.sh env` (start them with `local/infra.sh start`).
@@ -146,7 +146,9 @@ def function_env(
 ) -> dict[str, str]:
     """The environment every function gets: embedded backends under data_dir, or the real ones."""
     env = dict(os.environ)
-    env["ZEROREC_DATA_DIR"] = str((data_dir or RUN_DIR.parent / "data").resolve())
+    env["ZEROREC_DATA_DIR"] = str(
+        Path(data_dir or env.get("ZEROREC_DATA_DIR") or ROOT / ".zerorec").resolve()
+    )
     env.setdefault("PYTHONUNBUFFERED", "1")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     if real:
