@@ -49,7 +49,6 @@ from zerorec.api import (
     UserProfile,
 )
 from zerorec.bundle import load_bundle
-from zerorec.catalog import publish_deletes, publish_upserts
 from zerorec.errors import BackendUnavailableError
 from zerorec.pipeline import CHANNEL_ORDER, Recommender
 from zerorec.realtime import (
@@ -362,6 +361,8 @@ class ItemAdmin:
 
     def apply(self, req: ItemAdminRequest) -> dict[str, Any]:
         """Publish the upserts then the deletes; per-entry rejections are reported, not raised."""
+        from zerorec.catalog import publish_deletes, publish_upserts  # jsonschema: admin path only
+
         out: dict[str, Any] = {}
         if req.upsert:
             out["upserted"] = publish_upserts(self.bus, self.topic, req.upsert).to_json()
