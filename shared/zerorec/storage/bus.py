@@ -1,8 +1,9 @@
 """Event bus port: behavior and item events flow through topics.
 
-Backends: `MemoryEventBus` (in-process, the embedded default) and `KafkaEventBus`
-(confluent-kafka). `publish` returns only once the broker acknowledged every record,
-and raises DeliveryError otherwise; consumers commit explicitly after processing.
+Backends: `SqliteEventBus` (a file shared by processes, the embedded default), `MemoryEventBus`
+(in-process) and `KafkaEventBus` (confluent-kafka). `publish` returns only once the broker (or the
+SQLite COMMIT) acknowledged every record, and raises DeliveryError otherwise; consumers commit
+explicitly after processing.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Operations are small command objects so a whole batch goes to the server in one round trip
 (`read`, a pipeline) or one atomic step (`write`, `apply_once`, a transaction).
-Backends: `MemoryKVStore` (in-process, the embedded default) and `RedisKVStore`.
+Backends: `SqliteKVStore` (a file shared by processes, the embedded default), `MemoryKVStore`
+(in-process) and `RedisKVStore`.
 All keys, members and fields are str; stored values are str; scores are float.
 """
 
