@@ -12,8 +12,24 @@ T0=${EPOCHREALTIME/,/.}
 say() { echo "bootstrap: $*" >&2; }
 die() { echo "bootstrap: ERROR: $*" >&2; exit 1; }
 
+find_python() {
+  local c
+  for c in ${ZEROREC_PYTHON:-python3.11 python3}; do
+    if command -v "$c" >/dev/null && "$c" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+      echo "$c"
+      return 0
+    fi
+  done
+  return 1
+}
+
 # --- system packages -----------------------------------------------------------------------------
 missing=()
+if ! PYTHON=$(find_python); then
+  missing+=(python3.11 python3.11-venv)
+elif ! "$PYTHON" -c 'import ensurepip' 2>/dev/null; then
+  missing+=(python3.11-venv)  # Debian splits venv/ensurepip out of python3.11
+fi
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || missing+=(maven)
@@ -28,7 +44,7 @@ if ((${#missing[@]})); then
   apt_install() { "${SUDO[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"; }
   say "installing ${missing[*]} (apt-get)"
   # Update the package lists only when they are absent or the install cannot find the packages.
-  if ! compgen -G "/var/lib/apt/lists/*_Packages" >/dev/null || ! apt_install; then
+  if ! compgen -G "/var/lib/apt/lists/*_Packages*" >/dev/null || ! apt_install; then
     say "apt-get update"
     "${SUDO[@]}" apt-get update -q
     apt_install
@@ -40,16 +56,7 @@ jv=$(java -XshowSettings:properties -version 2>&1 | sed -n 's/^ *java.specificat
 [[ ${jv%%.*} =~ ^[0-9]+$ ]] && ((${jv%%.*} >= 17)) || die "java ${jv:-?} found; Java 17 or newer is needed"
 
 # --- Python venv and the project ---------------------------------------------------------------
-PYTHON=${ZEROREC_PYTHON:-}
-if [[ -z $PYTHON ]]; then
-  for c in python3.11 python3; do
-    if command -v "$c" >/dev/null && "$c" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
-      PYTHON=$c
-      break
-    fi
-  done
-fi
-[[ -n $PYTHON ]] || die "python3.11 not found (set ZEROREC_PYTHON to one)"
+PYTHON=$(find_python) || die "python3.11 not found (set ZEROREC_PYTHON to one)"
 
 if [[ ! -x $VENV/bin/python ]] || ! "$VENV/bin/python" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
   say "creating $VENV with $(command -v "$PYTHON")"

@@ -15,7 +15,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 INFRA_DIR=${ZEROREC_INFRA_DIR:-$ROOT/.local-infra}
-JAR_CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/zerorec/jars
+JAR_CACHE=${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/zerorec/jars
 POM=$ROOT/local/jars/pom.xml
 PY=$ROOT/.venv/bin/python
 
