@@ -256,3 +256,18 @@ def test_model_published_hot_reload_then_bad_bundle_refused(embedded: Stack, tin
         headers={"content-type": "application/cloudevents+json"},
     )
     assert r.status_code == 400 and "version" in r.json()["error"]
+
+
+def test_item_admin_publishes_catalogue_events(embedded: Stack) -> None:
+    good = {
+        "item_id": "new-1",
+        "title": "New",
+        "categories": ["drama"],
+        "created_at": "2024-05-01T12:00:00Z",
+        "attributes": {},
+    }
+    r = post(embedded, "item", {"upsert": [good, {"item_id": "bad"}], "delete": ["old-1"]}, "/admin/items")
+    assert r.status_code == 202, r.text
+    body = r.json()
+    assert body["upserted"]["published"] == 1 and body["upserted"]["rejected"] == 1
+    assert body["upserted"]["reasons"][0]["index"] == 1 and body["deleted"]["published"] == 1
