@@ -156,5 +156,32 @@ def recommend_batch(
     typer.echo(f"wrote {out} ({len(user_ids)} users)")
 
 
+# ------------------------------------------------------------------ benchmarks and the demo
+
+bench_app = typer.Typer(help="Benchmarks: serve (POST /recommend) and ingest (behavior -> Redis).")
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("serve")
+def bench_serve(
+    real: Annotated[bool, typer.Option(help="real Redis/S3 (local/infra.sh start), not embedded")] = False,
+    json_out: Annotated[Path | None, typer.Option("--json", help="also write the figures here")] = None,
+    duration: Annotated[float, typer.Option(help="seconds per concurrency level (at most)")] = 10.0,
+    max_requests: Annotated[int, typer.Option(help="requests per concurrency level (at most)")] = 5000,
+) -> None:
+    """Latency/throughput at concurrency 1, 8, 32, in-process floor, RSS and cold start; PASS/MISS."""
+    from zerorec.bench_serve import main
+
+    raise typer.Exit(main(real=real, json_path=json_out, duration_s=duration, max_requests=max_requests))
+
+
+@bench_app.command("ingest", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def bench_ingest(ctx: typer.Context) -> None:
+    """Ingest benchmark on the real servers (options: python -m zerorec.bench_ingest --help)."""
+    from zerorec.bench_ingest import main
+
+    raise typer.Exit(main(list(ctx.args)))
+
+
 if __name__ == "__main__":
     app()
