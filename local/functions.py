@@ -40,6 +40,8 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 RUN_DIR = Path(os.environ.get("ZEROREC_INFRA_DIR", ROOT / ".local-infra")) / "functions"
 BIN = Path(sys.executable).parent
+# ZEROREC_PORT_OFFSET shifts the whole port map (a second stack beside the first, e.g. the demo's test).
+PORT_OFFSET = int(os.environ.get("ZEROREC_PORT_OFFSET", "0"))
 
 
 @dataclass(frozen=True)
@@ -73,39 +75,52 @@ def ff(name: str, port: int, target: str | None = None) -> Service:
 
 
 SERVING = ("recall", "ranking", "reranking", "user", "item")
+BASE_PORTS = {
+    "recall": 8081,
+    "ranking": 8082,
+    "reranking": 8083,
+    "user": 8084,
+    "item": 8085,
+    "behavior": 8086,
+    "consumer": 8087,
+    "worker": 8088,
+    "recommender": 10071,
+    "recommender-grpc": 10072,
+}
+PORTS = {name: port + PORT_OFFSET for name, port in BASE_PORTS.items()}
 
 
 def services() -> list[Service]:
     """Everything `start` runs, in start order (those whose folder is missing are left out)."""
     py = sys.executable
-    all_ = [
-        ff("recall", 8081),
-        ff("ranking", 8082),
-        ff("reranking", 8083),
-        ff("user", 8084),
-        ff("item", 8085),
-        ff("behavior", 8086),
-        ff("consumer", 8087),
-        ff("worker", 8088),
-        ff("recommender", 10071),
+    p = PORTS
+    all_ = [ff(name, p[name]) for name in (*SERVING, "behavior", "consumer", "worker", "recommender")]
+    all_ += [
         Service(
             "recommender-grpc",
-            10072,
-            (py, "functions/recommender/grpc_server.py", "--host", "127.0.0.1", "--port", "10072"),
+            p["recommender-grpc"],
+            (
+                py,
+                "functions/recommender/grpc_server.py",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(p["recommender-grpc"]),
+            ),
             health=None,
             needs_folder="functions/recommender",
         ),
         Service(
             "kafka-source",
             None,
-            (py, "-m", "local.eventing.kafka_source", "--sink", "consumer=http://127.0.0.1:8087"),
+            (py, "-m", "local.eventing.kafka_source", "--sink", f"consumer=http://127.0.0.1:{p['consumer']}"),
             health=None,
             needs_folder="functions/consumer",
         ),
         Service(
             "ping-source",
             None,
-            (py, "-m", "local.eventing.ping_source", "--sink", "worker=http://127.0.0.1:8088"),
+            (py, "-m", "local.eventing.ping_source", "--sink", f"worker=http://127.0.0.1:{p['worker']}"),
             health=None,
             needs_folder="functions/worker",
         ),
@@ -156,6 +171,9 @@ def function_env(
     else:
         kind = _embedded_kind()
         env.update(ZEROREC_OBJECT_STORE="local", ZEROREC_KV_STORE=kind, ZEROREC_EVENT_BUS=kind)
+    if PORT_OFFSET:  # the BFF finds the shifted functions
+        env.update({f"ZEROREC_{n.upper()}_URL": f"http://127.0.0.1:{PORTS[n]}" for n in SERVING})
+        env["ZEROREC_GRPC_PORT"] = str(PORTS["recommender-grpc"])
     env.update(extra or {})
     return env
 
@@ -345,7 +363,8 @@ def start(real: bool, timeout_s: float, train: bool, only: Iterable[str] = ()) -
         extra = f" ready in {took[svc.name]} s" if svc.name in took else ""
         print(f"functions: {svc.name:17s} {where:24s}{extra}  log {logs[svc.name]}")
     print(
-        "functions: try  curl -s localhost:10071/recommend -H 'content-type: application/json' "
+        f"functions: try  curl -s localhost:{PORTS['recommender']}/recommend "
+        "-H 'content-type: application/json' "
         '-d \'{"user_id": "u1", "n": 5}\''
     )
     return 0
