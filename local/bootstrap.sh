@@ -71,9 +71,18 @@ fi
 want=$(sha256sum "$ROOT/pyproject.toml" | cut -d" " -f1)
 have=$(cat "$STAMP" 2>/dev/null || true)
 if [[ $want != "$have" || ! -x $VENV/bin/task ]]; then
-  say "pip install -e '.[train,dev]' (torch is several GB: minutes when not in pip's cache)"
+  # pip keeps no HTTP cache on these machines, so a wheelhouse outside the clone is the cache:
+  # install from it offline; only when a pinned wheel is missing, download into it and retry.
+  WHEELS=${ZEROREC_WHEELHOUSE:-${XDG_CACHE_HOME:-$HOME/.cache}/zerorec/wheels}
+  mkdir -p "$WHEELS"
+  pip_install() { "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$@" -e "$ROOT[train,dev]"; }
   t=${EPOCHREALTIME/,/.}
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT[train,dev]"
+  if ! pip_install --no-index --find-links "$WHEELS" 2>/dev/null; then
+    say "downloading wheels into $WHEELS (torch is several GB: minutes the first time)"
+    "$VENV/bin/python" -m pip download -q --disable-pip-version-check -d "$WHEELS" "$ROOT[train,dev]"
+    say "pip install -e '.[train,dev]' from $WHEELS"
+    pip_install --no-index --find-links "$WHEELS"
+  fi
   echo "$want" >"$STAMP"
   say "pip install took $(awk -v a="$t" -v b="${EPOCHREALTIME/,/.}" 'BEGIN { printf "%.0f", b - a }')s"
 fi
