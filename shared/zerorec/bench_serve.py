@@ -10,7 +10,9 @@ Redis/S3 of `local/infra.sh env` with --real), warms them, then:
    p50/p95/p99 latency, throughput, errors and degraded answers, and the BFF's per-stage p50s;
 2. times the same requests in one process without HTTP (the floor): the BFF's `Recommender`
    calling the stages of zerorec.online through an in-memory transport;
-3. reads every function's RSS (VmRSS of the process and its children, /proc) after the load;
+3. reads every function's memory after the load (/proc): the gunicorn master's VmRSS (it loads
+   the model) plus its forked worker's private pages (`rss_mb`; the plain VmRSS sum, which counts
+   the copy-on-write model twice, is `rss_sum_mb`), and the CPU each process spent per request;
 4. restarts each function once and times process start -> first successful real request
    (the model loaded from the object store: S3 with --real).
 
@@ -89,6 +91,7 @@ class LevelStats:
     errors: int = 0
     degraded: int = 0
     stages_ms: dict[str, list[float]] = field(default_factory=dict)
+    cpu_s: dict[str, float] = field(default_factory=dict)  # CPU seconds per process during the level
 
     def figures(self) -> dict[str, Any]:
         """p50/p95/p99 in ms, rps (successful answers per second), counts, per-stage p50s."""
@@ -104,6 +107,7 @@ class LevelStats:
             "p99_ms": _r(percentile(ms, 99)),
             "rps": _r(ok / self.wall_s if self.wall_s > 0 else 0.0, 1),
             "stage_p50_ms": {k: _r(percentile(v, 50)) for k, v in sorted(self.stages_ms.items())},
+            "cpu_ms_per_request": {k: _r(v * 1000 / max(ok, 1)) for k, v in self.cpu_s.items()},
         }
 
 
@@ -180,6 +184,8 @@ def render(report: Mapping[str, Any]) -> str:
     for c, f in report["concurrency"].items():
         stages = "  ".join(f"{k} {v}" for k, v in f["stage_p50_ms"].items())
         lines.append(f"  stages p50 at {c}: {stages}")
+        cpu = "  ".join(f"{k} {v}" for k, v in f.get("cpu_ms_per_request", {}).items())
+        lines.append(f"  CPU ms per request at {c}: {cpu}")
     ip = report["inprocess"]
     lines.append(
         f"in-process floor (no HTTP, one process): p50 {ip['p50_ms']} ms  p95 {ip['p95_ms']} ms  "
@@ -302,18 +308,47 @@ def _note_body(stats: LevelStats, body: bytes) -> None:
 # ------------------------------------------------------------------------------- processes
 
 
+def _status_kb(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def _private_kb(pid: int) -> int:
+    """Private_Clean + Private_Dirty (what a forked child does not share with its parent)."""
+    total = 0
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith(("Private_Clean:", "Private_Dirty:")):
+            total += int(line.split()[1])
+    return total
+
+
 def rss_mb(pid: int) -> float | None:
-    """VmRSS of pid and all its descendants, in MB (None when the process is gone)."""
-    total_kb = 0
-    pids = [pid, *_descendants(pid)]
-    for p in pids:
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total_kb += int(line.split()[1])
-        except OSError:
-            if p == pid:
-                return None
+    """The memory of one function's process tree, in MB (None when the process is gone).
+
+    functions-framework runs gunicorn: the master imports the function (the model is loaded there)
+    and forks one uvicorn worker that shares those pages copy-on-write. Summing both VmRSS would
+    count the model twice, so: the master's VmRSS plus each descendant's private pages."""
+    try:
+        total_kb = _status_kb(pid, "VmRSS")
+    except OSError:
+        return None
+    for child in _descendants(pid):
+        with contextlib.suppress(OSError):
+            total_kb += _private_kb(child)
+    return round(total_kb / 1024, 1)
+
+
+def rss_sum_mb(pid: int) -> float | None:
+    """Plain sum of VmRSS over the tree (counts copy-on-write pages once per process)."""
+    try:
+        total_kb = _status_kb(pid, "VmRSS")
+    except OSError:
+        return None
+    for child in _descendants(pid):
+        with contextlib.suppress(OSError):
+            total_kb += _status_kb(child, "VmRSS")
     return round(total_kb / 1024, 1)
 
 
@@ -338,6 +373,15 @@ def _descendants(pid: int) -> list[int]:
 def load_average() -> str:
     """The 1/5/15-minute load averages (the machine is shared: read figures with this)."""
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def cpu_seconds(stack: Stack) -> dict[str, float]:
+    """CPU seconds so far of every function's process tree, and of this (the client's) process."""
+    from zerorec.bench_ingest import _cpu_s
+
+    out = {name: _cpu_s(proc.pid) for name, proc in stack.procs.items()}
+    out["client"] = time.process_time()
+    return out
 
 
 @dataclass
@@ -566,7 +610,10 @@ def run_bench(
         asyncio.run(drive(port, "/recommend", bodies, 4, 60.0, warmup))
         levels = []
         for c in concurrency:
+            cpu0 = cpu_seconds(stack)
             lv = asyncio.run(drive(port, "/recommend", bodies, c, duration_s, max_requests))
+            cpu1 = cpu_seconds(stack)
+            lv.cpu_s = {k: cpu1[k] - cpu0[k] for k in cpu0}
             f = lv.figures()
             log(
                 f"bench: concurrency {c}: {f['ok']} ok, {f['errors']} errors, p50 {f['p50_ms']} ms, "
@@ -574,6 +621,7 @@ def run_bench(
             )
             levels.append(lv)
         rss = {name: rss_mb(stack.procs[name].pid) for name in FUNCTIONS}
+        rss_sum = {name: rss_sum_mb(stack.procs[name].pid) for name in FUNCTIONS}
         log("bench: RSS MB " + ", ".join(f"{k} {v}" for k, v in rss.items()))
         cold: dict[str, float | None] = {}
         for name in FUNCTIONS:
@@ -595,7 +643,10 @@ def run_bench(
         "cpus": os.cpu_count(),
         "client": "raw asyncio HTTP/1.1, keep-alive, in the bench process",
     }
-    return assemble(levels, floor, rss, cold, meta)
+    report = assemble(levels, floor, rss, cold, meta)
+    for name, mb in rss_sum.items():
+        report["functions"][name]["rss_sum_mb"] = mb
+    return report
 
 
 def main(

@@ -139,6 +139,7 @@ def test_rss_of_a_process_tree() -> None:
         own = bs.rss_mb(os.getpid())
         tree = bs.rss_mb(parent.pid)
         assert own and own > 1 and tree and tree > 1
+        assert (bs.rss_sum_mb(parent.pid) or 0) >= tree
     finally:
         for child in bs._descendants(parent.pid):
             os.kill(child, 9)
