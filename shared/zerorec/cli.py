@@ -146,13 +146,13 @@ def recommend_batch(
     user_ids = load_user_ids(users)
     with threadpool_limits(2):
         rec, _ = train_recommender(frame, meta, progress=True, log=_log)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with out.open("w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["user_id", "item_id", "rank"])
-            for user in user_ids:
-                for rank, r in enumerate(rec.recommend(user, k), start=1):
-                    writer.writerow([user, r.item_id, rank])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with threadpool_limits(1, "blas"), out.open("w", newline="") as fh:  # per-user calls: 1 BLAS thread
+        writer = csv.writer(fh)
+        writer.writerow(["user_id", "item_id", "rank"])
+        for user in user_ids:
+            for rank, r in enumerate(rec.recommend(user, k), start=1):
+                writer.writerow([user, r.item_id, rank])
     typer.echo(f"wrote {out} ({len(user_ids)} users)")
 
 

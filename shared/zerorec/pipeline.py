@@ -61,7 +61,7 @@ class PipelineConfig:
     ranker_epochs: int = 8
     ranker_embed_dim: int = 8
     ranker_hidden: tuple[int, ...] = (64, 32)
-    ranker_threads: int = 2
+    ranker_threads: int = 1  # the net is tiny: a 2nd torch thread mostly spins on a busy box
     rerank_diversity: float = 0.0
     rerank_freshness: float = 0.0
     rerank_pool: int = 100
@@ -398,53 +398,52 @@ def ranker_training_data(
 ) -> tuple[RankerData, float]:
     """Candidates of the merged recall per user, labelled by held-out items; hard negatives (not
     clicked candidates, sampled) and random catalogue negatives. Returns data and candidate recall."""
+    from threadpoolctl import threadpool_limits
+
     rng = np.random.default_rng(config.seed)
     rec = Recommender(data, channels, config)
-    sparse_rows, dense_rows, label_rows, group_rows = [], [], [], []
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
     hits = []
-    for user in progress_iter(sorted(labels)):
-        query = UserQuery.from_data(data, user)
-        vectors = rec.score_vectors(query)
-        merged = rec.candidates(query, vectors=vectors)
-        pos = labels[user]
-        is_pos = np.isin(merged.items, pos)
-        hits.append(is_pos.sum() / max(len(pos), 1))
-        neg_idx = np.flatnonzero(~is_pos)
-        hard = rng.choice(neg_idx, min(config.hard_negatives, len(neg_idx)), replace=False)
-        keep = np.sort(np.concatenate([np.flatnonzero(is_pos), hard]))
-        sub = MergedCandidates(
-            merged.items[keep],
-            [merged.channel[i] for i in keep],
-            merged.channel_names,
-            merged.channel_scores[keep],
-        )
-        blocked = np.zeros(data.n_items, bool)
-        blocked[merged.items] = True
-        blocked[query.history] = True
-        blocked[pos] = True
-        pool = np.flatnonzero(~blocked)
-        rand = rng.choice(pool, min(config.random_negatives, len(pool)), replace=False)
-        rand_m = MergedCandidates(
-            rand,
-            ["random"] * len(rand),
-            merged.channel_names,
-            np.full((len(rand), len(merged.channel_names)), np.nan),
-        )
-        for part in (sub, rand_m):
-            if len(part) == 0:
-                continue
-            s, d = rec.features(query, part, vectors)
-            sparse_rows.append(s)
-            dense_rows.append(d)
-            label_rows.append(np.isin(part.items, pos).astype(np.float32))
-            group_rows.append(np.full(len(part), user))
-    out = RankerData(
-        np.concatenate(sparse_rows),
-        np.concatenate(dense_rows),
-        np.concatenate(label_rows),
-        np.concatenate(group_rows),
-    )
+    with threadpool_limits(1, "blas"):  # per-user matvecs: BLAS threads only add sync cost
+        for user in progress_iter(sorted(labels)):
+            hit, part = _user_ranker_rows(rec, user, labels[user], rng)
+            hits.append(hit)
+            if part is not None:
+                parts.append(part)
+    out = RankerData(*(np.concatenate([p[i] for p in parts]) for i in range(4)))
     return out, float(np.mean(hits)) if hits else 0.0
+
+
+def _user_ranker_rows(
+    rec: Recommender, user: int, pos: np.ndarray, rng: np.random.Generator
+) -> tuple[float, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None]:
+    """One user's rows (positives, sampled hard and random negatives) and candidate recall."""
+    data, config = rec.data, rec.config
+    query = UserQuery.from_data(data, user)
+    vectors = rec.score_vectors(query)
+    merged = rec.candidates(query, vectors=vectors)
+    is_pos = np.isin(merged.items, pos)
+    hit = float(is_pos.sum() / max(len(pos), 1))
+    neg_idx = np.flatnonzero(~is_pos)
+    hard = rng.choice(neg_idx, min(config.hard_negatives, len(neg_idx)), replace=False)
+    keep = np.sort(np.concatenate([np.flatnonzero(is_pos), hard]))
+    blocked = np.zeros(data.n_items, bool)
+    blocked[merged.items] = True
+    blocked[query.history] = True
+    blocked[pos] = True
+    pool = np.flatnonzero(~blocked)
+    rand = rng.choice(pool, min(config.random_negatives, len(pool)), replace=False)
+    n_ch = len(merged.channel_names)
+    both = MergedCandidates(  # hard then random negatives: one feature pass per user
+        np.concatenate([merged.items[keep], rand.astype(np.int64)]),
+        [merged.channel[i] for i in keep] + ["random"] * len(rand),
+        merged.channel_names,
+        np.vstack([merged.channel_scores[keep], np.full((len(rand), n_ch), np.nan, np.float32)]),
+    )
+    if len(both) == 0:
+        return hit, None
+    s, d = rec.features(query, both, vectors)
+    return hit, (s, d, np.isin(both.items, pos).astype(np.float32), np.full(len(both), user))
 
 
 def train_recommender(
@@ -546,6 +545,7 @@ def evaluate_protocol(
 ) -> dict[str, Any]:
     """temporal-user-20: train on the train split (the ranker's validation cut is taken inside it),
     then one row per channel, the merged recall, recall+ranking and the full pipeline."""
+    from threadpoolctl import threadpool_limits
     from tqdm.auto import tqdm
 
     from zerorec.evaluation import candidate_recall, full_report, protocol_split
@@ -560,31 +560,32 @@ def evaluate_protocol(
     cands: list[np.ndarray] = []
     wall = dict.fromkeys(rows, 0.0)
     users = ps.users if not progress else tqdm(ps.users, desc="evaluate", leave=False)
-    for user in users:
-        query = UserQuery.from_data(rec.data, int(user))
-        t = time.perf_counter()
-        vectors = rec.score_vectors(query)
-        t_vec = time.perf_counter() - t
-        for n in names:
+    with threadpool_limits(1, "blas"):  # per-user matvecs: BLAS threads only add sync cost
+        for user in users:
+            query = UserQuery.from_data(rec.data, int(user))
             t = time.perf_counter()
-            rows[n].append(_pad(top_n(vectors[n], k, query.history), k))
-            wall[n] += time.perf_counter() - t + t_vec / len(names)
-        t = time.perf_counter()
-        merged = rec.candidates(query, vectors=vectors)
-        rows["merged"].append(_pad(merged.items[:k], k))
-        wall["merged"] += time.perf_counter() - t + t_vec
-        cands.append(merged.items)
-        t = time.perf_counter()
-        scores = rec.rank(query, merged, vectors)
-        order = np.lexsort((np.arange(len(scores)), -scores))
-        rows["ranked"].append(_pad(merged.items[order[:k]], k))
-        t_rank = time.perf_counter() - t
-        wall["ranked"] += t_rank + wall["merged"] / max(len(cands), 1)
-        t = time.perf_counter()
-        out = rec.rerank(query, merged, scores, k)
-        idx = np.array([rec.data.item_index[r.item_id] for r in out], np.int64)
-        rows["full"].append(_pad(idx, k))
-        wall["full"] += time.perf_counter() - t + t_rank
+            vectors = rec.score_vectors(query)
+            t_vec = time.perf_counter() - t
+            for n in names:
+                t = time.perf_counter()
+                rows[n].append(_pad(top_n(vectors[n], k, query.history), k))
+                wall[n] += time.perf_counter() - t + t_vec / len(names)
+            t = time.perf_counter()
+            merged = rec.candidates(query, vectors=vectors)
+            rows["merged"].append(_pad(merged.items[:k], k))
+            wall["merged"] += time.perf_counter() - t + t_vec
+            cands.append(merged.items)
+            t = time.perf_counter()
+            scores = rec.rank(query, merged, vectors)
+            order = np.lexsort((np.arange(len(scores)), -scores))
+            rows["ranked"].append(_pad(merged.items[order[:k]], k))
+            t_rank = time.perf_counter() - t
+            wall["ranked"] += t_rank + wall["merged"] / max(len(cands), 1)
+            t = time.perf_counter()
+            out = rec.rerank(query, merged, scores, k)
+            idx = np.array([rec.data.item_index[r.item_id] for r in out], np.int64)
+            rows["full"].append(_pad(idx, k))
+            wall["full"] += time.perf_counter() - t + t_rank
     report: dict[str, Any] = {
         "protocol": "temporal-user-20",
         "users_evaluated": len(ps.users),

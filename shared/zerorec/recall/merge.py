@@ -38,33 +38,38 @@ def merge(
     """
     names = [a.channel for a in answers]
     col = {n: i for i, n in enumerate(names)}
+    lists = [a.items.tolist() for a in answers]  # plain ints: the interleave is a Python loop
     caps = [min(len(a), (quotas or {}).get(a.channel, len(a))) for a in answers]
-    taken: dict[int, int] = {}
+    taken: set[int] = set()
     order: list[int] = []
     primary: list[str] = []
     used = [0] * len(answers)
     cursor = [0] * len(answers)
     max_total = limit if limit is not None else sum(caps)
-    while len(order) < max_total and any(
-        used[c] < caps[c] and cursor[c] < len(answers[c]) for c in range(len(answers))
-    ):
-        for c, ans in enumerate(answers):
-            while used[c] < caps[c] and cursor[c] < len(ans):
-                item = int(ans.items[cursor[c]])
-                cursor[c] += 1
-                if item in taken:
-                    continue
-                taken[item] = len(order)
-                order.append(item)
-                primary.append(ans.channel)
-                used[c] += 1
-                break
+    active = [c for c in range(len(answers)) if caps[c] > 0 and lists[c]]
+    while len(order) < max_total and active:
+        for c in active:  # one round: each channel still open takes its next new item
+            items, cur, end = lists[c], cursor[c], len(lists[c])
+            while cur < end:
+                item = items[cur]
+                cur += 1
+                if item not in taken:
+                    taken.add(item)
+                    order.append(item)
+                    primary.append(names[c])
+                    used[c] += 1
+                    break
+            cursor[c] = cur
             if len(order) >= max_total:
                 break
+        active = [c for c in active if used[c] < caps[c] and cursor[c] < len(lists[c])]
+    merged = np.array(order, dtype=np.int64)
     scores = np.full((len(order), len(names)), np.nan, dtype=np.float32)
-    for ans in answers:
-        for item, s in zip(ans.items.tolist(), ans.scores.tolist(), strict=True):
-            pos = taken.get(item)
-            if pos is not None:
-                scores[pos, col[ans.channel]] = s
-    return MergedCandidates(np.array(order, dtype=np.int64), primary, names, scores)
+    if len(merged):
+        sorter = np.argsort(merged, kind="stable")
+        for ans in answers:
+            items_arr = np.asarray(ans.items, dtype=np.int64)
+            at = np.minimum(np.searchsorted(merged, items_arr, sorter=sorter), len(merged) - 1)
+            hit = merged[sorter[at]] == items_arr
+            scores[sorter[at[hit]], col[ans.channel]] = np.asarray(ans.scores)[hit]
+    return MergedCandidates(merged, primary, names, scores)
