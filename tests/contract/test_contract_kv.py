@@ -215,3 +215,65 @@ def test_ttl_expiry(kv: KVStore, key: K) -> None:
     assert kv.read([ZTop(key("z"), 1)]) == [[("m", 2.0)]]
     with pytest.raises(InvalidInputError):
         kv.apply_once(key("tok2"), [], ttl_s=0)
+
+
+def test_apply_many_applies_each_token_once_in_one_call(kv: KVStore, key: K) -> None:
+    def ops(item: str) -> list:
+        return [ZIncr(key("pop"), item, 1), HIncr(key("u1"), "books", 1), ListPush(key("hist"), (item,), 50)]
+
+    assert kv.apply_once(key("evt-0"), ops("i0")) is True
+    batch = [(key("evt-0"), ops("i0")), (key("evt-1"), ops("i1")), (key("evt-2"), ops("i2"))]
+    batch.append((key("evt-1"), ops("i1")))  # the same id twice in one batch: the second is a duplicate
+    assert kv.apply_many(batch) == [False, True, True, False]
+    assert kv.apply_many(batch) == [False, False, False, False]  # redelivery of the whole batch
+    assert kv.apply_many([]) == []
+    pop, user, hist = kv.read([ZTop(key("pop"), 5), HGetAll(key("u1")), ListRange(key("hist"))])
+    assert sorted(pop) == [("i0", 1.0), ("i1", 1.0), ("i2", 1.0)]
+    assert float(user["books"]) == 3.0
+    assert hist == ["i2", "i1", "i0"]  # applied in batch order
+    assert kv.apply_once(key("evt-2"), ops("i2")) is False  # tokens set by apply_many count for apply_once
+
+
+def test_apply_many_is_all_or_nothing(kv: KVStore, key: K) -> None:
+    kv.write([Set(key("str"), "x")])
+    batch = [
+        (key("ok-1"), [ZIncr(key("pop"), "a", 1)]),
+        (key("bad"), [ZIncr(key("pop"), "b", 1), HIncr(key("str"), "f", 1)]),  # hash op on a string
+        (key("ok-2"), [ZIncr(key("pop"), "c", 1)]),
+    ]
+    with pytest.raises(InvalidInputError):
+        kv.apply_many(batch)
+    assert kv.read([ZTop(key("pop"), 5)]) == [[]]
+    # no token was set: the good entries apply on the retry
+    assert kv.apply_many([batch[0], batch[2]]) == [True, True]
+    assert sorted(kv.read([ZTop(key("pop"), 5)])[0]) == [("a", 1.0), ("c", 1.0)]
+    with pytest.raises(InvalidInputError):
+        kv.apply_many([(key("t"), [])], ttl_s=0)
+
+
+def test_apply_many_type_checks_across_entries(kv: KVStore, key: K) -> None:
+    # the first entry makes k a sorted set; the second uses it as a hash: refused, nothing applied
+    batch = [(key("e1"), [ZIncr(key("k"), "m", 1)]), (key("e2"), [HIncr(key("k"), "f", 1)])]
+    with pytest.raises(InvalidInputError):
+        kv.apply_many(batch)
+    assert kv.read([ZTop(key("k"), 1), Get(key("e1"))]) == [[], None]
+
+
+def test_apply_many_concurrent_duplicates_apply_once(kv: KVStore, key: K) -> None:
+    results: list[bool] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(4)
+
+    def worker() -> None:
+        barrier.wait()
+        got = kv.apply_many([(key(f"evt-{i}"), [ZIncr(key("pop"), "x", 1)]) for i in range(20)])
+        with lock:
+            results.extend(got)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results.count(True) == 20
+    assert kv.read([ZTop(key("pop"), 1)]) == [[("x", 20.0)]]

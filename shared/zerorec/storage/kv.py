@@ -142,5 +142,17 @@ class KVStore(ABC):
         idempotent by event id: a redelivered event never double counts.
         """
 
+    def apply_many(
+        self, batch: Sequence[tuple[str, Sequence[WriteOp]]], ttl_s: int = 7 * 24 * 3600
+    ) -> list[bool]:
+        """`apply_once` for each `(token, ops)` in order, in ONE round trip where the backend can.
+
+        Per entry: True if applied now, False if its token was applied before (or earlier in this
+        batch). Atomic over the whole batch in every backend here: an invalid op (wrong type, not a
+        number) raises InvalidInputError and nothing of the batch is applied. This default is the
+        plain loop (exactly once per token, not atomic over the batch); backends override it.
+        """
+        return [self.apply_once(token, ops, ttl_s) for token, ops in batch]
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

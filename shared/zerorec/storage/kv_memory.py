@@ -182,6 +182,37 @@ class MemoryKVStore(KVStore):
             self._data[token] = _Entry("string", "1", self._clock() + ttl_s)
             return True
 
+    def apply_many(
+        self, batch: Sequence[tuple[str, Sequence[WriteOp]]], ttl_s: int = 7 * 24 * 3600
+    ) -> list[bool]:
+        """Every entry under one lock; all or nothing over the batch (keys restored on error)."""
+        if ttl_s <= 0:
+            raise InvalidInputError(f"apply_many ttl_s must be positive, got {ttl_s}")
+        for _, ops in batch:
+            for op in ops:
+                check_write(op)
+        with self._lock:
+            keys = {op.key for _, ops in batch for op in ops} | {token for token, _ in batch}
+            saved = {key: copy.deepcopy(self._data.get(key)) for key in keys}
+            results: list[bool] = []
+            try:
+                for token, ops in batch:
+                    if token in self._data and self._read_token(token):
+                        results.append(False)
+                        continue
+                    for op in ops:
+                        self._write_one(op)
+                    self._data[token] = _Entry("string", "1", self._clock() + ttl_s)
+                    results.append(True)
+            except BaseException:
+                for key, entry in saved.items():
+                    if entry is None:
+                        self._data.pop(key, None)
+                    else:
+                        self._data[key] = entry
+                raise
+            return results
+
     def _read_token(self, token: str) -> bool:
         e = self._data.get(token)
         if e is not None and e.expires_at is not None and e.expires_at <= self._clock():

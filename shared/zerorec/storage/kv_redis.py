@@ -6,6 +6,7 @@ import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import orjson
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -91,17 +92,99 @@ return 1
 """
 
 
+# `apply_many`: ARGV[1] = TTL, ARGV[2] = JSON list of [token index, ops] (indices into KEYS). Phase 1
+# skips tokens already set (or seen earlier in the batch) and type-checks every remaining op, tracking
+# key types across entries; phase 2 writes. An error in phase 1 returns before any write, so the batch
+# is all or nothing. Returns one 0/1 per entry.
+_APPLY_MANY_LUA = r"""
+local ttl = ARGV[1]
+local batch = cjson.decode(ARGV[2])
+local want = {HSET='hash', HINCR='hash', ZINCR='zset', ZREM='zset', LPUSH='list', SADD='set'}
+local types, seen, result = {}, {}, {}
+for i, entry in ipairs(batch) do
+  local token = KEYS[entry[1]]
+  if seen[token] or redis.call('EXISTS', token) == 1 then
+    result[i] = 0
+  else
+    seen[token] = true
+    result[i] = 1
+    for _, op in ipairs(entry[2]) do
+      local c, k = op[1], KEYS[op[2]]
+      local t = types[k] or redis.call('TYPE', k)['ok']
+      if c == 'SET' then t = 'string'
+      elseif c == 'DEL' then t = 'none'
+      else
+        local w = want[c]
+        if w == nil then return redis.error_reply('ERR unknown op ' .. tostring(c)) end
+        if t ~= 'none' and t ~= w then
+          return redis.error_reply('WRONGTYPE key ' .. k .. ' holds a ' .. t .. ', not a ' .. w)
+        end
+        if c == 'HINCR' and t == 'hash' then
+          local v = redis.call('HGET', k, op[3])
+          if v and not tonumber(v) then
+            return redis.error_reply('ERR hash field ' .. k .. '/' .. op[3] .. ' is not a number')
+          end
+        end
+        if c ~= 'ZREM' then t = w end
+      end
+      types[k] = t
+    end
+  end
+end
+local function chunked(cmd, k, items, step)
+  for i = 1, #items, step do
+    redis.call(cmd, k, unpack(items, i, math.min(i + step - 1, #items)))
+  end
+end
+for i, entry in ipairs(batch) do
+  if result[i] == 1 then
+    for _, op in ipairs(entry[2]) do
+      local c, k = op[1], KEYS[op[2]]
+      if c == 'SET' then
+        if op[4] ~= '' then redis.call('SET', k, op[3], 'EX', op[4]) else redis.call('SET', k, op[3]) end
+      elseif c == 'DEL' then redis.call('DEL', k)
+      elseif c == 'HSET' then chunked('HSET', k, op[3], 1000)
+      elseif c == 'HINCR' then redis.call('HINCRBYFLOAT', k, op[3], op[4])
+      elseif c == 'ZINCR' then redis.call('ZINCRBY', k, op[4], op[3])
+      elseif c == 'ZREM' then redis.call('ZREM', k, op[3])
+      elseif c == 'LPUSH' then
+        chunked('LPUSH', k, op[3], 1000)
+        redis.call('LTRIM', k, 0, op[4] - 1)
+      elseif c == 'SADD' then chunked('SADD', k, op[3], 1000)
+      end
+    end
+    redis.call('SET', KEYS[entry[1]], '1', 'EX', ttl)
+  end
+end
+return result
+"""
+
+
 def _encode(ops: Sequence[WriteOp], first_index: int) -> tuple[list[str], str]:
     """Turn ops into (KEYS, JSON) for the script; key indices start at `first_index` (1-based)."""
     keys: list[str] = []
     index: dict[str, int] = {}
+    encoded = _encode_ops(ops, keys, index, first_index)
+    # cjson turns an empty JSON array into an empty table either way; no object/array ambiguity.
+    return keys, json.dumps(encoded, ensure_ascii=False)
+
+
+def _key_index(key: str, keys: list[str], index: dict[str, int], first_index: int) -> int:
+    found = index.get(key)
+    if found is None:
+        found = index[key] = first_index + len(keys)
+        keys.append(key)
+    return found
+
+
+def _encode_ops(
+    ops: Sequence[WriteOp], keys: list[str], index: dict[str, int], first_index: int = 1
+) -> list[list[Any]]:
+    """Ops as script entries [cmd, index into KEYS, args...]; new keys are appended to `keys`."""
     encoded: list[list[Any]] = []
 
     def ki(key: str) -> int:
-        if key not in index:
-            index[key] = first_index + len(keys)
-            keys.append(key)
-        return index[key]
+        return _key_index(key, keys, index, first_index)
 
     for op in ops:
         check_write(op)
@@ -122,8 +205,7 @@ def _encode(ops: Sequence[WriteOp], first_index: int) -> tuple[list[str], str]:
             encoded.append(["LPUSH", ki(op.key), list(op.values), int(op.maxlen)])
         elif isinstance(op, SetAdd):
             encoded.append(["SADD", ki(op.key), list(op.members)])
-    # cjson turns an empty JSON array into an empty table either way; no object/array ambiguity.
-    return keys, json.dumps(encoded, ensure_ascii=False)
+    return encoded
 
 
 class RedisKVStore(KVStore):
@@ -141,6 +223,7 @@ class RedisKVStore(KVStore):
             retry=Retry(NoBackoff(), 0),
         )
         self._apply = self._r.register_script(_APPLY_LUA)  # EVALSHA, loaded on first use
+        self._apply_many = self._r.register_script(_APPLY_MANY_LUA)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RedisKVStore:
@@ -218,6 +301,26 @@ class RedisKVStore(KVStore):
         if ttl_s <= 0:
             raise InvalidInputError(f"apply_once ttl_s must be positive, got {ttl_s}")
         return self._run(f"apply_once {token!r}", token, ops, ttl_s)
+
+    def apply_many(
+        self, batch: Sequence[tuple[str, Sequence[WriteOp]]], ttl_s: int = 7 * 24 * 3600
+    ) -> list[bool]:
+        """The whole batch in ONE script call (type checks first, then writes: all or nothing)."""
+        if ttl_s <= 0:
+            raise InvalidInputError(f"apply_many ttl_s must be positive, got {ttl_s}")
+        if not batch:
+            return []
+        keys: list[str] = []
+        index: dict[str, int] = {}
+        entries = [
+            [_key_index(token, keys, index, 1), _encode_ops(ops, keys, index)] for token, ops in batch
+        ]
+        payload = orjson.dumps(entries).decode()
+        try:
+            replies = self._apply_many(keys=keys, args=[str(ttl_s), payload])
+        except redis.RedisError as exc:
+            raise self._fail(f"apply_many ({len(batch)} entries)", exc) from exc
+        return [bool(r) for r in replies]
 
     def close(self) -> None:
         """Close the connection pool."""

@@ -265,6 +265,29 @@ class SqliteKVStore(KVStore):
 
         return self._db.run(f"apply_once {token!r}", tx, immediate=True)
 
+    def apply_many(
+        self, batch: Sequence[tuple[str, Sequence[WriteOp]]], ttl_s: int = 7 * 24 * 3600
+    ) -> list[bool]:
+        """Every entry in one BEGIN IMMEDIATE transaction: all or nothing over the batch."""
+        if ttl_s <= 0:
+            raise InvalidInputError(f"apply_many ttl_s must be positive, got {ttl_s}")
+        for _, ops in batch:
+            for op in ops:
+                check_write(op)
+
+        def tx(conn: sqlite3.Connection) -> list[bool]:
+            results = []
+            for token, ops in batch:
+                if self._kind(conn, token) is not None:
+                    results.append(False)
+                    continue
+                self._apply(conn, ops)
+                self._write_one(conn, Set(token, "1", ttl_s))
+                results.append(True)
+            return results
+
+        return self._db.run(f"apply_many ({len(batch)} entries)", tx, immediate=True) if batch else []
+
     def close(self) -> None:
         """Close this process's connection (it reopens on next use)."""
         self._db.close()
