@@ -56,6 +56,8 @@ from zerorec.realtime import (
     SEEN_MAX,
     ItemRecord,
     UserState,
+    catalogue_from,
+    catalogue_reads,
     hot_reads,
     item_reads,
     user_state_from,
@@ -64,8 +66,14 @@ from zerorec.realtime import (
 from zerorec.recall.merge import MergedCandidates
 from zerorec.settings import Settings, get_settings
 from zerorec.storage import EventBus, KVStore, ObjectStore, kv_store, object_store
+from zerorec.storage.kv import HGetAll
 
 log = logging.getLogger("zerorec.online")
+
+# Items added since training: how many of the newest recall offers, and how many slots of a
+# list reranking keeps for them (the ranker cannot score what it has never seen).
+FRESH_REALTIME = 20
+FRESH_SLOTS = 1
 
 
 @dataclass(frozen=True)
@@ -133,16 +141,27 @@ class RecallStage:
 
     def recall(self, req: RecallRequest) -> RecallResponse:
         """Merged candidates, best first; `score` is the merge order (1 = first), per-channel
-        raw scores in `channel_scores`. Never an item of the user's history or `exclude`."""
+        raw scores in `channel_scores`. Never an item of the user's history, `exclude` or deleted
+        since training; items added since training follow as channel `fresh` (score 0)."""
         rec = self.model.rec
         recent, categories = list(req.recent_items), {}
-        if not recent:  # the BFF did not pass the user's history: read it (one round trip)
-            state = _read_user(self.kv, req.user_id)
+        reads = catalogue_reads(FRESH_REALTIME)
+        if not recent:  # the BFF did not pass the user's history: read it in the same round trip
+            reads = user_state_reads(req.user_id) + reads
+        try:
+            results = self.kv.read(reads)
+        except BackendUnavailableError as exc:
+            log.warning("KV unavailable, recall for %s from the bundle alone: %s", req.user_id, exc)
+            results = [{} if isinstance(op, HGetAll) else [] for op in reads]
+        fresh, deleted = catalogue_from(results[-2:])
+        if not recent:
+            state = user_state_from(req.user_id, results[:-2])
             recent, categories = state.recent_items, state.category_affinity
         query = rec.query(req.user_id, recent)
         query.categories = categories
         vectors = rec.score_vectors(query)
-        merged = rec.candidates(query, req.n, self.model.known(req.exclude), vectors)
+        exclude = self.model.known([*req.exclude, *deleted])
+        merged = rec.candidates(query, req.n, exclude, vectors)
         ids = rec.data.item_ids
         m = len(merged)
         names = merged.channel_names
@@ -156,6 +175,12 @@ class RecallStage:
                     item_id=str(ids[item]), score=(m - pos) / m, channel=channel, channel_scores=scores
                 )
             )
+        skip = {*req.exclude, *deleted, *recent}
+        unknown = [i for i in fresh if i not in rec.data.item_index and i not in skip]
+        out += [
+            RecallCandidate.model_construct(item_id=i, score=0.0, channel="fresh", channel_scores={})
+            for i in unknown
+        ]
         return RecallResponse.model_construct(candidates=out, model_version=self.model.version)
 
     def hot(self, n: int, category: str | None = None) -> HotResponse:
@@ -223,19 +248,32 @@ class RerankStage:
         ][::-1]  # de-duplicated (first wins), seen removed
         idx = self.model.index([it.item_id for it in items])
         keep = [k for k in range(len(items)) if idx[k] >= 0]
-        if not keep:
-            return RerankResponse(items=[])
-        merged = _merged(self.model, idx[keep], [items[k].channel for k in keep])
-        scores = np.array([items[k].score for k in keep], dtype=np.float64)
-        picked = rec.rerank(
-            rec.query(req.user_id), merged, scores, req.n, seen=self.model.known(req.seen).tolist()
-        )
-        return RerankResponse(
-            items=[
+        new = [items[k] for k in range(len(items)) if idx[k] < 0][: min(FRESH_SLOTS, req.n)]
+        picked: list[RerankedItem] = []
+        if keep:
+            merged = _merged(self.model, idx[keep], [items[k].channel for k in keep])
+            scores = np.array([items[k].score for k in keep], dtype=np.float64)
+            picked = [
                 RerankedItem(item_id=r.item_id, score=r.score, channel=r.channel, reasons=list(r.reasons))
-                for r in picked
+                for r in rec.rerank(
+                    rec.query(req.user_id),
+                    merged,
+                    scores,
+                    req.n - len(new),
+                    seen=self.model.known(req.seen).tolist(),
+                )
             ]
-        )
+        # Items newer than the model: the last slot(s), so the catalogue's news gets seen.
+        picked += [
+            RerankedItem(
+                item_id=it.item_id,
+                score=0.0,
+                channel=it.channel,
+                reasons=[f"found by {it.channel}", "new item, not in the model yet (fresh slot)"],
+            )
+            for it in new
+        ]
+        return RerankResponse(items=picked)
 
 
 class UserStage:

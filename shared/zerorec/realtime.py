@@ -75,6 +75,10 @@ def hot_key(category: str | None = None) -> str:
 
 
 FRESH_KEY = "items:fresh"
+# Deleted items stay in the trained bundle until the next training; serving reads this marker
+# (zset item -> deleted_at) so a deleted item is never recommended in the meantime.
+DELETED_KEY = "items:deleted"
+DELETED_MAX = 5000
 
 
 def event_token(event_id: str) -> str:
@@ -151,12 +155,22 @@ def item_upsert_writes(item: ItemRecord) -> list[WriteOp]:
         HSet(item_key(item.item_id), item.to_hash()),
         ZRem(FRESH_KEY, item.item_id),
         ZIncr(FRESH_KEY, item.item_id, float(item.created_at_s)),
+        ZRem(DELETED_KEY, item.item_id),  # a re-listed item is live again
     ]
 
 
-def item_delete_writes(item_id: str, categories: Sequence[str] = ()) -> list[WriteOp]:
-    """Drop the item's metadata and its places in fresh, hot and its categories' hot lists."""
-    ops: list[WriteOp] = [Delete(item_key(item_id)), ZRem(FRESH_KEY, item_id), ZRem(hot_key(), item_id)]
+def item_delete_writes(
+    item_id: str, categories: Sequence[str] = (), deleted_at_s: float = 0.0
+) -> list[WriteOp]:
+    """Drop the item's metadata and its places in fresh, hot and its categories' hot lists,
+    and mark it deleted for the serving path (the trained bundle still knows it)."""
+    ops: list[WriteOp] = [
+        Delete(item_key(item_id)),
+        ZRem(FRESH_KEY, item_id),
+        ZRem(hot_key(), item_id),
+        ZRem(DELETED_KEY, item_id),
+        ZIncr(DELETED_KEY, item_id, float(deleted_at_s)),
+    ]
     ops += [ZRem(hot_key(c), item_id) for c in categories]
     return ops
 
@@ -200,9 +214,19 @@ def fresh_reads(n: int) -> list[ReadOp]:
     return [ZTop(FRESH_KEY, n)]
 
 
+def catalogue_reads(fresh_n: int) -> list[ReadOp]:
+    """The newest `fresh_n` items and the deletion markers; parse with `catalogue_from`."""
+    return [ZTop(FRESH_KEY, fresh_n), ZTop(DELETED_KEY, DELETED_MAX)]
+
+
+def catalogue_from(results: Sequence) -> tuple[list[str], set[str]]:
+    """(fresh item ids newest first, deleted item ids) from the results of `catalogue_reads`."""
+    fresh, deleted = results
+    return [i for i, _ in fresh], {i for i, _ in deleted}
+
+
 def item_reads(item_ids: Sequence[str]) -> list[ReadOp]:
     return [HGetAll(item_key(i)) for i in item_ids]
-
 
 
 def item_categories_read(item_id: str) -> ReadOp:
@@ -220,3 +244,38 @@ def categories_from(result: Sequence[str | None]) -> tuple[str, ...]:
     except ValueError:
         return ()
     return tuple(str(c) for c in parsed) if isinstance(parsed, list) else ()
+
+
+# ---- features: offline (feature-engineering, Spark) and real-time (flink-realtime) ------------
+#   feat:item:{i}          hash window popularity (cnt_1d, cnt_7d, cnt_30d), as_of
+#   feat:user:{u}          hash counts by kind (n_<kind>, n_total), last_active (epoch s), as_of
+#   feat:user:{u}:cats     hash category -> affinity (sum of event weights, 30 d)
+#   rt:item:{i}:cnt        hash window start (epoch s) -> events in that 1-minute window (TTL-bounded)
+#   rt:user:{u}            hash window_start, events (in the user's last closed window)
+
+FEATURE_TTL_S = 2 * 24 * 3600  # real-time counters expire on their own
+
+
+def item_features_key(item_id: str) -> str:
+    return f"feat:item:{item_id}"
+
+
+def user_features_key(user_id: str) -> str:
+    return f"feat:user:{user_id}"
+
+
+def user_category_features_key(user_id: str) -> str:
+    return f"feat:user:{user_id}:cats"
+
+
+def rt_item_counts_key(item_id: str) -> str:
+    return f"rt:item:{item_id}:cnt"
+
+
+def rt_user_key(user_id: str) -> str:
+    return f"rt:user:{user_id}"
+
+
+def feature_hash_writes(key: str, fields: Mapping[str, object]) -> list[WriteOp]:
+    """Replace the feature hash `key` with `fields` (values become strings)."""
+    return [Delete(key), HSet(key, {k: str(v) for k, v in fields.items()})]
