@@ -312,9 +312,7 @@ class RedisKVStore(KVStore):
             return []
         keys: list[str] = []
         index: dict[str, int] = {}
-        entries = [
-            [_key_index(token, keys, index, 1), _encode_ops(ops, keys, index)] for token, ops in batch
-        ]
+        entries = [[_key_index(token, keys, index, 1), _encode_ops(ops, keys, index)] for token, ops in batch]
         payload = orjson.dumps(entries).decode()
         try:
             replies = self._apply_many(keys=keys, args=[str(ttl_s), payload])
