@@ -7,6 +7,11 @@
 - `kafka_source_event` builds the event the real KafkaSource makes of a record that is no CloudEvent;
   `dead_letter_event` adds the knativeerror* extensions Knative sets on dead-lettered events.
 - `validate(event)` checks attributes and data at the edges and raises InvalidInputError.
+- Batched HTTP content mode (`application/cloudevents-batch+json`, a JSON array of structured
+  events): `batch_entry` (Kafka record -> one entry), `to_http_batch`, `from_http_batch`. ZeroRec
+  uses it only between the local dispatcher and the consumer, as an opt-in throughput mode.
+- `record_to_http_binary` is the fast path of the dispatcher for a binary-mode CloudEvent record
+  (same headers and body as `to_http_binary(from_kafka_record(record, raw_data=True))`).
 
 Attribute values are strings. Binary HTTP header values are percent-encoded as the CloudEvents HTTP
 binding asks (space, `"`, `%` and anything outside printable ASCII) and decoded on the way in.
@@ -15,6 +20,7 @@ binding asks (space, `"`, `%` and anything outside printable ASCII) and decoded 
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import re
 import uuid
@@ -23,6 +29,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, unquote
 
+import orjson
 from cloudevents import exceptions as ce_exceptions
 from cloudevents import kafka as ce_kafka
 from cloudevents.conversion import to_binary, to_structured
@@ -42,19 +49,24 @@ from zerorec.event_schemas import (
 from zerorec.storage.bus import OutgoingRecord, Record
 
 __all__ = [
+    "BATCH",
     "JSON",
     "KAFKA_EVENT_TYPE",
     "PING_EVENT_TYPE",
     "TASK_TYPE_EXTENSION",
     "CloudEvent",
+    "batch_entry",
     "dead_letter_event",
     "effective_type",
     "event_data",
     "from_http",
+    "from_http_batch",
     "from_kafka_record",
     "is_cloudevent_record",
     "kafka_source_event",
     "new_event",
+    "record_to_http_binary",
+    "to_http_batch",
     "to_http_binary",
     "to_http_structured",
     "to_kafka_record",
@@ -64,6 +76,8 @@ __all__ = [
 
 JSON = "application/json"
 STRUCTURED = "application/cloudevents+json"
+BATCH = "application/cloudevents-batch+json"
+MAX_BATCH_EVENTS = 1000
 KAFKA_EVENT_TYPE = "dev.knative.kafka.event"
 PING_EVENT_TYPE = "dev.knative.sources.ping"
 # A PingSource sets this extension (ceOverrides) to the catalogue type its data follows.
@@ -75,6 +89,7 @@ KNATIVE_ERROR_DATA_MAX = 1024
 _REQUIRED = ("id", "source", "specversion", "type")
 _EXTENSION_NAME = re.compile(r"^[a-z0-9]{1,20}$")
 _SAFE_HEADER_CHARS = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in '"%')
+_NEEDS_QUOTING = re.compile(r'[^\x21-\x7e]|["%]')
 
 
 def _now_rfc3339() -> str:
@@ -235,6 +250,123 @@ def _check_required(event: CloudEvent) -> None:
     for name in _REQUIRED:
         if not event.get(name):
             raise InvalidInputError(f"malformed CloudEvent: attribute {name!r} is missing or empty")
+
+
+def _header_value(value: str) -> str:
+    return quote(value, safe=_SAFE_HEADER_CHARS) if _NEEDS_QUOTING.search(value) else value
+
+
+def _binary_record_attributes(record: Record) -> tuple[dict[str, str], str | None] | None:
+    """(attributes, content type) of a plain binary-mode CloudEvents 1.0 record, or None when the
+    record needs the SDK path (structured, another specversion, missing attributes, not UTF-8)."""
+    attributes: dict[str, str] = {}
+    content_type = None
+    try:
+        for name, value in record.headers:
+            lowered = name.lower()
+            if lowered.startswith("ce_"):
+                attributes[lowered[3:]] = value.decode()
+            elif lowered == "content-type":
+                content_type = value.decode()
+    except UnicodeDecodeError:
+        return None
+    if attributes.get("specversion") != "1.0" or not all(attributes.get(n) for n in _REQUIRED):
+        return None
+    if len(record.value) > MAX_BODY_BYTES:
+        return None
+    return attributes, content_type
+
+
+def record_to_http_binary(
+    record: Record, overrides: Mapping[str, str] | None = None
+) -> tuple[dict[str, str], bytes] | None:
+    """Binary HTTP request of a binary-mode CloudEvent record (ceOverrides applied), without the SDK;
+    None when the record needs the general path (`from_kafka_record` + `to_http_binary`)."""
+    found = _binary_record_attributes(record)
+    if found is None:
+        return None
+    attributes, content_type = found
+    if overrides:
+        attributes.update(overrides)
+        content_type = attributes.pop("datacontenttype", content_type)
+    headers = {"ce-" + name: _header_value(value) for name, value in attributes.items()}
+    if content_type is not None:
+        headers["content-type"] = content_type
+    return headers, bytes(record.value)
+
+
+def batch_entry(record: Record, event: CloudEvent | None = None) -> dict[str, Any]:
+    """One structured-mode entry of a batch for `record` (or for `event`, its general decoding):
+    JSON data inline as `data`, anything else as `data_base64`."""
+    if event is not None:
+        attributes = {k: str(v) for k, v in event.get_attributes().items()}
+        raw = event.get_data()
+    else:
+        found = _binary_record_attributes(record)
+        if found is None:
+            raise InvalidInputError("record needs the general decoding (pass its event)")
+        attributes, content_type = found
+        if content_type is not None:
+            attributes["datacontenttype"] = content_type
+        raw = record.value
+    entry: dict[str, Any] = dict(attributes)
+    if raw is None:
+        return entry
+    if not isinstance(raw, bytes | bytearray | memoryview | str):
+        entry["data"] = raw
+        return entry
+    content_type = attributes.get("datacontenttype")
+    if content_type is None or _is_json(content_type):
+        try:
+            entry["data"] = orjson.loads(raw)
+            return entry
+        except orjson.JSONDecodeError:
+            pass  # not JSON after all: sent as bytes, the consumer refuses it per event
+    data = raw.encode() if isinstance(raw, str) else bytes(raw)
+    entry["data_base64"] = base64.b64encode(data).decode("ascii")
+    return entry
+
+
+def to_http_batch(entries: list[dict[str, Any]]) -> tuple[dict[str, str], bytes]:
+    """Batched content mode: one JSON array of structured events."""
+    return {"content-type": BATCH}, orjson.dumps(entries)
+
+
+def from_http_batch(body: bytes) -> list[CloudEvent | InvalidInputError]:
+    """Decode a batched-mode body: one CloudEvent per entry, or the InvalidInputError of an entry
+    that is malformed (so the others still go through). InvalidInputError for the whole body when it
+    is not a JSON array of at most MAX_BATCH_EVENTS entries."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInputError(f"batch is not valid JSON: {exc}") from None
+    if not isinstance(doc, list):
+        raise InvalidInputError("a CloudEvents batch is a JSON array of structured events")
+    if len(doc) > MAX_BATCH_EVENTS:
+        raise InvalidInputError(f"batch of {len(doc)} events is over the limit of {MAX_BATCH_EVENTS}")
+    return [_from_batch_entry(entry) for entry in doc]
+
+
+def _from_batch_entry(entry: Any) -> CloudEvent | InvalidInputError:
+    if not isinstance(entry, dict):
+        return InvalidInputError("malformed CloudEvent: a batch entry is not a JSON object")
+    for name in _REQUIRED:
+        value = entry.get(name)
+        if not isinstance(value, str) or not value:
+            return InvalidInputError(f"malformed CloudEvent: attribute {name!r} is missing or empty")
+    if entry["specversion"] != "1.0":
+        return InvalidInputError(f"unsupported specversion {entry['specversion']!r} (want 1.0)")
+    attributes = {k: v for k, v in entry.items() if k not in ("data", "data_base64")}
+    data: Any = entry.get("data")
+    if "data_base64" in entry:
+        try:
+            data = base64.b64decode(entry["data_base64"], validate=True)
+        except (binascii.Error, TypeError, ValueError) as exc:
+            return InvalidInputError(f"malformed CloudEvent: bad data_base64: {exc}")
+    try:
+        return CloudEvent(attributes, data)
+    except (ce_exceptions.GenericException, ValueError, TypeError) as exc:
+        return InvalidInputError(f"malformed CloudEvent: {exc}")
 
 
 # ---------------------------------------------------------------- Kafka

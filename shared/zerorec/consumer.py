@@ -9,18 +9,23 @@ no-op, so at-least-once delivery never double counts. A KV outage raises Backend
 Behavior events need the clicked item's categories (hot-per-category, user affinities): they come from
 the item hash, behind a small TTL cache (`category_cache_s`), because one extra KV round trip per
 event would be a third of the consumer's cost; an item event seen by this process drops its entry.
+
+`apply_batch(events)` (the batched delivery of the local dispatcher) gives one result per event and
+runs each run of consecutive behavior events as ONE `kv.apply_many` (still exactly once per event id);
+an item event is applied on its own, after what came before it, since it reads the item's current
+categories.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from zerorec.cloudevents_io import CloudEvent, effective_type, event_data, validate
-from zerorec.errors import InvalidInputError
+from zerorec.errors import BackendUnavailableError, InvalidInputError
 from zerorec.event_schemas import SchemaCatalogue, catalogue, parse_timestamp
 from zerorec.realtime import (
     BehaviorEvent,
@@ -129,11 +134,7 @@ class EventApplier:
 
     def apply(self, event: CloudEvent) -> Applied:
         """Validate and apply one event; InvalidInputError for anything the consumer must refuse."""
-        event_type = effective_type(event)
-        if event_type not in HANDLED_TYPES:
-            raise InvalidInputError(
-                f"the consumer does not handle {event_type!r} (handles: {', '.join(HANDLED_TYPES)})"
-            )
+        event_type = handled_type(event)
         validate(event, self.catalogue)
         data = event_data(event)
         if event_type == BEHAVIOR_TYPE:
@@ -150,6 +151,70 @@ class EventApplier:
             self.categories.drop(item_id)
         applied = self.kv.apply_once(event_token(str(event["id"])), ops)
         return Applied(str(event["id"]), event_type, applied)
+
+    def _behavior_ops(self, event: CloudEvent) -> list[WriteOp]:
+        validate(event, self.catalogue)
+        behavior = behavior_from(event_data(event))
+        return behavior_writes(behavior, self.item_categories(behavior.item_id))
+
+    def apply_batch(self, events: Sequence[CloudEvent | InvalidInputError]) -> list[dict[str, Any]]:
+        """One result per event, in order: `{"id", "type", "status": 200, "applied"}` or
+        `{"status": 400|503|500, "error"}` (400: refused, dead-letter it; 503/500: retry it).
+        An InvalidInputError in `events` stands for an entry that could not be decoded (400)."""
+        results: list[dict[str, Any]] = [{} for _ in events]
+        group: list[tuple[int, str, list[WriteOp]]] = []  # (position, event id, ops) of behavior events
+        for position, event in enumerate(events):
+            try:
+                if isinstance(event, InvalidInputError):
+                    raise event
+                event_type = handled_type(event)
+                if event_type == BEHAVIOR_TYPE:
+                    group.append((position, str(event["id"]), self._behavior_ops(event)))
+                    continue
+                self._flush(group, results)  # an item event reads state: what came before goes first
+                group = []
+                results[position] = {"status": 200, **self.apply(event).to_json()}
+            except InvalidInputError as exc:
+                results[position] = {"status": 400, "error": str(exc)}
+            except BackendUnavailableError as exc:
+                results[position] = {"status": 503, "error": f"key-value store unavailable: {exc}"}
+        self._flush(group, results)
+        return results
+
+    def _flush(self, group: list[tuple[int, str, list[WriteOp]]], results: list[dict[str, Any]]) -> None:
+        if not group:
+            return
+        try:
+            applied = self.kv.apply_many([(event_token(event_id), ops) for _, event_id, ops in group])
+        except BackendUnavailableError as exc:
+            for position, _, _ in group:
+                results[position] = {"status": 503, "error": f"key-value store unavailable: {exc}"}
+            return
+        except InvalidInputError:
+            applied = None  # one entry is refused by the KV (wrong type): find it, one by one
+        for index, (position, event_id, ops) in enumerate(group):
+            if applied is not None:
+                ok = applied[index]
+            else:
+                try:
+                    ok = self.kv.apply_once(event_token(event_id), ops)
+                except InvalidInputError as exc:
+                    results[position] = {"status": 400, "error": str(exc)}
+                    continue
+                except BackendUnavailableError as exc:
+                    results[position] = {"status": 503, "error": f"key-value store unavailable: {exc}"}
+                    continue
+            results[position] = {"status": 200, **Applied(event_id, BEHAVIOR_TYPE, ok).to_json()}
+
+
+def handled_type(event: CloudEvent) -> str:
+    """The event's catalogue type if the consumer handles it, else InvalidInputError."""
+    event_type = effective_type(event)
+    if event_type not in HANDLED_TYPES:
+        raise InvalidInputError(
+            f"the consumer does not handle {event_type!r} (handles: {', '.join(HANDLED_TYPES)})"
+        )
+    return event_type
 
 
 def _upsert_ops(item: ItemRecord, old_categories: tuple[str, ...]) -> list[WriteOp]:

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 from conftest import call, click
-from zerorec.cloudevents_io import new_event, to_http_binary, to_http_structured
+from zerorec.cloudevents_io import BATCH, new_event, to_http_binary, to_http_structured
 from zerorec.consumer import EventApplier
 from zerorec.realtime import (
     FRESH_KEY,
@@ -130,3 +131,70 @@ def test_category_cache_is_dropped_by_item_events() -> None:
     applier.apply(new_event("dev.zerorec.behavior.v1", click("u1", "i1"), source="/t"))
     (cats,) = kv.read([HGetAll(user_categories_key("u1"))])
     assert cats == {"old": "1", "new": "1"}
+
+
+# ---------------------------------------------------------------- batched content mode
+
+
+def send_batch(app: Any, entries: list[Any]) -> Any:
+    return call(app, "POST", "/", headers={"content-type": BATCH}, content=orjson.dumps(entries))
+
+
+def entry(event_type: str, data: Any, event_id: str) -> dict[str, Any]:
+    event = new_event(event_type, data, source="/test", event_id=event_id)
+    return {**event.get_attributes(), "data": data}
+
+
+def test_batch_gives_one_result_per_event_and_applies_each_id_once(app: Any, namespace: str) -> None:
+    user, it, ns = f"{namespace}u", f"{namespace}i", namespace
+    send(app, "dev.zerorec.item.upserted.v1", item(it, "books"))
+    assert send(app, "dev.zerorec.behavior.v1", click(user, it), event_id=f"{ns}-e0").status_code == 200
+    entries = [
+        entry("dev.zerorec.behavior.v1", click(user, it), f"{ns}-e0"),  # applied before, one at a time
+        entry("dev.zerorec.behavior.v1", click(user, it), f"{ns}-e1"),
+        entry("dev.zerorec.behavior.v1", {**click(user, it), "kind": "zap"}, f"{ns}-bad"),
+        {"specversion": "1.0", "type": "dev.zerorec.behavior.v1", "source": "/t", "data": {}},  # no id
+        entry("dev.zerorec.item.upserted.v1", item(it, "books", "music"), f"{ns}-up"),
+        entry("dev.zerorec.behavior.v1", click(user, it), f"{ns}-e2"),  # sees the new category
+        entry("dev.zerorec.behavior.v1", click(user, it), f"{ns}-e1"),  # the same id twice in a batch
+        entry("dev.zerorec.task.rebuild-hot.v1", {}, f"{ns}-task"),
+    ]
+    r = send_batch(app, entries)
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [x["status"] for x in results] == [200, 200, 400, 400, 200, 200, 200, 400]
+    assert [x.get("applied") for x in results] == [False, True, None, None, True, True, False, None]
+    assert "$.kind" in results[2]["error"] and "'id'" in results[3]["error"]
+    assert "does not handle" in results[7]["error"]
+    (cats,) = kv_store().read([HGetAll(user_categories_key(user))])
+    assert {k: float(v) for k, v in cats.items()} == {"books": 3.0, "music": 1.0}
+    again = send_batch(app, entries)  # the whole batch redelivered: nothing counts twice
+    assert [x.get("applied") for x in again.json()["results"]] == [False] * 2 + [None] * 2 + [False] * 3 + [
+        None
+    ]
+    (cats,) = kv_store().read([HGetAll(user_categories_key(user))])
+    assert {k: float(v) for k, v in cats.items()} == {"books": 3.0, "music": 1.0}
+
+
+def test_batch_that_is_no_batch_is_400(app: Any) -> None:
+    r = call(app, "POST", "/", headers={"content-type": BATCH}, content=b'{"id": "x"}')
+    assert r.status_code == 400 and "JSON array" in r.json()["error"]
+    r = call(app, "POST", "/", headers={"content-type": BATCH}, content=b"[")
+    assert r.status_code == 400
+
+
+def test_batch_with_kv_down_is_503(make_app: Any) -> None:
+    app = make_app(
+        "consumer",
+        ZEROREC_KV_STORE="redis",
+        ZEROREC_REDIS_URL="redis://127.0.0.1:1/0",
+        ZEROREC_CONNECT_TIMEOUT_S="0.5",
+        ZEROREC_REQUEST_TIMEOUT_S="0.5",
+        ZEROREC_CONSUMER_CATEGORY_CACHE_S="0",
+    )
+    r = send_batch(app, [entry("dev.zerorec.behavior.v1", click(), "e1")])
+    assert r.status_code == 503 and r.json()["results"][0]["status"] == 503
+
+
+def test_health_reports_the_event_loop(app: Any) -> None:
+    assert call(app, "GET", "/health").json()["loop"] in ("asyncio", "uvloop")
