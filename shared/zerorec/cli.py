@@ -101,6 +101,13 @@ def evaluate(
     typer.echo(f"{'row':10s}" + "".join(f"{m:>13s}" for m in ROW_METRICS))
     for row, metrics in report["rows"].items():
         typer.echo(f"{row:10s}" + "".join(f"{metrics[m]:13.4f}" for m in ROW_METRICS))
+    typer.echo("which stage earns what (change over the previous line):")
+    for st in report.get("stages", []):
+        typer.echo(
+            f"  {st['stage']:22s} ndcg@10 {st['ndcg@10']:.4f} ({st.get('delta_ndcg@10', 0.0):+.4f})  "
+            f"recall@20 {st['recall@20']:.4f} ({st.get('delta_recall@20', 0.0):+.4f})  "
+            f"coverage@20 {st['coverage@20']:.4f}  diversity@20 {st['diversity@20']:.4f}"
+        )
     _plot(report, out / "report.png")
     typer.echo(f"wrote {out / 'report.json'} and {out / 'report.png'}")
 
@@ -125,6 +132,41 @@ def _plot(report: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+@app.command("tune-rerank")
+def tune_rerank_cmd(
+    dataset: Annotated[
+        Path | None, typer.Option(help="dataset dir or interactions file (default: synthetic)")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="JSON file for the tuning table")] = Path(
+        "out/evaluation/rerank_tuning.json"
+    ),
+    max_ndcg_loss: Annotated[float, typer.Option(help="relative NDCG@10 loss allowed")] = 0.01,
+) -> None:
+    """Choose the rerank rules (diversity, freshness, category cap) on the validation cut only."""
+    from threadpoolctl import threadpool_limits
+
+    from zerorec.pipeline import tune_rerank
+
+    interactions, items = _load(dataset)
+    with threadpool_limits(2):
+        result = tune_rerank(interactions, items, max_ndcg_loss=max_ndcg_loss, progress=True, log=_log)
+    result["dataset"] = str(dataset) if dataset else "synthetic"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    ref = result["ranked"]
+    typer.echo(
+        f"validation users {result['users_evaluated']}  recall+ranking: ndcg@10 {ref['ndcg@10']:.4f}  "
+        f"diversity@20 {ref['diversity@20']:.4f}  coverage@20 {ref['coverage@20']:.4f}"
+    )
+    for row in sorted(result["table"], key=lambda r: -r["gain"])[:10]:
+        typer.echo(
+            f"  {row['setting']:24s} ndcg@10 {row['ndcg@10']:.4f}  diversity@20 {row['diversity@20']:.4f}  "
+            f"coverage@20 {row['coverage@20']:.4f}  gain {row['gain']:+.3f}  "
+            f"{'ok' if row['within_budget'] else 'over budget'}"
+        )
+    typer.echo(f"chosen: {result['chosen']}  wrote {out}")
 
 
 @app.command("recommend-batch")

@@ -64,6 +64,7 @@ class PipelineConfig:
     ranker_threads: int = 1  # the net is tiny: a 2nd torch thread mostly spins on a busy box
     rerank_diversity: float = 0.0
     rerank_freshness: float = 0.0
+    rerank_max_per_category: int | None = None
     rerank_pool: int = 100
     seed: int = 0
 
@@ -240,8 +241,11 @@ class Recommender:
         scores: np.ndarray,
         k: int,
         seen: Sequence[int] = (),
+        rerank_config: RerankConfig | None = None,
     ) -> list[Recommendation]:
-        """MMR/freshness/seen filter (zerorec.rerank) over the best ``rerank_pool`` ranked items."""
+        """MMR/freshness/seen filter (zerorec.rerank) over the best ``rerank_pool`` ranked items.
+
+        ``rerank_config`` overrides the configured rules for this call (used when tuning them)."""
         order = np.lexsort((np.arange(len(scores)), -scores))[: max(self.config.rerank_pool, k)]
         ids = self.data.item_ids
         cands = [(str(ids[merged.items[j]]), float(scores[j]), merged.channel[j]) for j in order]
@@ -251,8 +255,10 @@ class Recommender:
         created = {
             c[0]: float(self.items.created[merged.items[j]]) for c, j in zip(cands, order, strict=True)
         }
-        cfg = RerankConfig(
-            diversity=self.config.rerank_diversity, freshness_weight=self.config.rerank_freshness
+        cfg = rerank_config or RerankConfig(
+            diversity=self.config.rerank_diversity,
+            freshness_weight=self.config.rerank_freshness,
+            max_per_category=self.config.rerank_max_per_category,
         )
         seen_ids = {str(ids[i]) for i in list(query.history) + list(seen)}
         out = rerank(
@@ -535,6 +541,101 @@ def _train_ranker(
 
 
 # ---- evaluation -----------------------------------------------------------------------------
+STAGES = ("merged", "ranked", "full")
+
+# Rerank rules tried on the validation cut (tune_rerank); "ranked" (no rerank) is the reference.
+RERANK_GRID: tuple[tuple[float, float, int | None], ...] = tuple(
+    (d, f, c)
+    for d in (0.0, 0.05, 0.1, 0.15, 0.2, 0.3)
+    for f in (0.0, 0.05, 0.15)
+    for c in (None, 3, 5)
+    if (d, f, c) != (0.0, 0.0, None)
+)
+
+
+@dataclass
+class _UserRuns:
+    """Top-k lists per row (channels, merged, ranked, one per rerank setting) and stage times."""
+
+    rows: dict[str, list[np.ndarray]]
+    candidates: list[np.ndarray]
+    wall: dict[str, float]
+
+
+def _run_users(
+    rec: Recommender,
+    users: Sequence[int],
+    k: int,
+    reranks: Mapping[str, RerankConfig | None],
+    progress: bool = False,
+) -> _UserRuns:
+    """Run every stage once per user; each entry of ``reranks`` reranks the same ranked list.
+
+    Wall times are cumulative per row: a channel row pays its share of scoring plus its top-k,
+    ``merged`` scoring + merge, ``ranked`` adds DeepFM, a rerank row adds its rerank."""
+    from threadpoolctl import threadpool_limits
+    from tqdm.auto import tqdm
+
+    names = [c for c in CHANNEL_ORDER if c in rec.channels]
+    runs = _UserRuns({n: [] for n in [*names, "merged", "ranked", *reranks]}, [], {})
+    runs.wall = dict.fromkeys(runs.rows, 0.0)
+    it = tqdm(users, desc="evaluate", leave=False) if progress else users
+    with threadpool_limits(1, "blas"):  # per-user matvecs: BLAS threads only add sync cost
+        for user in it:
+            query = UserQuery.from_data(rec.data, int(user))
+            t = time.perf_counter()
+            vectors = rec.score_vectors(query)
+            t_vec = time.perf_counter() - t
+            for n in names:
+                t = time.perf_counter()
+                runs.rows[n].append(_pad(top_n(vectors[n], k, query.history), k))
+                runs.wall[n] += time.perf_counter() - t + t_vec / len(names)
+            t = time.perf_counter()
+            merged = rec.candidates(query, vectors=vectors)
+            t_merged = time.perf_counter() - t + t_vec
+            runs.rows["merged"].append(_pad(merged.items[:k], k))
+            runs.wall["merged"] += t_merged
+            runs.candidates.append(merged.items)
+            t = time.perf_counter()
+            scores = rec.rank(query, merged, vectors)
+            order = np.lexsort((np.arange(len(scores)), -scores))
+            t_ranked = time.perf_counter() - t + t_merged
+            runs.rows["ranked"].append(_pad(merged.items[order[:k]], k))
+            runs.wall["ranked"] += t_ranked
+            for name, cfg in reranks.items():
+                t = time.perf_counter()
+                out = rec.rerank(query, merged, scores, k, rerank_config=cfg)
+                idx = np.array([rec.data.item_index[r.item_id] for r in out], np.int64)
+                runs.rows[name].append(_pad(idx, k))
+                runs.wall[name] += time.perf_counter() - t + t_ranked
+    return runs
+
+
+def _truth(rec: Recommender, split: Any) -> list[np.ndarray]:
+    """Held-out items as indices of the recommender's vocabulary (-2: an item it never saw)."""
+    ids = split.train.item_ids
+    return [np.array([rec.data.item_index.get(ids[i], -2) for i in t], np.int64) for t in split.truth]
+
+
+def stage_gains(
+    rows: Mapping[str, Mapping[str, float]], metrics: Sequence[str] = ("ndcg@10", "recall@20")
+) -> list[dict[str, Any]]:
+    """Which stage earns what: each stage's metrics and its change over the previous stage
+    (the first line is the best single channel by NDCG@10)."""
+    channels = [r for r in rows if r in CHANNEL_ORDER]
+    best = max(channels, key=lambda r: rows[r]["ndcg@10"]) if channels else None
+    chain = ([best] if best else []) + [r for r in STAGES if r in rows]
+    out: list[dict[str, Any]] = []
+    for i, name in enumerate(chain):
+        entry: dict[str, Any] = {"stage": name if i or not best else f"best channel ({name})"}
+        for m in (*metrics, "coverage@20", "diversity@20", "novelty@20"):
+            entry[m] = rows[name][m]
+            if i:
+                entry[f"delta_{m}"] = rows[name][m] - rows[chain[i - 1]][m]
+        out.append(entry)
+    return out
+
+
 def evaluate_protocol(
     interactions: pd.DataFrame,
     items: pd.DataFrame | None = None,
@@ -545,9 +646,6 @@ def evaluate_protocol(
 ) -> dict[str, Any]:
     """temporal-user-20: train on the train split (the ranker's validation cut is taken inside it),
     then one row per channel, the merged recall, recall+ranking and the full pipeline."""
-    from threadpoolctl import threadpool_limits
-    from tqdm.auto import tqdm
-
     from zerorec.evaluation import candidate_recall, full_report, protocol_split
 
     config = config or PipelineConfig()
@@ -555,51 +653,96 @@ def evaluate_protocol(
     t0 = time.perf_counter()
     rec, info = train_recommender(ps.train_frame, items, config, progress=progress, log=log)
     train_s = time.perf_counter() - t0
-    names = [c for c in CHANNEL_ORDER if c in rec.channels]
-    rows: dict[str, list[np.ndarray]] = {n: [] for n in [*names, "merged", "ranked", "full"]}
-    cands: list[np.ndarray] = []
-    wall = dict.fromkeys(rows, 0.0)
-    users = ps.users if not progress else tqdm(ps.users, desc="evaluate", leave=False)
-    with threadpool_limits(1, "blas"):  # per-user matvecs: BLAS threads only add sync cost
-        for user in users:
-            query = UserQuery.from_data(rec.data, int(user))
-            t = time.perf_counter()
-            vectors = rec.score_vectors(query)
-            t_vec = time.perf_counter() - t
-            for n in names:
-                t = time.perf_counter()
-                rows[n].append(_pad(top_n(vectors[n], k, query.history), k))
-                wall[n] += time.perf_counter() - t + t_vec / len(names)
-            t = time.perf_counter()
-            merged = rec.candidates(query, vectors=vectors)
-            rows["merged"].append(_pad(merged.items[:k], k))
-            wall["merged"] += time.perf_counter() - t + t_vec
-            cands.append(merged.items)
-            t = time.perf_counter()
-            scores = rec.rank(query, merged, vectors)
-            order = np.lexsort((np.arange(len(scores)), -scores))
-            rows["ranked"].append(_pad(merged.items[order[:k]], k))
-            t_rank = time.perf_counter() - t
-            wall["ranked"] += t_rank + wall["merged"] / max(len(cands), 1)
-            t = time.perf_counter()
-            out = rec.rerank(query, merged, scores, k)
-            idx = np.array([rec.data.item_index[r.item_id] for r in out], np.int64)
-            rows["full"].append(_pad(idx, k))
-            wall["full"] += time.perf_counter() - t + t_rank
+    runs = _run_users(rec, ps.users.tolist(), k, {"full": None}, progress)
+    truth = _truth(rec, ps)
     report: dict[str, Any] = {
         "protocol": "temporal-user-20",
         "users_evaluated": len(ps.users),
         "items": rec.data.n_items,
         "train_seconds": train_s,
-        f"candidate_recall@{config.n_candidates}": candidate_recall(cands, ps.truth),
+        f"candidate_recall@{config.n_candidates}": candidate_recall(runs.candidates, truth),
         "validation_candidate_recall": info.get("validation_candidate_recall"),
+        "rerank": {
+            "diversity": config.rerank_diversity,
+            "freshness": config.rerank_freshness,
+            "max_per_category": config.rerank_max_per_category,
+            "pool": config.rerank_pool,
+        },
         "rows": {},
     }
-    for n, recs in rows.items():
-        metrics = full_report(np.array(recs), ps.truth, rec.data)
-        metrics["wall_seconds"] = wall[n]
+    for n, recs in runs.rows.items():
+        metrics = full_report(np.array(recs), truth, rec.data)
+        metrics["wall_seconds"] = runs.wall[n]
         report["rows"][n] = metrics
+    report["stages"] = stage_gains(report["rows"])
     return report
+
+
+def tune_rerank(
+    interactions: pd.DataFrame,
+    items: pd.DataFrame | None = None,
+    config: PipelineConfig | None = None,
+    grid: Sequence[tuple[float, float, int | None]] = RERANK_GRID,
+    max_ndcg_loss: float = 0.01,
+    progress: bool = False,
+    log: Progress | None = None,
+    k: int = 20,
+) -> dict[str, Any]:
+    """Choose (diversity, freshness, max_per_category) on the VALIDATION cut only.
+
+    The test protocol's train split is cut again by the same temporal-user-20 rule; the pipeline
+    trains on the inner part and every setting reranks the same ranked lists of the validation
+    users. Chosen: the largest relative gain in intra-list diversity@20 plus coverage@20 over
+    recall+ranking among settings losing at most ``max_ndcg_loss`` (relative) of its NDCG@10.
+    The test split's held-out items are never read.
+    """
+    from zerorec.evaluation import full_report, protocol_split
+
+    config = config or PipelineConfig()
+    outer = protocol_split(interactions, items)
+    val = protocol_split(outer.train_frame, items)
+    rec, _ = train_recommender(val.train_frame, items, config, progress=progress, log=log)
+    settings = {
+        f"d={d:g} f={f:g} cap={c}": RerankConfig(diversity=d, freshness_weight=f, max_per_category=c)
+        for d, f, c in grid
+    }
+    runs = _run_users(rec, val.users.tolist(), k, settings, progress)
+    truth = _truth(rec, val)
+    ref = full_report(np.array(runs.rows["ranked"]), truth, rec.data)
+    table = []
+    for name, (d, f, c) in zip(settings, grid, strict=True):
+        m = full_report(np.array(runs.rows[name]), truth, rec.data)
+        gain = _rel_gain(m, ref, "diversity@20") + _rel_gain(m, ref, "coverage@20")
+        ok = m["ndcg@10"] >= (1 - max_ndcg_loss) * ref["ndcg@10"]
+        table.append(
+            {
+                "setting": name,
+                "diversity": d,
+                "freshness": f,
+                "max_per_category": c,
+                "gain": gain,
+                "within_budget": bool(ok),
+                **m,
+                "wall_seconds": runs.wall[name],
+            }
+        )
+    fine = [row for row in table if row["within_budget"] and row["gain"] > 0]
+    best = max(fine, key=lambda row: row["gain"]) if fine else None
+    return {
+        "protocol": "temporal-user-20 inside the train split (validation cut)",
+        "users_evaluated": len(val.users),
+        "max_ndcg_loss": max_ndcg_loss,
+        "ranked": ref,
+        "chosen": None
+        if best is None
+        else {key: best[key] for key in ("diversity", "freshness", "max_per_category")},
+        "chosen_metrics": best,
+        "table": table,
+    }
+
+
+def _rel_gain(m: Mapping[str, float], ref: Mapping[str, float], key: str) -> float:
+    return m[key] / ref[key] - 1.0 if ref[key] > 0 else 0.0
 
 
 def _pad(items: np.ndarray, k: int) -> np.ndarray:
