@@ -95,6 +95,15 @@ class KafkaSourceSpec:
     initial_offset: str = "latest"
     ordering: str = "ordered"
     ce_overrides: Mapping[str, str] = field(default_factory=dict)
+    # Local dispatcher only (annotation zerorec.dev/local-delivery: single|batch): "batch" sends
+    # application/cloudevents-batch+json requests of up to local_batch_size events (throughput mode);
+    # the real KafkaSource ignores the annotation and always delivers one event per request.
+    local_delivery: str = "single"
+    local_batch_size: int = 100
+
+
+LOCAL_DELIVERY_ANNOTATION = "zerorec.dev/local-delivery"
+LOCAL_BATCH_SIZE_ANNOTATION = "zerorec.dev/local-batch-size"
 
 
 @dataclass(frozen=True)
@@ -196,6 +205,17 @@ def _delivery(spec: Mapping[str, Any] | None, resolver: SinkResolver, where: str
     )
 
 
+def _local_delivery(annotations: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """The local dispatcher's delivery mode from the KafkaSource's annotations."""
+    mode = str(annotations.get(LOCAL_DELIVERY_ANNOTATION, "single"))
+    if mode not in ("single", "batch"):
+        raise InvalidInputError(f"{where}: {LOCAL_DELIVERY_ANNOTATION} must be single or batch, got {mode!r}")
+    size = str(annotations.get(LOCAL_BATCH_SIZE_ANNOTATION, "100"))
+    if not size.isdigit() or not 1 <= int(size) <= 1000:
+        raise InvalidInputError(f"{where}: {LOCAL_BATCH_SIZE_ANNOTATION} must be 1..1000, got {size!r}")
+    return {"local_delivery": mode, "local_batch_size": int(size)}
+
+
 def _overrides(spec: Mapping[str, Any]) -> dict[str, str]:
     return {str(k): str(v) for k, v in ((spec.get("ceOverrides") or {}).get("extensions") or {}).items()}
 
@@ -219,6 +239,7 @@ def kafka_sources(docs: Iterable[Mapping[str, Any]], resolver: SinkResolver) -> 
                 initial_offset=spec.get("initialOffset", "latest"),
                 ordering=spec.get("ordering", "ordered"),
                 ce_overrides=_overrides(spec),
+                **_local_delivery(meta.get("annotations") or {}, where),
             )
         )
     return result

@@ -246,3 +246,80 @@ def test_progress_lines_are_reported(bus: EventBus, sink) -> None:
     running.wait(lambda: any("delivered=1" in line for line in lines))
     running.stop()
     assert "dlq=0" in lines[-1] and "stopped" in lines[-1]
+
+
+# ---------------------------------------------------------------- batched mode (local opt-in)
+
+
+def start_batched(bus: EventBus, s: KafkaSourceSpec, batch_size: int = 10) -> Running:
+    return Running(
+        KafkaSourceDispatcher(
+            s, bus, poll_timeout_s=0.05, progress_every_s=0.2, delivery_mode="batch", batch_size=batch_size
+        )
+    )
+
+
+def test_single_mode_is_one_binary_event_per_request_by_default(bus: EventBus, sink) -> None:
+    bus.publish(TOPIC, [behavior_record("u1", f"i{n}") for n in range(3)])
+    running = start(bus, spec(sink.url))
+    running.wait(lambda: running.dispatcher.stats.committed == 3)
+    running.stop()
+    assert running.dispatcher.delivery_mode == "single"
+    assert [r.headers["ce-type"] for r in sink.requests] == ["dev.zerorec.behavior.v1"] * 3
+    assert all(r.headers["content-type"] == "application/json" for r in sink.requests)
+
+
+def test_batched_mode_retries_only_the_failed_events_and_dead_letters_the_refused(
+    bus: EventBus, sink
+) -> None:
+    def respond(received, n):
+        entries = json.loads(received.body)
+        results = []
+        for e in entries:
+            item = e["data"]["item_id"]
+            if item == "i1":
+                results.append({"id": e["id"], "status": 400, "error": "refused"})
+            elif item == "i2" and n == 1:
+                results.append({"id": e["id"], "status": 503, "error": "busy"})
+            else:
+                results.append({"id": e["id"], "status": 200, "applied": True})
+        return 200, json.dumps({"results": results}).encode()
+
+    sink.respond = respond
+    bus.publish(TOPIC, [behavior_record("u1", f"i{n}") for n in range(4)])
+    running = start_batched(bus, spec(sink.url))
+    running.wait(lambda: running.dispatcher.stats.committed == 4)
+    running.stop()
+    assert all(r.headers["content-type"] == "application/cloudevents-batch+json" for r in sink.requests)
+    sent = [[e["data"]["item_id"] for e in json.loads(r.body)] for r in sink.requests]
+    assert sent == [["i0", "i1", "i2", "i3"], ["i2"]]  # the retry carries only the retryable event
+    first = json.loads(sink.requests[0].body)[0]
+    assert first["type"] == "dev.zerorec.behavior.v1" and first["specversion"] == "1.0" and first["id"]
+    (letter,) = drain(bus, DLQ)
+    event = from_kafka_record(letter)
+    assert event.get_data()["item_id"] == "i1" and event["knativeerrorcode"] == "400"
+    stats = running.dispatcher.stats
+    assert (stats.delivered, stats.dead_lettered, stats.failed_attempts) == (3, 1, 2)
+    assert committed_position(bus) == []
+
+
+def test_batched_mode_whole_request_failure_is_retried_then_dead_lettered(bus: EventBus, sink) -> None:
+    sink.respond = lambda received, n: (500, b"down")
+    bus.publish(TOPIC, [behavior_record("u1", f"i{n}") for n in range(2)])
+    running = start_batched(bus, spec(sink.url, retry=1))
+    running.wait(lambda: running.dispatcher.stats.committed == 2)
+    running.stop()
+    assert len(sink.requests) == 2  # one try and one retry, each with both events
+    assert [from_kafka_record(r)["knativeerrorcode"] for r in drain(bus, DLQ)] == ["500", "500"]
+
+
+def test_batched_mode_stop_during_backoff_commits_nothing_undone(bus: EventBus, sink) -> None:
+    sink.respond = lambda received, n: (503, b"")
+    bus.publish(TOPIC, [behavior_record("u1", "i1")])
+    slow = Delivery(retry=5, backoff_delay_s=30, dead_letter=Sink(topic=DLQ))
+    s = spec(sink.url)
+    running = start_batched(bus, KafkaSourceSpec(**{**s.__dict__, "delivery": slow}))
+    sink.wait_for(1)
+    running.stop()
+    assert running.dispatcher.stats.committed == 0 and drain(bus, DLQ) == []
+    assert len(committed_position(bus)) == 1
