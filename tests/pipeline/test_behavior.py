@@ -151,14 +151,18 @@ class _NoAckBus(MemoryEventBus):
 def test_unacknowledged_publish_is_503_and_nothing_accepted(
     app: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import sys
+    # Patch the bus class the app was built on (the embedded memory bus), not a module found by
+    # scanning sys.modules: a full run holds stale copies of functions/behavior/main.py.
+    calls: list[int] = []
 
-    module = next(
-        m for m in sys.modules.values() if getattr(m, "behavior", None) is not None and hasattr(m, "_ingest")
-    )
-    monkeypatch.setattr(module, "_ingest", BehaviorIngest(_NoAckBus(), TOPIC))
+    def no_ack(self: MemoryEventBus, topic: str, records: Any) -> None:
+        calls.append(len(records))
+        raise DeliveryError("kafka at 127.0.0.1:1: 2 of 2 records not acknowledged")
+
+    monkeypatch.setattr(MemoryEventBus, "publish", no_ack)
     r = call(app, "POST", "/events", json=[click(), click()])
     assert r.status_code == 503 and "nothing accepted" in r.json()["error"]
+    assert calls == [2]  # the app's own bus was asked, and refused
 
 
 def test_parse_batch_rejects_scalars_per_event() -> None:
