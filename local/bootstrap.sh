@@ -75,16 +75,32 @@ if [[ $want != "$have" || ! -x $VENV/bin/task ]]; then
   # install from it offline; only when a pinned wheel is missing, download into it and retry.
   WHEELS=${ZEROREC_WHEELHOUSE:-${XDG_CACHE_HOME:-$HOME/.cache}/zerorec/wheels}
   mkdir -p "$WHEELS"
-  pip_install() { "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$@" -e "$ROOT[train,dev]"; }
+  pip_install() { "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$@" -e "$ROOT[train,dev,spark]"; }
   t=${EPOCHREALTIME/,/.}
   if ! pip_install --no-index --find-links "$WHEELS" 2>/dev/null; then
     say "downloading wheels into $WHEELS (torch is several GB: minutes the first time)"
-    "$VENV/bin/python" -m pip download -q --disable-pip-version-check -d "$WHEELS" "$ROOT[train,dev]"
-    say "pip install -e '.[train,dev]' from $WHEELS"
+    "$VENV/bin/python" -m pip download -q --disable-pip-version-check -d "$WHEELS" "$ROOT[train,dev,spark]"
+    say "pip install -e '.[train,dev,spark]' from $WHEELS"
     pip_install --no-index --find-links "$WHEELS"
   fi
   echo "$want" >"$STAMP"
   say "pip install took $(awk -v a="$t" -v b="${EPOCHREALTIME/,/.}" 'BEGIN { printf "%.0f", b - a }')s"
+fi
+
+# The PyFlink job's own venv: apache-flink's pins contradict the project's (jobs/flink_realtime/requirements.txt).
+FLINK_VENV=$ROOT/.local-infra/flink-venv
+FLINK_REQ=$ROOT/jobs/flink_realtime/requirements.txt
+fwant=$(sha256sum "$FLINK_REQ" | cut -d" " -f1)
+if [[ $fwant != "$(cat "$FLINK_VENV/.zerorec-install-stamp" 2>/dev/null || true)" ]]; then
+  WHEELS=${ZEROREC_WHEELHOUSE:-${XDG_CACHE_HOME:-$HOME/.cache}/zerorec/wheels}
+  [[ -x $FLINK_VENV/bin/python ]] || "$PYTHON" -m venv "$FLINK_VENV"
+  flink_install() { "$FLINK_VENV/bin/python" -m pip install -q --disable-pip-version-check "$@" -r "$FLINK_REQ"; }
+  if ! flink_install --no-index --find-links "$WHEELS" 2>/dev/null; then
+    say "downloading the PyFlink job's wheels into $WHEELS"
+    "$FLINK_VENV/bin/python" -m pip download -q --disable-pip-version-check -d "$WHEELS" -r "$FLINK_REQ"
+    flink_install --no-index --find-links "$WHEELS"
+  fi
+  echo "$fwant" >"$FLINK_VENV/.zerorec-install-stamp"
 fi
 
 say "ready in $(awk -v a="$T0" -v b="${EPOCHREALTIME/,/.}" 'BEGIN { printf "%.1f", b - a }')s" \

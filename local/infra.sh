@@ -6,6 +6,7 @@
 #   local/infra.sh start|stop|restart|status [kafka|redis|s3 ...]   (default: all three)
 #   local/infra.sh env      export lines that point ZeroRec at these servers
 #   local/infra.sh clean    stop all and delete their data and logs
+#   local/infra.sh jars P   fetch (once) the jars of local/jars/pom.xml profile P; print their folder
 #
 # Data, logs and pid files live in .local-infra/ (git-ignored); jars are cached outside the clone in
 # ${XDG_CACHE_HOME:-~/.cache}/zerorec/jars so that fresh clones reuse them.
@@ -319,13 +320,14 @@ EOF
 }
 
 usage() {
-  sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
   exit 2
 }
 
 cmd=${1:-}
 [[ -n $cmd ]] || usage
 shift
+if [[ $cmd == jars ]]; then jars "${1:?usage: local/infra.sh jars PROFILE}"; exit 0; fi
 servers=("$@")
 ((${#servers[@]})) || servers=("${ALL[@]}")
 for s in "${servers[@]}"; do

@@ -1,0 +1,1 @@
+"""Batch and stream jobs: Spark feature engineering, vector generation, PyFlink real-time features."""

@@ -1,0 +1,1 @@
+"""Offline features with PySpark: see `job.run_features`."""
