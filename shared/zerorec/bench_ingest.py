@@ -134,11 +134,21 @@ def bench_manifest(topic: str, group: str, dlq: str, *, base: Path = KAFKA_SOURC
     return yaml.safe_dump_all([source, sink], sort_keys=False)
 
 
-def start_dispatcher(manifest: Path, consumer_url: str, env: Mapping[str, str], log_dir: Path) -> Proc:
-    """Start the local KafkaSource dispatcher for `manifest`, delivering to `consumer_url`."""
+def start_dispatcher(
+    manifest: Path,
+    consumer_url: str,
+    env: Mapping[str, str],
+    log_dir: Path,
+    *,
+    delivery: str = "single",
+    delivery_batch: int = 100,
+) -> Proc:
+    """Start the local KafkaSource dispatcher for `manifest`, delivering to `consumer_url`
+    (`delivery`: single = one event per request as on a cluster, batch = local throughput mode)."""
     log_path = log_dir / f"dispatcher-{uuid.uuid4().hex[:6]}.log"
     command = [sys.executable, "-m", "local.eventing.kafka_source", "--manifests", str(manifest)]
     command += ["--sink", f"consumer={consumer_url}", "--progress-every", "5"]
+    command += ["--delivery", delivery, "--batch-size", str(delivery_batch)]
     with log_path.open("ab") as log:
         popen = subprocess.Popen(command, cwd=REPO, env=dict(env), stdout=log, stderr=subprocess.STDOUT)
     return Proc("dispatcher", popen, log_path)
@@ -228,6 +238,8 @@ class Result:
     rate: float = 0.0
     batch: int = 0
     connections: int = 0
+    delivery: str = "single"
+    load_average: str = ""
     cpu_ms_per_event: dict[str, float] = field(default_factory=dict)
     dlq: int = 0
 
@@ -237,7 +249,7 @@ class Result:
             f"sustained: {self.events_per_s:,.0f} events/s end to end ({self.accepted} events in "
             f"{self.duration_s:.1f} s; posting ran at {self.post_events_per_s:,.0f} events/s; "
             f"offered rate {self.rate or 'max'}, batches of {self.batch}, {self.connections} connections, "
-            f"{self.partitions} partitions)",
+            f"{self.partitions} partitions; {self.delivery} delivery; load average {self.load_average})",
             f"lag POST -> visible: p50 {self.lag_p50_ms:.0f} ms, p99 {self.lag_p99_ms:.0f} ms, "
             f"max {self.lag_max_ms:.0f} ms ({self.lag_samples} samples)",
             f"counted: accepted {self.accepted}, applied {self.applied}, lost {self.lost}, "
@@ -310,6 +322,8 @@ def run_ingest_benchmark(
     partitions: int = 8,
     max_duration_s: float = 60.0,
     drain_timeout_s: float = 180.0,
+    delivery: str = "single",
+    delivery_batch: int = 100,
     settings: Settings | None = None,
     log: Any = print,
 ) -> Result:
@@ -343,7 +357,9 @@ def run_ingest_benchmark(
         stack.callback(behavior.stop)
         consumer = start_function("consumer", env, log_dir)
         stack.callback(consumer.stop)
-        dispatcher = start_dispatcher(manifest, consumer.url + "/", env, log_dir)
+        dispatcher = start_dispatcher(
+            manifest, consumer.url + "/", env, log_dir, delivery=delivery, delivery_batch=delivery_batch
+        )
         stack.callback(dispatcher.stop)
         log(
             f"[bench] run {run}: topic {topic} ({partitions} partitions), behavior {behavior.url}, "
@@ -414,6 +430,7 @@ def run_ingest_benchmark(
             **infra_pids(),
             "loadgen": os.getpid(),
         }
+        load_before = _load_average()
         cpu_before = {name: _cpu_s(pid, descendants=name != "loadgen") for name, pid in pids.items()}
         prober = threading.Thread(target=probes.run, daemon=True)
         prober.start()
@@ -492,6 +509,8 @@ def run_ingest_benchmark(
             rate=rate,
             batch=batch,
             connections=connections,
+            delivery=delivery,
+            load_average=f"{load_before} before, {_load_average()} after",
             cpu_ms_per_event={
                 name: (cpu_after[name] - cpu_before[name]) * 1000 / max(measured, 1) for name in pids
             },
@@ -503,6 +522,13 @@ def run_ingest_benchmark(
     kv.close()
     bus.close()
     return result
+
+
+def _load_average() -> str:
+    """The 1/5/15-minute load averages (other work on the machine skews the figures)."""
+    with suppress(OSError):
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    return "?"
 
 
 def _count_topic(bus: Any, topic: str, group: str) -> int:
@@ -531,6 +557,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--items", type=int, default=500)
     parser.add_argument("--partitions", type=int, default=8, help="partitions of the benchmark topic")
     parser.add_argument("--max-duration", type=float, default=60.0, help="seconds of posting at most")
+    parser.add_argument(
+        "--delivery",
+        choices=("single", "batch"),
+        default="single",
+        help="dispatcher delivery: single (one event per request, as the real KafkaSource) or batch "
+        "(local throughput mode, application/cloudevents-batch+json)",
+    )
+    parser.add_argument("--delivery-batch", type=int, default=100, help="events per batched request")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args(argv)
     result = run_ingest_benchmark(
@@ -542,6 +576,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         items=args.items,
         partitions=args.partitions,
         max_duration_s=args.max_duration,
+        delivery=args.delivery,
+        delivery_batch=args.delivery_batch,
     )
     for line in result.lines():
         print(line)

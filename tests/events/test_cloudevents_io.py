@@ -256,3 +256,58 @@ def test_ping_events_are_validated_against_their_task_type() -> None:
     bare = CloudEvent({"type": PING_EVENT_TYPE, "source": "/s"}, None)
     with pytest.raises(InvalidInputError, match=re.escape("unknown event type 'dev.knative.sources.ping'")):
         validate(bare)
+
+
+# ---------------------------------------------------------------- dispatcher fast paths and batches
+
+
+def _record(event: CloudEvent, key: str = "u1") -> Record:
+    out = to_kafka_record(event, key=key)
+    return Record(topic="t", partition=0, offset=7, value=out.value, key=out.key, headers=out.headers)
+
+
+def test_record_to_http_binary_matches_the_sdk_path() -> None:
+    from zerorec.cloudevents_io import record_to_http_binary
+
+    data = {"kind": "click", "user_id": 'u 1%"é', "item_id": "i1", "timestamp": "2024-05-01T12:00:00Z"}
+    event = new_event("dev.zerorec.behavior.v1", data, source="/a b", subject="ü s", extensions={"ext": "x"})
+    record = _record(event)
+    fast = record_to_http_binary(record)
+    assert fast == to_http_binary(from_kafka_record(record, raw_data=True))
+    headers, _ = record_to_http_binary(record, {"source": "/over"})
+    assert headers["ce-source"] == "/over"
+    assert fast is not None and from_http(*fast).get_data() == data
+    broken = Record("t", 0, 1, b"{}", None, (("ce_specversion", b"1.0"), ("ce_type", b"x")))
+    assert record_to_http_binary(broken) is None  # missing id/source: the general path refuses it
+
+
+def test_batch_round_trip_keeps_each_event_and_isolates_malformed_entries() -> None:
+    from zerorec.cloudevents_io import batch_entry, from_http_batch, to_http_batch
+
+    data = {"kind": "click", "user_id": "u1", "item_id": "i1", "timestamp": "2024-05-01T12:00:00Z"}
+    event = new_event("dev.zerorec.behavior.v1", data, source="/s", subject="u1")
+    good = batch_entry(_record(event))
+    raw = Record(
+        "t",
+        0,
+        2,
+        b"\xff\x00",
+        None,
+        (
+            ("ce_specversion", b"1.0"),
+            ("ce_id", b"r"),
+            ("ce_source", b"/s"),
+            ("ce_type", b"t"),
+            ("content-type", b"application/octet-stream"),
+        ),
+    )
+    binary = batch_entry(raw)
+    assert "data_base64" in binary and "data" not in binary
+    headers, body = to_http_batch([good, binary, {"id": "x"}])
+    assert headers["content-type"] == "application/cloudevents-batch+json"
+    decoded = from_http_batch(body)
+    assert decoded[0]["id"] == event["id"] and decoded[0].get_data() == data
+    assert decoded[1].get_data() == b"\xff\x00"
+    assert isinstance(decoded[2], InvalidInputError)
+    with pytest.raises(InvalidInputError):
+        from_http_batch(b'{"not": "a list"}')

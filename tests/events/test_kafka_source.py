@@ -323,3 +323,36 @@ def test_batched_mode_stop_during_backoff_commits_nothing_undone(bus: EventBus, 
     running.stop()
     assert running.dispatcher.stats.committed == 0 and drain(bus, DLQ) == []
     assert len(committed_position(bus)) == 1
+
+
+def test_dispatcher_retries_when_kafka_is_down_at_start(tmp_path) -> None:
+    """Kafka unreachable at start: log and retry with backoff (it used to exit with status 2)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "ZEROREC_EVENT_BUS": "kafka", "ZEROREC_KAFKA_BOOTSTRAP": "127.0.0.1:1"}
+    env["PYTHONPATH"] = str(repo)
+    log_path = tmp_path / "dispatcher.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "local.eventing.kafka_source", "--source", "behavior-to-consumer",
+             "--sink", "consumer=http://127.0.0.1:9/"],
+            cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while "retrying" not in log_path.read_text(errors="replace"):
+            assert proc.poll() is None, f"exited {proc.returncode}: {log_path.read_text()[-2000:]}"
+            assert time.monotonic() < deadline, log_path.read_text()[-2000:]
+            time.sleep(0.2)
+        assert proc.poll() is None  # still alive, waiting for the broker
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
