@@ -1,0 +1,1 @@
+"""Item vectors -> a faiss index bundle: see `job.run_vectors`."""
