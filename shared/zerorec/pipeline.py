@@ -48,6 +48,7 @@ class PipelineConfig:
     als_factors: int = 64
     als_regularization: float = 0.05
     als_iterations: int = 15
+    als_bm25: bool = True
     itemcf_k: int = 50
     hot_tau_days: float = 20.0
     fresh_tau_days: float = 30.0
@@ -62,8 +63,9 @@ class PipelineConfig:
     ranker_embed_dim: int = 8
     ranker_hidden: tuple[int, ...] = (64, 32)
     ranker_threads: int = 1  # the net is tiny: a 2nd torch thread mostly spins on a busy box
-    rerank_diversity: float = 0.0
-    rerank_freshness: float = 0.0
+    # chosen by `zerorec tune-rerank` on ml-latest-small's validation cut (docs/evaluation/)
+    rerank_diversity: float = 0.1
+    rerank_freshness: float = 0.15
     rerank_max_per_category: int | None = None
     rerank_pool: int = 100
     seed: int = 0
@@ -95,7 +97,11 @@ def make_channels(config: PipelineConfig) -> dict[str, RecallChannel]:
     return {
         "ease": EASEChannel(config.ease_l2, config.ease_min_count),
         "als": ALSChannel(
-            config.als_factors, config.als_regularization, config.als_iterations, seed=config.seed
+            config.als_factors,
+            config.als_regularization,
+            config.als_iterations,
+            bm25=config.als_bm25,
+            seed=config.seed,
         ),
         "itemcf": ItemCFChannel(config.itemcf_k),
         "vector": VectorChannel(recent=config.vector_recent, factors=config.als_factors),

@@ -36,6 +36,13 @@ def test_end_to_end_beats_popularity(synthetic):
     report = evaluate_protocol(inter, items, CFG)
     rows = report["rows"]
     full, pop = rows["full"], rows["hot"]
+    assert [s["stage"].split(" (")[0] for s in report["stages"]] == [
+        "best channel",
+        "merged",
+        "ranked",
+        "full",
+    ]
+    assert report["rerank"]["diversity"] == CFG.rerank_diversity
     assert full["ndcg@10"] > 1.3 * pop["ndcg@10"], (full, pop)
     assert full["recall@20"] > 1.2 * pop["recall@20"]
     # plain (not time-aware) popularity as the classic baseline
@@ -127,3 +134,45 @@ def test_cli_missing_column_is_a_clear_error(tmp_path):
     )
     assert result.exit_code != 0
     assert "timestamp" in str(result.exception)
+
+
+def test_tune_rerank_reads_the_validation_cut_only(synthetic):
+    """Changing the test split's held-out items changes nothing in the tuning (no test leak)."""
+    from zerorec.data.split import temporal_user_split
+    from zerorec.pipeline import tune_rerank
+
+    inter, items = synthetic
+    grid = [(0.1, 0.0, None), (0.3, 0.1, 2)]
+    cfg = PipelineConfig(**{**CFG.to_json(), "ranker_epochs": 2, "ranker_hidden": (16,)})
+    first = tune_rerank(inter, items, cfg, grid=grid)
+    assert [row["setting"] for row in first["table"]] == ["d=0.1 f=0 cap=None", "d=0.3 f=0.1 cap=2"]
+    for row in first["table"]:
+        assert row["within_budget"] == (row["ndcg@10"] >= 0.99 * first["ranked"]["ndcg@10"])
+    if first["chosen"] is not None:
+        assert first["chosen_metrics"]["within_budget"] and first["chosen_metrics"]["gain"] > 0
+    _, test = temporal_user_split(inter)
+    held = set(zip(test["user_id"], test["item_id"], strict=True))
+    is_test = np.array([pair in held for pair in zip(inter["user_id"], inter["item_id"], strict=True)])
+    altered = inter.copy()
+    altered.loc[is_test, "item_id"] = [f"ghost-{i}" for i in range(int(is_test.sum()))]
+    second = tune_rerank(altered, items, cfg, grid=grid)
+
+    def strip(rows):
+        return [{k: v for k, v in r.items() if k != "wall_seconds"} for r in rows]
+
+    assert strip(second["table"]) == strip(first["table"]) and second["ranked"] == first["ranked"]
+
+
+def test_stage_gains_chain_deltas():
+    from zerorec.pipeline import stage_gains
+
+    def row(n, r):
+        return {"ndcg@10": n, "recall@20": r, "coverage@20": 0.1, "diversity@20": 0.5, "novelty@20": 3.0}
+
+    rows = {"ease": row(0.10, 0.12), "hot": row(0.05, 0.06), "merged": row(0.09, 0.11)}
+    rows |= {"ranked": row(0.14, 0.15), "full": row(0.139, 0.16)}
+    out = stage_gains(rows)
+    assert [s["stage"] for s in out] == ["best channel (ease)", "merged", "ranked", "full"]
+    assert out[2]["delta_ndcg@10"] == pytest.approx(0.05)
+    assert out[3]["delta_recall@20"] == pytest.approx(0.01)
+    assert "delta_ndcg@10" not in out[0]

@@ -100,3 +100,57 @@ def test_merge_quotas_dedup_provenance():
     assert m.channel_scores[row2].tolist() == pytest.approx([0.8, 3.0])  # both scores kept
     assert m.found_by(row2) == ["ease", "hot"]
     assert len(merge([a, b], limit=3)) == 3
+
+
+def test_ease_matches_the_closed_form_in_float64(data):
+    """The float32 Cholesky inverse gives Steck's B = I - P/diag(P) to float32 precision."""
+    ch = EASEChannel(l2=50, min_count=1).fit(data)
+    x = (data.matrix > 0).astype(np.float64).toarray()[:, ch.keep]
+    p = np.linalg.inv(x.T @ x + 50 * np.eye(x.shape[1]))
+    b = -p / np.diag(p)
+    np.fill_diagonal(b, 0.0)
+    assert np.abs(ch.weights - b).max() < 1e-4 * np.abs(b).max()
+
+
+def test_spd_inverse_falls_back_when_not_positive_definite():
+    from zerorec.recall.channels import _spd_inverse
+
+    a = np.array([[1.0, 2.0], [2.0, 1.0]], np.float32)  # indefinite
+    assert np.allclose(_spd_inverse(a.copy()), np.linalg.inv(a.astype(np.float64)), atol=1e-6)
+    spd = np.array([[4.0, 1.0], [1.0, 3.0]], np.float32)
+    assert np.allclose(_spd_inverse(spd.copy()), np.linalg.inv(spd.astype(np.float64)), atol=1e-6)
+
+
+def test_merge_matches_a_reference_interleave():
+    """Randomised check against the rank-by-rank definition (quotas, de-dup, limit, provenance)."""
+    rng = np.random.default_rng(5)
+    for _ in range(300):
+        answers = []
+        for name in ("ease", "als", "hot")[: rng.integers(1, 4)]:
+            n = int(rng.integers(0, 15))
+            answers.append(
+                Candidates(rng.choice(30, n, replace=False), rng.normal(size=n).astype(np.float32), name)
+            )
+        quotas = {"ease": int(rng.integers(0, 8)), "hot": int(rng.integers(0, 8))}
+        limit = int(rng.integers(1, 25))
+        m = merge(answers, quotas=quotas, limit=limit)
+        # reference: round by round, each channel takes its next item not taken yet
+        caps = [min(len(a), quotas.get(a.channel, len(a))) for a in answers]
+        queues = [list(a.items) for a in answers]
+        used, order, owner = [0] * len(answers), [], []
+        while len(order) < limit and any(used[c] < caps[c] and queues[c] for c in range(len(answers))):
+            for c in range(len(answers)):
+                while used[c] < caps[c] and queues[c]:
+                    item = int(queues[c].pop(0))
+                    if item not in order:
+                        order.append(item)
+                        owner.append(answers[c].channel)
+                        used[c] += 1
+                        break
+                if len(order) >= limit:
+                    break
+        assert m.items.tolist() == order and m.channel == owner
+        for c, a in enumerate(answers):
+            for item, score in zip(a.items.tolist(), a.scores.tolist(), strict=True):
+                if item in order:
+                    assert m.channel_scores[order.index(item), c] == np.float32(score)
