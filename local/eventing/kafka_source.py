@@ -113,7 +113,7 @@ class KafkaSourceDispatcher:
         spec: KafkaSourceSpec,
         bus: EventBus,
         *,
-        max_batch: int = 500,
+        max_batch: int | None = None,
         max_parallel: int = 8,
         poll_timeout_s: float = 0.5,
         progress_every_s: float = 10.0,
@@ -125,12 +125,15 @@ class KafkaSourceDispatcher:
             raise InvalidInputError(f"KafkaSource {spec.name}: sink must be an HTTP destination")
         self.spec = spec
         self.bus = bus
-        self.max_batch = max(1, min(max_batch, 10_000))
+        self.delivery_mode = delivery_mode or spec.local_delivery
+        # Records per poll: the cap of one poll/deliver/commit cycle. A batched cycle costs about the
+        # same for 500 or 5,000 records, so batch mode polls more at a time.
+        default_poll = 5000 if self.delivery_mode == "batch" else 500
+        self.max_batch = max(1, min(max_batch or default_poll, 10_000))
         self.max_parallel = max(1, min(max_parallel, 64))
         self.poll_timeout_s = poll_timeout_s
         self.progress_every_s = progress_every_s
         self.on_progress = on_progress or (lambda line: log.info(line))
-        self.delivery_mode = delivery_mode or spec.local_delivery
         if self.delivery_mode not in ("single", "batch"):
             raise InvalidInputError(f"delivery mode must be single or batch, got {self.delivery_mode!r}")
         self.batch_size = max(1, min(batch_size or spec.local_batch_size, MAX_BATCH_EVENTS))
