@@ -84,6 +84,9 @@ BASE_PORTS = {
     "behavior": 8086,
     "consumer": 8087,
     "worker": 8088,
+    "feature-engineering": 8092,
+    "vector-generation": 8093,
+    "flink-realtime": 8094,
     "recommender": 10071,
     "recommender-grpc": 10072,
 }
@@ -95,6 +98,8 @@ def services() -> list[Service]:
     py = sys.executable
     p = PORTS
     all_ = [ff(name, p[name]) for name in (*SERVING, "behavior", "consumer", "worker", "recommender")]
+    jobs = ("feature-engineering", "vector-generation", "flink-realtime")  # offline/real-time controls
+    all_ += [ff(n, p[n], n.replace("-", "_")) for n in jobs]
     all_ += [
         Service(
             "recommender-grpc",
@@ -120,7 +125,15 @@ def services() -> list[Service]:
         Service(
             "ping-source",
             None,
-            (py, "-m", "local.eventing.ping_source", "--sink", f"worker=http://127.0.0.1:{p['worker']}"),
+            (
+                py,
+                "-m",
+                "local.eventing.ping_source",
+                "--sink",
+                f"worker=http://127.0.0.1:{p['worker']}",
+                "--sink",
+                f"feature-engineering=http://127.0.0.1:{p['feature-engineering']}",
+            ),
             health=None,
             needs_folder="functions/worker",
         ),

@@ -21,6 +21,7 @@ in batches of `kv_batch` keys (each batch atomic).
 from __future__ import annotations
 
 import io
+import os
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -76,6 +77,7 @@ def spark_session(master: str = "local[2]", driver_memory: str = "512m", **conf:
     """A small local (or `master`) Spark session: UTC, no UI, few shuffle partitions."""
     from pyspark.sql import SparkSession
 
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # no hostname lookup, loopback only
     builder = (
         SparkSession.builder.master(master)
         .appName("zerorec-feature-engineering")
