@@ -113,6 +113,7 @@ def evaluate(
 
 
 def _plot(report: dict, path: Path) -> None:
+    """Left: every row (channels, merged, ranked, full); right: which stage earns what."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -120,7 +121,9 @@ def _plot(report: dict, path: Path) -> None:
 
     rows = list(report["rows"])
     metrics = ["ndcg@10", "recall@20", "hr@10", "coverage@20"]
-    fig, ax = plt.subplots(figsize=(10, 4))
+    stages = report.get("stages", [])
+    fig, axes = plt.subplots(1, 2 if stages else 1, figsize=(14 if stages else 10, 4.5), squeeze=False)
+    ax = axes[0][0]
     width = 0.8 / len(metrics)
     for j, m in enumerate(metrics):
         ax.bar(
@@ -129,8 +132,31 @@ def _plot(report: dict, path: Path) -> None:
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(rows))], rows)
     ax.set_title(f"{report.get('dataset', '')} - {report['protocol']}")
     ax.legend()
+    if stages:
+        ax = axes[0][1]
+        names = [st["stage"].replace("best channel ", "best channel\n") for st in stages]
+        for j, m in enumerate(("ndcg@10", "recall@20")):
+            xs = [i + j * 0.4 for i in range(len(stages))]
+            bars = ax.bar(xs, [st[m] for st in stages], 0.4, label=m)
+            for bar, st in zip(bars, stages, strict=True):
+                delta = st.get(f"delta_{m}")
+                if delta is not None:
+                    ax.annotate(
+                        f"{delta:+.3f}",
+                        (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                        ha="center",
+                        va="bottom",
+                        fontsize=8,
+                    )
+        ax.set_xticks([i + 0.2 for i in range(len(stages))], names)
+        rr = report.get("rerank", {})
+        ax.set_title(
+            f"which stage earns what (rerank: diversity {rr.get('diversity')}, "
+            f"freshness {rr.get('freshness')})"
+        )
+        ax.legend(loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=90)
     plt.close(fig)
 
 
