@@ -281,19 +281,19 @@ def run_features(
     """Run the job once; a JSON-able report. `spark`: reuse a session (else one is made, then stopped)."""
     started = time.monotonic()
     as_of = (config.as_of or datetime.now(UTC)).astimezone(UTC)
-    own = spark is None
-    session = spark or spark_session(config.master, config.driver_memory, **config.spark_conf)
-    try:
-        with tempfile.TemporaryDirectory(prefix="zerorec-features-") as tmp:
-            work = Path(tmp)
-            if config.events_path is not None:
-                source, fetched = str(config.events_path), []
-            else:
-                since = (as_of - timedelta(days=max(config.windows_days) + 1)).date()
-                fetched = fetch_events(objects, config.events_prefix, work / "events", since)
-                source = str(work / "events")
-            if config.events_path is None and not fetched:
+    with tempfile.TemporaryDirectory(prefix="zerorec-features-") as tmp:
+        work = Path(tmp)
+        if config.events_path is not None:
+            source, fetched = str(config.events_path), []
+        else:  # fetched before Spark starts: a missing export costs no JVM
+            since = (as_of - timedelta(days=max(config.windows_days) + 1)).date()
+            fetched = fetch_events(objects, config.events_prefix, work / "events", since)
+            source = str(work / "events")
+            if not fetched:
                 raise NotFoundError(f"no exported Parquet under {config.events_prefix!r} for the windows")
+        own = spark is None
+        session = spark or spark_session(config.master, config.driver_memory, **config.spark_conf)
+        try:
             events = session.read.option("recursiveFileLookup", "true").parquet(source)
             categories = _categories(config, objects, kv, events)
             cat_frame = session.createDataFrame(categories, schema="item_id string, category string")
@@ -304,9 +304,11 @@ def run_features(
             keys = upload_tables(tables, objects, out_prefix, work / "out")
             rows = {name: frame.count() for name, frame in tables.items()}
             kv_keys = write_kv(tables, kv, as_of, config.kv_batch) if config.write_kv and kv else {}
-    finally:
-        if own:
-            session.stop()
+            for frame in tables.values():
+                frame.unpersist()
+        finally:
+            if own:
+                session.stop()
     return {
         "task": FEATURE_ENGINEERING,
         "as_of": as_of.isoformat().replace("+00:00", "Z"),
