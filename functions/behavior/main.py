@@ -89,7 +89,9 @@ async def behavior(request: Request) -> Response:
         return _error(str(exc), 400)
     except (DeliveryError, BackendUnavailableError) as exc:
         log.warning("publish failed: %s", exc)
-        return _error(f"event bus unavailable, nothing accepted; retry later ({exc})", 503)
+        return _error(
+            f"event bus unavailable, nothing acknowledged; retrying the same events is safe ({exc})", 503
+        )
     except Exception:  # a bug, not bad input: say so without leaking internals
         log.exception("ingest failed")
         return _error("internal error", 500)

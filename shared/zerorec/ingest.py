@@ -7,13 +7,15 @@ against `events/schemas/behavior.v1.json`; the valid ones become `dev.zerorec.be
 broker acknowledged every record (else DeliveryError / BackendUnavailableError: nothing is reported
 as accepted). Invalid payloads get a per-event reason and are not produced.
 
-Exactly-once note: a 503 means "not acknowledged", not "not written"; a client that retries a 503
-may produce duplicates unless it sends CloudEvents with its own stable ids (the consumer dedups by id).
+Exactly-once note: a 503 means "not acknowledged", not "not written": some of those events may still
+reach the topic. Retrying is safe all the same: a plain JSON event's id is derived from its content
+(`behavior_event_id`) and a CloudEvent keeps the client's id, and the consumer applies each id once.
 """
 
 from __future__ import annotations
 
 import hmac
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +31,16 @@ BEHAVIOR_TYPE = "dev.zerorec.behavior.v1"
 SOURCE = "/zerorec/behavior"
 DEFAULT_MAX_BATCH = 1000
 DEFAULT_MAX_BODY_BYTES = 2 * 1024 * 1024
+
+
+# Namespace of content-derived event ids (uuid5): the same event posted twice has one id.
+_EVENT_ID_NAMESPACE = uuid.UUID("6f1c1d4e-5a0e-4f4b-9d59-0c2f3b1e7a10")
+
+
+def behavior_event_id(payload: Any) -> str:
+    """The id of a plain JSON behavior event: a uuid5 of its canonical JSON, so a client's retry
+    of a request that got 503 can never be counted twice."""
+    return str(uuid.uuid5(_EVENT_ID_NAMESPACE, orjson.dumps(payload, option=orjson.OPT_SORT_KEYS).decode()))
 
 
 class BatchTooLargeError(InvalidInputError):
@@ -117,7 +129,13 @@ class BehaviorIngest:
                 result.ids.append(None)
                 result.errors.append({"index": index, "reason": reason})
                 continue
-            event = new_event(BEHAVIOR_TYPE, payload, source=SOURCE, subject=payload["user_id"])
+            event = new_event(
+                BEHAVIOR_TYPE,
+                payload,
+                source=SOURCE,
+                subject=payload["user_id"],
+                event_id=behavior_event_id(payload),
+            )
             records.append(to_kafka_record(event, key=payload["user_id"]))
             result.ids.append(event["id"])
         self.bus.publish(self.topic, records)  # raises unless every record was acknowledged

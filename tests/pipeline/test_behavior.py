@@ -161,7 +161,7 @@ def test_unacknowledged_publish_is_503_and_nothing_accepted(
 
     monkeypatch.setattr(MemoryEventBus, "publish", no_ack)
     r = call(app, "POST", "/events", json=[click(), click()])
-    assert r.status_code == 503 and "nothing accepted" in r.json()["error"]
+    assert r.status_code == 503 and "nothing acknowledged" in r.json()["error"]
     assert calls == [2]  # the app's own bus was asked, and refused
 
 
@@ -169,3 +169,13 @@ def test_parse_batch_rejects_scalars_per_event() -> None:
     assert parse_batch(b"[1, 2]") == [1, 2]
     result = BehaviorIngest(MemoryEventBus(), TOPIC).accept_payloads([1, click()])
     assert result.accepted == 1 and result.errors[0]["index"] == 0
+
+
+def test_event_ids_derive_from_content_so_a_retry_is_deduplicated() -> None:
+    from zerorec.ingest import behavior_event_id
+
+    a = click("u1", "i1")
+    same = dict(reversed(list(a.items())))  # key order does not matter
+    other = {**a, "item_id": "i2"}
+    assert behavior_event_id(a) == behavior_event_id(same)
+    assert behavior_event_id(a) != behavior_event_id(other)
