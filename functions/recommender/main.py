@@ -17,7 +17,6 @@ from zerorec.api import MAX_BODY_BYTES, RecommendRequest, is_json_error, openapi
 from zerorec.bff import Recommender
 
 log = logging.getLogger("zerorec.recommender")
-_OPENAPI = openapi_json().encode()
 _recommender: Recommender | None = None
 
 
@@ -67,7 +66,7 @@ async def recommender(request: Request) -> Response:
     if path == "/openapi.json":
         if method not in ("GET", "HEAD"):
             return _error("use GET /openapi.json", 405)
-        return _json(_OPENAPI)
+        return _json(openapi_json())  # built on first use (cached)
     if path not in ("/recommend", "/"):
         return _error(f"no route {path}; see /openapi.json", 404)
     if method != "POST":

@@ -3,6 +3,8 @@
 Requests are strict (`extra="forbid"`, no type coercion, bounded sizes): a server validates what it
 receives with `Model.model_validate_json(body)` and answers 4xx with `validation_reason(exc)`.
 Responses ignore unknown fields, so a function can add a field without breaking its callers.
+Every model defers building its validator to first use (`defer_build`): a function only pays, at
+cold start, for the models it uses.
 
 `python -m zerorec.api [FILE]` writes the recommender's OpenAPI document.
 """
@@ -11,10 +13,10 @@ from __future__ import annotations
 
 import json
 import sys
+from functools import cache
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
-from pydantic.json_schema import models_json_schema
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_EXCLUDE = 1000
@@ -27,17 +29,17 @@ ContextValue = Annotated[str, StringConstraints(max_length=256)] | int | float |
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, defer_build=True)
 
 
 class _Response(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", defer_build=True)
 
 
 class ErrorResponse(BaseModel):
     """Every 4xx/5xx body."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
     error: str = Field(description="what was wrong with the request")
 
 
@@ -67,7 +69,7 @@ class RecommendRequest(_Request):
 class ItemMeta(BaseModel):
     """Item metadata as the item function returns it (open: extra fields are kept)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", defer_build=True)
     title: str | None = None
     categories: list[str] = Field(default_factory=list)
     created_at: str | None = None
@@ -259,6 +261,8 @@ def is_json_error(exc: ValidationError) -> bool:
 
 def openapi_document() -> dict[str, Any]:
     """OpenAPI 3.1 document of the recommender's HTTP API, generated from the models above."""
+    from pydantic.json_schema import models_json_schema
+
     models = [RecommendRequest, RecommendResponse, ErrorResponse, HealthResponse]
     _, defs = models_json_schema(
         [(m, "validation" if m is RecommendRequest else "serialization") for m in models],
@@ -311,6 +315,7 @@ def openapi_document() -> dict[str, Any]:
     }
 
 
+@cache
 def openapi_json() -> str:
     """The OpenAPI document as stable, pretty JSON (what functions/recommender/openapi.json holds)."""
     return json.dumps(openapi_document(), indent=2, sort_keys=True) + "\n"

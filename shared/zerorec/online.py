@@ -40,9 +40,7 @@ from zerorec.api import (
     ItemResponse,
     RankingRequest,
     RankingResponse,
-    RecallCandidate,
     RecallRequest,
-    RecallResponse,
     RerankedItem,
     RerankRequest,
     RerankResponse,
@@ -132,6 +130,22 @@ def _merged(
     return MergedCandidates(idx, list(channels), names, scores)
 
 
+def _candidate_dicts(item_ids: np.ndarray, merged: MergedCandidates) -> list[dict[str, Any]]:
+    """RecallCandidate dicts of merged candidates: `score` the merge order, finite channel scores."""
+    m = len(merged)
+    if m == 0:
+        return []
+    names = merged.channel_names
+    ids = item_ids[merged.items].tolist()
+    rows = merged.channel_scores.tolist()
+    out = []
+    for pos, (item, channel, row) in enumerate(zip(ids, merged.channel, rows, strict=True)):
+        scores = {names[c]: v for c, v in enumerate(row) if v == v and abs(v) != float("inf")}
+        score = (m - pos) / m
+        out.append({"item_id": str(item), "score": score, "channel": channel, "channel_scores": scores})
+    return out
+
+
 class RecallStage:
     """Multi-channel candidates for one user; real-time recent items feed item-CF, EASE, vectors."""
 
@@ -139,10 +153,12 @@ class RecallStage:
         self.model = model
         self.kv = kv
 
-    def recall(self, req: RecallRequest) -> RecallResponse:
-        """Merged candidates, best first; `score` is the merge order (1 = first), per-channel
-        raw scores in `channel_scores`. Never an item of the user's history, `exclude` or deleted
-        since training; items added since training follow as channel `fresh` (score 0)."""
+    def recall(self, req: RecallRequest) -> dict[str, Any]:
+        """RecallResponse as plain data (the function dumps it with orjson; no model objects for
+        hundreds of candidates): merged candidates, best first; `score` is the merge order (1 =
+        first), per-channel raw scores in `channel_scores`. Never an item of the user's history,
+        `exclude` or deleted since training; items added since training follow as channel `fresh`
+        (score 0)."""
         rec = self.model.rec
         recent, categories = list(req.recent_items), {}
         reads = catalogue_reads(FRESH_REALTIME)
@@ -162,26 +178,11 @@ class RecallStage:
         vectors = rec.score_vectors(query)
         exclude = self.model.known([*req.exclude, *deleted])
         merged = rec.candidates(query, req.n, exclude, vectors)
-        ids = rec.data.item_ids
-        m = len(merged)
-        names = merged.channel_names
-        out = []
-        for pos, (item, channel, row) in enumerate(
-            zip(merged.items.tolist(), merged.channel, merged.channel_scores.tolist(), strict=True)
-        ):
-            scores = {names[c]: s for c, s in enumerate(row) if s == s and abs(s) != float("inf")}
-            out.append(
-                RecallCandidate.model_construct(
-                    item_id=str(ids[item]), score=(m - pos) / m, channel=channel, channel_scores=scores
-                )
-            )
+        out = _candidate_dicts(rec.data.item_ids, merged)
         skip = {*req.exclude, *deleted, *recent}
         unknown = [i for i in fresh if i not in rec.data.item_index and i not in skip]
-        out += [
-            RecallCandidate.model_construct(item_id=i, score=0.0, channel="fresh", channel_scores={})
-            for i in unknown
-        ]
-        return RecallResponse.model_construct(candidates=out, model_version=self.model.version)
+        out += [{"item_id": i, "score": 0.0, "channel": "fresh", "channel_scores": {}} for i in unknown]
+        return {"candidates": out, "model_version": self.model.version}
 
     def hot(self, n: int, category: str | None = None) -> HotResponse:
         """The real-time hot list from the KV (consumer-maintained), else the bundle's."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 from conftest import Tiny
-from zerorec.api import RecallRequest, RerankRequest
+from zerorec.api import RecallCandidate, RecallRequest, RecallResponse, RerankRequest
 from zerorec.online import RecallStage, RerankStage, ServingModel
 from zerorec.pipeline import Recommender
 from zerorec.realtime import ItemRecord, item_delete_writes, item_upsert_writes
@@ -18,16 +18,21 @@ def _stages(tiny: Tiny) -> tuple[ServingModel, MemoryKVStore]:
     return model, MemoryKVStore()
 
 
+def _recall(stage: RecallStage, user: str) -> list[RecallCandidate]:
+    """recall's plain-data answer, checked against the RecallResponse contract."""
+    return RecallResponse.model_validate(stage.recall(RecallRequest(user_id=user, n=50))).candidates
+
+
 def test_deleted_item_is_not_recalled_and_new_item_is(tiny: Tiny) -> None:
     model, kv = _stages(tiny)
     user = str(tiny.interactions.user_id.iloc[0])
     recall = RecallStage(model, kv)
-    before = [c.item_id for c in recall.recall(RecallRequest(user_id=user, n=50)).candidates]
+    before = [c.item_id for c in _recall(recall, user)]
     gone = before[0]
 
     kv.write(item_delete_writes(gone, deleted_at_s=time.time()))
     kv.write(item_upsert_writes(ItemRecord("brand-new-item", "New", ("Drama",), time.time())))
-    after = recall.recall(RecallRequest(user_id=user, n=50)).candidates
+    after = _recall(recall, user)
 
     ids = [c.item_id for c in after]
     assert gone not in ids
@@ -35,14 +40,14 @@ def test_deleted_item_is_not_recalled_and_new_item_is(tiny: Tiny) -> None:
 
     # Re-listing the deleted item makes it recallable again.
     kv.write(item_upsert_writes(ItemRecord(gone, "Back", (), time.time())))
-    assert gone in [c.item_id for c in recall.recall(RecallRequest(user_id=user, n=50)).candidates]
+    assert gone in [c.item_id for c in _recall(recall, user)]
 
 
 def test_rerank_keeps_a_fresh_slot_for_items_newer_than_the_model(tiny: Tiny) -> None:
     model, kv = _stages(tiny)
     user = str(tiny.interactions.user_id.iloc[0])
     kv.write(item_upsert_writes(ItemRecord("brand-new-item", "New", ("Drama",), time.time())))
-    candidates = RecallStage(model, kv).recall(RecallRequest(user_id=user, n=50)).candidates
+    candidates = _recall(RecallStage(model, kv), user)
     items = [
         {"item_id": c.item_id, "score": 1.0 - k / 100, "channel": c.channel} for k, c in enumerate(candidates)
     ]
