@@ -178,6 +178,10 @@ def function_env(
         Path(data_dir or env.get("ZEROREC_DATA_DIR") or ROOT / ".zerorec").resolve()
     )
     env.setdefault("PYTHONUNBUFFERED", "1")
+    # One BLAS/OpenMP thread per process: a request's numpy work is small, and idle pool threads
+    # spinning against the other processes cost several times the work itself on a busy machine.
+    env.setdefault("OPENBLAS_NUM_THREADS", "1")
+    env.setdefault("OMP_NUM_THREADS", "1")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     if real:
         env.update(infra_env())
