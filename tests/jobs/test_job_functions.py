@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import socket
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -43,8 +44,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict[str, 
         wait_ready(procs, 120, {n: data / f"{n}.log" for n in NAMES})
         yield {n: svc.url() for n, svc in services.items()}, data
     finally:
-        for proc in procs.values():
-            terminate(proc.pid)
+        with ThreadPoolExecutor(len(procs)) as pool:  # functions-framework takes ~10 s to exit
+            list(pool.map(terminate, [proc.pid for proc in procs.values()]))
 
 
 def _post(url: str, event_type: str, data: dict) -> httpx.Response:
