@@ -27,6 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-kv", action="store_true", help="write Parquet only")
     p.add_argument("--master", default="local[2]")
     p.add_argument("--driver-memory", default="512m")
+    p.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", help="Spark setting")
     a = p.parse_args(argv)
     settings = get_settings()
     config = FeatureJobConfig(
@@ -39,6 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_kv=not a.no_kv,
         master=a.master,
         driver_memory=a.driver_memory,
+        spark_conf=dict(c.split("=", 1) for c in a.conf),
     )
     report = run_features(config, object_store(settings), None if a.no_kv else kv_store(settings))
     print(json.dumps(report, indent=2))

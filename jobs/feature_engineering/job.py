@@ -21,6 +21,7 @@ in batches of `kv_batch` keys (each batch atomic).
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import tempfile
 import time
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+import pyarrow.parquet as pq
 from zerorec.data.interactions import normalize_items
 from zerorec.errors import InvalidInputError, NotFoundError
 from zerorec.realtime import (
@@ -88,6 +90,10 @@ def spark_session(master: str = "local[2]", driver_memory: str = "512m", **conf:
         .config("spark.driver.host", "127.0.0.1")
         .config("spark.driver.bindAddress", "127.0.0.1")
         .config("spark.sql.adaptive.enabled", "true")
+        .config("spark.ui.showConsoleProgress", "false")
+        # Every run starts a cold JVM (scale to zero): compiling whole-stage code dominates a small
+        # job (test data: 33 s -> 17 s cold, warm runs about equal). Pass "true" for large exports.
+        .config("spark.sql.codegen.wholeStage", "false")
     )
     for key, value in conf.items():
         builder = builder.config(key, value)
@@ -205,19 +211,38 @@ def compute_features(
 # ------------------------------------------------------------------------------- outputs
 
 
-def upload_tables(
-    tables: dict[str, DataFrame], objects: ObjectStore, prefix: str, workdir: Path
-) -> list[str]:
-    """Write each table as one Parquet file and put it under `<prefix>/<table>/`."""
-    keys = []
+SORT_KEYS = {
+    "item_popularity": ("item_id",),
+    "user_activity": ("user_id",),
+    "user_category_affinity": ("user_id", "category"),
+}
+
+
+def write_tables(tables: dict[str, DataFrame], workdir: Path) -> dict[str, list[Path]]:
+    """Write each table as one Parquet file, sorted by its keys, under `workdir/<table>/`."""
+    files = {}
     for name, frame in tables.items():
         out = workdir / name
-        frame.coalesce(1).write.mode("overwrite").parquet(str(out))
-        for n, part in enumerate(sorted(out.glob("part-*.parquet"))):
+        frame.coalesce(1).sortWithinPartitions(*SORT_KEYS[name]).write.mode("overwrite").parquet(str(out))
+        files[name] = sorted(out.glob("part-*.parquet"))
+    return files
+
+
+def upload_tables(files: dict[str, list[Path]], objects: ObjectStore, prefix: str) -> list[str]:
+    """Put each table's Parquet files under `<prefix>/<table>/part-NNNNN.parquet`."""
+    keys = []
+    for name, parts in files.items():
+        for n, part in enumerate(parts):
             key = f"{prefix.rstrip('/')}/{name}/part-{n:05d}.parquet"
             objects.put(key, part.read_bytes())
             keys.append(key)
     return keys
+
+
+def _rows(parts: Sequence[Path], batch: int = 4096) -> Iterator[dict[str, Any]]:
+    for part in parts:
+        for record_batch in pq.ParquetFile(part).iter_batches(batch_size=batch):
+            yield from record_batch.to_pylist()
 
 
 def _batched(ops: Iterator[list[WriteOp]], kv: KVStore, keys_per_batch: int) -> int:
@@ -234,39 +259,36 @@ def _batched(ops: Iterator[list[WriteOp]], kv: KVStore, keys_per_batch: int) -> 
     return written
 
 
-def write_kv(tables: dict[str, DataFrame], kv: KVStore, as_of: datetime, batch: int = 500) -> dict[str, int]:
-    """Replace the feature hashes of every item and user in the tables; keys written per table."""
-    from pyspark.sql import functions as F
-
+def write_kv(files: dict[str, list[Path]], kv: KVStore, as_of: datetime, batch: int = 500) -> dict[str, int]:
+    """Replace the feature hashes of every item and user in the written tables (read back locally,
+    no more Spark jobs); keys written per table. Each batch of `batch` keys is one atomic write."""
     stamp = as_of.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
     def items() -> Iterator[list[WriteOp]]:
-        for row in tables["item_popularity"].toLocalIterator():
-            fields = row.asDict()
-            item_id = fields.pop("item_id")
-            yield feature_hash_writes(item_features_key(item_id), {**fields, "as_of": stamp})
+        for row in _rows(files["item_popularity"]):
+            item_id = row.pop("item_id")
+            yield feature_hash_writes(item_features_key(item_id), {**row, "as_of": stamp})
 
     def users() -> Iterator[list[WriteOp]]:
-        for row in tables["user_activity"].toLocalIterator():
-            fields = row.asDict()
-            user_id = fields.pop("user_id")
-            yield feature_hash_writes(user_features_key(user_id), {**fields, "as_of": stamp})
+        for row in _rows(files["user_activity"]):
+            user_id = row.pop("user_id")
+            yield feature_hash_writes(user_features_key(user_id), {**row, "as_of": stamp})
 
-    def cats() -> Iterator[list[WriteOp]]:
-        per_user = (
-            tables["user_category_affinity"]
-            .groupBy("user_id")
-            .agg(F.map_from_entries(F.collect_list(F.struct("category", "affinity"))).alias("cats"))
-        )
-        for row in per_user.toLocalIterator():
-            values = {c: repr(round(float(a), 6)) for c, a in row["cats"].items()}
-            yield feature_hash_writes(user_category_features_key(row["user_id"]), values)
+    def cats() -> Iterator[list[WriteOp]]:  # rows sorted by user: one hash per run of a user
+        rows = _rows(files["user_category_affinity"])
+        for user_id, group in itertools.groupby(rows, key=lambda r: r["user_id"]):
+            values = {r["category"]: repr(round(float(r["affinity"]), 6)) for r in group}
+            yield feature_hash_writes(user_category_features_key(user_id), values)
 
     return {
         "item_popularity": _batched(items(), kv, batch),
         "user_activity": _batched(users(), kv, batch),
         "user_category_affinity": _batched(cats(), kv, batch),
     }
+
+
+def _row_counts(files: dict[str, list[Path]]) -> dict[str, int]:
+    return {name: sum(pq.ParquetFile(p).metadata.num_rows for p in parts) for name, parts in files.items()}
 
 
 # ------------------------------------------------------------------------------- the run
@@ -298,17 +320,14 @@ def run_features(
             categories = _categories(config, objects, kv, events)
             cat_frame = session.createDataFrame(categories, schema="item_id string, category string")
             tables = compute_features(events, cat_frame, as_of, config.windows_days)
-            for frame in tables.values():
-                frame.cache()
-            out_prefix = f"{config.output_prefix.rstrip('/')}/{as_of.date().isoformat()}"
-            keys = upload_tables(tables, objects, out_prefix, work / "out")
-            rows = {name: frame.count() for name, frame in tables.items()}
-            kv_keys = write_kv(tables, kv, as_of, config.kv_batch) if config.write_kv and kv else {}
-            for frame in tables.values():
-                frame.unpersist()
+            files = write_tables(tables, work / "out")
         finally:
             if own:
                 session.stop()
+        out_prefix = f"{config.output_prefix.rstrip('/')}/{as_of.date().isoformat()}"
+        keys = upload_tables(files, objects, out_prefix)
+        rows = _row_counts(files)
+        kv_keys = write_kv(files, kv, as_of, config.kv_batch) if config.write_kv and kv else {}
     return {
         "task": FEATURE_ENGINEERING,
         "as_of": as_of.isoformat().replace("+00:00", "Z"),
@@ -334,7 +353,7 @@ def _categories(
         return explode_categories(_catalogue_frame(blob, fmt))
     if kv is None:
         return pd.DataFrame(columns=["item_id", "category"])
-    item_ids = [r["item_id"] for r in events.select("item_id").distinct().toLocalIterator()]
+    item_ids = sorted({r["item_id"] for r in events.select("item_id").distinct().collect()})
     return item_categories_from_kv(kv, item_ids)
 
 
