@@ -14,7 +14,7 @@ from starlette.responses import Response
 from zerorec.api import ItemRequest
 from zerorec.errors import BackendUnavailableError, DeliveryError
 from zerorec.ingest import check_api_key
-from zerorec.online import ItemAdmin, ItemAdminRequest, ItemStage, default_kv, stage_loader
+from zerorec.online import DATA_ONLY, ItemAdmin, ItemAdminRequest, ItemStage, default_kv, stage_loader
 from zerorec.serving import HTTPError, ModelSlot, dispatch, offload, parse
 from zerorec.settings import get_settings
 from zerorec.storage import event_bus
@@ -23,7 +23,9 @@ _settings = get_settings()
 _kv = default_kv(_settings)
 _admin = ItemAdmin(event_bus(_settings), _settings.topic_items)
 SLOT: ModelSlot[ItemStage] = ModelSlot(
-    _settings.model_name, stage_loader(lambda m: ItemStage(m, _kv), _settings), _settings.model_retry_s
+    _settings.model_name,
+    stage_loader(lambda m: ItemStage(m, _kv), _settings, DATA_ONLY),
+    _settings.model_retry_s,
 )
 SLOT.load()  # cold start: before functions-framework opens the port
 

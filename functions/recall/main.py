@@ -10,14 +10,16 @@ import functions_framework.aio
 from starlette.requests import Request
 from starlette.responses import Response
 from zerorec.api import HotRequest, RecallRequest
-from zerorec.online import RecallStage, default_kv, stage_loader
+from zerorec.online import RECALL_PARTS, RecallStage, default_kv, stage_loader
 from zerorec.serving import ModelSlot, dispatch, offload, parse
 from zerorec.settings import get_settings
 
 _settings = get_settings()
 _kv = default_kv(_settings)
 SLOT: ModelSlot[RecallStage] = ModelSlot(
-    _settings.model_name, stage_loader(lambda m: RecallStage(m, _kv), _settings), _settings.model_retry_s
+    _settings.model_name,
+    stage_loader(lambda m: RecallStage(m, _kv), _settings, RECALL_PARTS),
+    _settings.model_retry_s,
 )
 SLOT.load()  # cold start: before functions-framework opens the port
 

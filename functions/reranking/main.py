@@ -10,14 +10,14 @@ import functions_framework.aio
 from starlette.requests import Request
 from starlette.responses import Response
 from zerorec.api import RerankRequest
-from zerorec.online import RerankStage, stage_loader
+from zerorec.online import DATA_ONLY, RerankStage, stage_loader
 from zerorec.serving import ModelSlot, dispatch, offload, parse
 from zerorec.settings import get_settings
 
 _settings = get_settings()
 SLOT: ModelSlot[RerankStage] = ModelSlot(
     _settings.model_name,
-    stage_loader(lambda m: RerankStage(m, _settings.rerank_diversity), _settings),
+    stage_loader(lambda m: RerankStage(m, _settings.rerank_diversity), _settings, DATA_ONLY),
     _settings.model_retry_s,
 )
 SLOT.load()  # cold start: before functions-framework opens the port

@@ -10,14 +10,16 @@ import functions_framework.aio
 from starlette.requests import Request
 from starlette.responses import Response
 from zerorec.api import UserRequest
-from zerorec.online import UserStage, default_kv, stage_loader
+from zerorec.online import DATA_ONLY, UserStage, default_kv, stage_loader
 from zerorec.serving import ModelSlot, dispatch, offload, parse
 from zerorec.settings import get_settings
 
 _settings = get_settings()
 _kv = default_kv(_settings)
 SLOT: ModelSlot[UserStage] = ModelSlot(
-    _settings.model_name, stage_loader(lambda m: UserStage(m, _kv), _settings), _settings.model_retry_s
+    _settings.model_name,
+    stage_loader(lambda m: UserStage(m, _kv), _settings, DATA_ONLY),
+    _settings.model_retry_s,
 )
 SLOT.load()  # cold start: before functions-framework opens the port
 

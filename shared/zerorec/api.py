@@ -14,9 +14,10 @@ from __future__ import annotations
 import json
 import sys
 from functools import cache
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NotRequired
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from typing_extensions import TypedDict
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_EXCLUDE = 1000
@@ -164,11 +165,22 @@ class HotResponse(_Response):
     items: list[HotItem]
 
 
+class CandidateIn(TypedDict):
+    """A RecallCandidate inside a ranking request: validated like one, kept as a plain dict
+    (no model object per candidate: a request carries hundreds)."""
+
+    __pydantic_config__ = ConfigDict(extra="ignore")  # type: ignore[misc]
+    item_id: str
+    score: float
+    channel: str
+    channel_scores: NotRequired[dict[str, float]]
+
+
 class RankingRequest(_Request):
     """ranking `/`."""
 
     user_id: UserId
-    candidates: list[RecallCandidate] = Field(max_length=MAX_CANDIDATES)
+    candidates: list[CandidateIn] = Field(max_length=MAX_CANDIDATES)
     context: dict[ContextKey, ContextValue] = Field(default_factory=dict, max_length=32)
 
 
@@ -179,9 +191,10 @@ class RankingResponse(_Response):
     model_version: str | None = None
 
 
-class RerankItem(_Response):
-    """An item entering reranking."""
+class RerankItem(TypedDict):
+    """An item entering reranking (validated, kept as a plain dict: a request carries hundreds)."""
 
+    __pydantic_config__ = ConfigDict(extra="ignore")  # type: ignore[misc]
     item_id: str
     score: float
     channel: str

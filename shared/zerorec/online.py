@@ -94,12 +94,36 @@ class ServingModel:
         return idx[idx >= 0]
 
 
+@dataclass(frozen=True)
+class ModelParts:
+    """Which heavy parts of a bundle a stage builds (every file is still fetched and verified)."""
+
+    channels: bool = True  # recall channels (EASE, ALS, item-CF, vectors, hot, fresh)
+    ranker: bool = True  # the DeepFM ONNX session
+
+
+ALL_PARTS = ModelParts()
+RECALL_PARTS = ModelParts(channels=True, ranker=False)
+RANKING_PARTS = ModelParts(channels=True, ranker=True)
+DATA_ONLY = ModelParts(channels=False, ranker=False)  # reranking, user, item: vocabulary + item data
+
+
 def load_model(
-    store: ObjectStore, name: str, version: str = "latest", cache_dir: Path | None = None
+    store: ObjectStore,
+    name: str,
+    version: str = "latest",
+    cache_dir: Path | None = None,
+    parts: ModelParts = ALL_PARTS,
 ) -> ServingModel:
-    """Fetch and verify bundle `name`/`version` (IntegrityError on any mismatch) and build it."""
+    """Fetch and verify bundle `name`/`version` (IntegrityError on any mismatch) and build the
+    `parts` of it a stage uses (reranking, user and item never hold the channel matrices)."""
     bundle = load_bundle(store, name, version, cache_dir=cache_dir)
-    rec = Recommender.from_files(bundle.files)
+    files = {
+        k: v
+        for k, v in bundle.files.items()
+        if (parts.channels or not k.startswith("channels/")) and (parts.ranker or k != "ranker.onnx")
+    }
+    rec = Recommender.from_files(files)
     return ServingModel(name, bundle.version, rec, bundle.manifest)
 
 
@@ -133,17 +157,17 @@ def _merged(
 def _candidate_dicts(item_ids: np.ndarray, merged: MergedCandidates) -> list[dict[str, Any]]:
     """RecallCandidate dicts of merged candidates: `score` the merge order, finite channel scores."""
     m = len(merged)
-    if m == 0:
-        return []
     names = merged.channel_names
     ids = item_ids[merged.items].tolist()
-    rows = merged.channel_scores.tolist()
-    out = []
-    for pos, (item, channel, row) in enumerate(zip(ids, merged.channel, rows, strict=True)):
-        scores = {names[c]: v for c, v in enumerate(row) if v == v and abs(v) != float("inf")}
-        score = (m - pos) / m
-        out.append({"item_id": str(item), "score": score, "channel": channel, "channel_scores": scores})
-    return out
+    scores: list[dict[str, float]] = [{} for _ in range(m)]
+    sc = merged.channel_scores
+    rows, cols = np.nonzero(np.isfinite(sc))  # row-major: each row's channels in channel order
+    for r, c, v in zip(rows.tolist(), cols.tolist(), sc[rows, cols].tolist(), strict=True):
+        scores[r][names[c]] = v
+    return [
+        {"item_id": str(item), "score": (m - pos) / m, "channel": channel, "channel_scores": cs}
+        for pos, (item, channel, cs) in enumerate(zip(ids, merged.channel, scores, strict=True))
+    ]
 
 
 class RecallStage:
@@ -215,15 +239,15 @@ class RankingStage:
         query = rec.query(req.user_id, state.recent_items)
         query.categories = state.category_affinity
         cands = req.candidates
-        idx = self.model.index([c.item_id for c in cands])
+        idx = self.model.index([c["item_id"] for c in cands])
         known = np.flatnonzero(idx >= 0)
         out = np.zeros(len(cands), dtype=np.float32)
         if len(known):
             merged = _merged(
                 self.model,
                 idx[known],
-                [cands[k].channel for k in known],
-                [cands[k].channel_scores for k in known],
+                [cands[k]["channel"] for k in known],
+                [cands[k].get("channel_scores") or {} for k in known],
             )
             out[known] = rec.rank(query, merged, rec.score_vectors(query))
         return RankingResponse.model_construct(scores=out.tolist(), model_version=self.model.version)
@@ -244,16 +268,16 @@ class RerankStage:
         seen = set(req.seen)
         items = [
             it
-            for it in dict((it.item_id, it) for it in reversed(req.items)).values()
-            if it.item_id not in seen
+            for it in dict((it["item_id"], it) for it in reversed(req.items)).values()
+            if it["item_id"] not in seen
         ][::-1]  # de-duplicated (first wins), seen removed
-        idx = self.model.index([it.item_id for it in items])
+        idx = self.model.index([it["item_id"] for it in items])
         keep = [k for k in range(len(items)) if idx[k] >= 0]
         new = [items[k] for k in range(len(items)) if idx[k] < 0][: min(FRESH_SLOTS, req.n)]
         picked: list[RerankedItem] = []
         if keep:
-            merged = _merged(self.model, idx[keep], [items[k].channel for k in keep])
-            scores = np.array([items[k].score for k in keep], dtype=np.float64)
+            merged = _merged(self.model, idx[keep], [items[k]["channel"] for k in keep])
+            scores = np.array([items[k]["score"] for k in keep], dtype=np.float64)
             picked = [
                 RerankedItem(item_id=r.item_id, score=r.score, channel=r.channel, reasons=list(r.reasons))
                 for r in rec.rerank(
@@ -267,10 +291,10 @@ class RerankStage:
         # Items newer than the model: the last slot(s), so the catalogue's news gets seen.
         picked += [
             RerankedItem(
-                item_id=it.item_id,
+                item_id=it["item_id"],
                 score=0.0,
-                channel=it.channel,
-                reasons=[f"found by {it.channel}", "new item, not in the model yet (fresh slot)"],
+                channel=it["channel"],
+                reasons=[f"found by {it['channel']}", "new item, not in the model yet (fresh slot)"],
             )
             for it in new
         ]
@@ -361,15 +385,15 @@ def _iso(ts: float) -> str | None:
 
 
 def stage_loader(
-    build: Callable[[ServingModel], Any], settings: Settings | None = None
+    build: Callable[[ServingModel], Any], settings: Settings | None = None, parts: ModelParts = ALL_PARTS
 ) -> Callable[[str], tuple[str, Any]]:
-    """A ModelSlot loader: fetch + verify + build the model from the configured object store,
-    then `build(model)` the function's stage."""
+    """A ModelSlot loader: fetch + verify + build (the `parts` of) the model from the configured
+    object store, then `build(model)` the function's stage."""
     s = settings or get_settings()
     store = object_store(s)
 
     def load(version: str) -> tuple[str, Any]:
-        model = load_model(store, s.model_name, version, s.model_cache_dir)
+        model = load_model(store, s.model_name, version, s.model_cache_dir, parts)
         return model.version, build(model)
 
     return load
