@@ -12,14 +12,12 @@ import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import scipy.sparse as sp
 
 from zerorec.data.interactions import InteractionData
-from zerorec.data.split import temporal_user_split
 from zerorec.errors import IntegrityError, InvalidInputError
 from zerorec.features import ItemFeatures, build_features, dense_names, sparse_cardinalities
 from zerorec.recall.base import Candidates, RecallChannel, UserQuery, top_n
@@ -34,6 +32,9 @@ from zerorec.recall.channels import (
 )
 from zerorec.recall.merge import MergedCandidates, merge
 from zerorec.rerank import RerankConfig, rerank
+
+if TYPE_CHECKING:  # training only: serving never imports pandas
+    import pandas as pd
 
 CHANNEL_ORDER = ("ease", "als", "itemcf", "vector", "hot", "fresh")
 Progress = Callable[[str], None]
@@ -482,6 +483,8 @@ def train_recommender(
     info: dict[str, Any] = {"config": config.to_json()}
     onnx_bytes = None
     if train_ranker:
+        from zerorec.data.split import temporal_user_split
+
         inner, held = temporal_user_split(interactions)
         inner_data = InteractionData.from_frame(inner, items, item_vocabulary=vocab)
         say("fitting channels on the validation cut")

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import scipy.sparse as sp
 
 from zerorec.errors import InvalidInputError
+
+if TYPE_CHECKING:  # pandas is for training and loading files: serving never imports it
+    import pandas as pd
 
 REQUIRED_COLUMNS = ("user_id", "item_id", "timestamp")
 ITEM_COLUMNS = ("item_id", "title", "categories", "created_at")
@@ -33,6 +36,8 @@ def normalize_interactions(df: pd.DataFrame, source: str = "interactions") -> pd
     defaults to 1.0 and ``event_type`` to "interaction". Duplicate (user, item) pairs keep the
     last one by timestamp (the protocol's rule). Raises InvalidInputError naming the first bad row.
     """
+    import pandas as pd
+
     _require(df, REQUIRED_COLUMNS, source)
     out = pd.DataFrame(
         {
@@ -77,6 +82,8 @@ def normalize_interactions(df: pd.DataFrame, source: str = "interactions") -> pd
 
 def normalize_items(df: pd.DataFrame, source: str = "items") -> pd.DataFrame:
     """Validate item metadata; ``categories`` may be a list or a '|'-separated string."""
+    import pandas as pd
+
     _require(df, ("item_id",), source)
     out = df.copy()
     out["item_id"] = out["item_id"].astype(str).str.strip()

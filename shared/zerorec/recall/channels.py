@@ -6,18 +6,21 @@ vector index, numpy/scipy for EASE's closed form) and honours ``RecallChannel``.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
-import faiss
 import numpy as np
-import scipy.linalg
 import scipy.sparse as sp
-from implicit.cpu.als import AlternatingLeastSquares
-from implicit.nearest_neighbours import CosineRecommender, bm25_weight
-from threadpoolctl import threadpool_limits
 
 from zerorec.data.interactions import InteractionData
 from zerorec.recall.base import RecallChannel, UserQuery, recency_weights
+
+if TYPE_CHECKING:
+    import faiss
+    from implicit.cpu.als import AlternatingLeastSquares
+
+# Training libraries load where they are used: serving a bundle needs none of implicit, scipy.linalg
+# or threadpoolctl until an ALS user vector must be recomputed (a user unknown to the model), and
+# faiss only in the vector channel.
 
 NEG = np.float32(-np.inf)
 
@@ -45,6 +48,8 @@ def _spd_inverse(a: np.ndarray) -> np.ndarray:
     About 3x faster than a float64 ``np.linalg.inv``; EASE keeps float32 weights anyway (the
     relative error of the result is ~1e-6). Falls back to ``np.linalg.inv`` if ``a`` is not SPD.
     """
+    import scipy.linalg
+
     potrf, potri = scipy.linalg.lapack.get_lapack_funcs(("potrf", "potri"), (a,))
     chol, info = potrf(a, lower=False, overwrite_a=False, clean=False)
     if info == 0:
@@ -142,9 +147,12 @@ class ALSChannel(RecallChannel):
         self.alpha = alpha
         self.bm25 = bm25
         self.seed = seed
-        self.model = self._new_model()
+        self._model: AlternatingLeastSquares | None = None
+        self._loaded: tuple[np.ndarray, np.ndarray] | None = None  # (user, item) factors of a bundle
 
     def _new_model(self) -> AlternatingLeastSquares:
+        from implicit.cpu.als import AlternatingLeastSquares
+
         return AlternatingLeastSquares(
             factors=self.factors,
             regularization=self.regularization,
@@ -154,10 +162,34 @@ class ALSChannel(RecallChannel):
             num_threads=1,
         )
 
+    @property
+    def model(self) -> AlternatingLeastSquares:
+        """implicit's model, built on first use (a loaded bundle scores known users without it)."""
+        if self._model is None:
+            self._model = self._new_model()
+            if self._loaded is not None:
+                self._model.user_factors, self._model.item_factors = self._loaded
+                self._loaded = None
+        return self._model
+
+    @model.setter
+    def model(self, model: AlternatingLeastSquares) -> None:
+        self._model, self._loaded = model, None
+
+    def _factors(self) -> tuple[np.ndarray, np.ndarray]:
+        """(user factors, item factors), without building implicit's model for a loaded bundle."""
+        if self._loaded is not None:
+            return self._loaded
+        return self.model.user_factors, self.model.item_factors
+
     def _weigh(self, x: sp.csr_matrix) -> sp.csr_matrix:
+        from implicit.nearest_neighbours import bm25_weight
+
         return sp.csr_matrix(bm25_weight(x, K1=100, B=0.8).astype(np.float32)) if self.bm25 else x
 
     def fit(self, data: InteractionData) -> Self:
+        from threadpoolctl import threadpool_limits
+
         x = _binary(data)
         weighted = self._weigh(x)
         self.model = self._new_model()
@@ -168,10 +200,11 @@ class ALSChannel(RecallChannel):
         return self
 
     def user_vector(self, query: UserQuery) -> np.ndarray:
-        if query.user is not None and query.user < self.model.user_factors.shape[0]:
-            return np.asarray(self.model.user_factors[query.user])
+        user_factors, item_factors = self._factors()
+        if query.user is not None and query.user < user_factors.shape[0]:
+            return np.asarray(user_factors[query.user])
         if len(query.history) == 0:
-            return np.zeros(self.model.item_factors.shape[1], dtype=np.float32)
+            return np.zeros(item_factors.shape[1], dtype=np.float32)
         row = sp.csr_matrix(
             (np.ones(len(query.history), np.float32), (np.zeros(len(query.history)), query.history)),
             shape=(1, self.n_items),
@@ -179,10 +212,10 @@ class ALSChannel(RecallChannel):
         return np.asarray(self.model.recalculate_user(0, row)).ravel()
 
     def score(self, query: UserQuery) -> np.ndarray:
-        return (self.model.item_factors @ self.user_vector(query)).astype(np.float32)
+        return (self._factors()[1] @ self.user_vector(query)).astype(np.float32)
 
     def item_embeddings(self) -> np.ndarray:
-        return np.asarray(self.model.item_factors, dtype=np.float32)
+        return np.asarray(self._factors()[1], dtype=np.float32)
 
     def params(self) -> dict[str, Any]:
         return {
@@ -196,15 +229,17 @@ class ALSChannel(RecallChannel):
 
     def arrays(self) -> dict[str, Any]:
         return {
-            "user_factors": np.asarray(self.model.user_factors, np.float32),
-            "item_factors": np.asarray(self.model.item_factors, np.float32),
+            "user_factors": np.asarray(self._factors()[0], np.float32),
+            "item_factors": np.asarray(self._factors()[1], np.float32),
         }
 
     @classmethod
     def from_state(cls, params: dict[str, Any], arrays: dict[str, Any]) -> Self:
         ch = cls(**params)
-        ch.model.user_factors = np.ascontiguousarray(arrays["user_factors"], dtype=np.float32)
-        ch.model.item_factors = np.ascontiguousarray(arrays["item_factors"], dtype=np.float32)
+        ch._loaded = (
+            np.ascontiguousarray(arrays["user_factors"], dtype=np.float32),
+            np.ascontiguousarray(arrays["item_factors"], dtype=np.float32),
+        )
         return ch
 
 
@@ -223,6 +258,8 @@ class ItemCFChannel(RecallChannel):
         self.similarity = sp.csr_matrix((0, 0), dtype=np.float32)
 
     def fit(self, data: InteractionData) -> Self:
+        from implicit.nearest_neighbours import CosineRecommender
+
         model = CosineRecommender(K=self.k, num_threads=1)
         model.fit(_binary(data), show_progress=False)
         sim = sp.csr_matrix(model.similarity, dtype=np.float32)
@@ -359,6 +396,8 @@ class VectorChannel(RecallChannel):
     def fit(self, data: InteractionData, embeddings: np.ndarray | None = None) -> Self:
         if embeddings is None:
             embeddings = ALSChannel(factors=self.factors).fit(data).item_embeddings()
+        import faiss
+
         emb = np.ascontiguousarray(embeddings, dtype=np.float32).copy()
         faiss.normalize_L2(emb)
         self.embeddings = emb
@@ -368,6 +407,8 @@ class VectorChannel(RecallChannel):
         return self
 
     def _build(self) -> None:
+        import faiss
+
         self.index = faiss.IndexFlatIP(self.embeddings.shape[1])
         self.index.add(self.embeddings)
 
@@ -378,6 +419,8 @@ class VectorChannel(RecallChannel):
         times = query.times[-self.recent :] if len(query.times) else np.zeros(len(items))
         w = recency_weights(times, query.reference_time(self.default_now), self.half_life_days)
         vec = (w[:, None] * self.embeddings[items]).sum(axis=0, keepdims=True).astype(np.float32)
+        import faiss
+
         faiss.normalize_L2(vec)
         return vec
 
@@ -410,11 +453,15 @@ class VectorChannel(RecallChannel):
 
     def arrays(self) -> dict[str, Any]:
         assert self.index is not None
+        import faiss
+
         return {"index": faiss.serialize_index(self.index).tobytes()}
 
     @classmethod
     def from_state(cls, params: dict[str, Any], arrays: dict[str, Any]) -> Self:
         ch = cls(**params)
+        import faiss
+
         ch.index = faiss.deserialize_index(np.frombuffer(arrays["index"], dtype=np.uint8))
         ch.embeddings = ch.index.reconstruct_n(0, ch.index.ntotal)
         return ch
