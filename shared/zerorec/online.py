@@ -201,7 +201,7 @@ class RecallStage:
         query.categories = categories
         vectors = rec.score_vectors(query)
         exclude = self.model.known([*req.exclude, *deleted])
-        merged = rec.candidates(query, req.n, exclude, vectors)
+        merged = rec.candidates(query, req.n, exclude, vectors, fill=True)  # n as asked
         out = _candidate_dicts(rec.data.item_ids, merged)
         skip = {*req.exclude, *deleted, *recent}
         unknown = [i for i in fresh if i not in rec.data.item_index and i not in skip]

@@ -31,6 +31,7 @@ from zerorec.recall.channels import (
     VectorChannel,
 )
 from zerorec.recall.merge import MergedCandidates, merge
+from zerorec.recall.merge import fill as fill_merged
 from zerorec.rerank import RerankConfig, rerank
 
 if TYPE_CHECKING:  # training only: serving never imports pandas
@@ -181,8 +182,12 @@ class Recommender:
         n: int | None = None,
         exclude: np.ndarray | None = None,
         vectors: Mapping[str, np.ndarray] | None = None,
+        fill: bool = False,
     ) -> MergedCandidates:
-        """Merged recall (quotas, de-dup, provenance), never a history or excluded item."""
+        """Merged recall (quotas, de-dup, provenance), never a history or excluded item.
+
+        ``fill``: when overlapping quotas leave fewer than ``n`` items, top the list up from the
+        channels' next-best items (serving asks for n; training and evaluation use the quotas)."""
         n = n or self.config.n_candidates
         vectors = vectors or self.score_vectors(query)
         skip = query.history if exclude is None else np.concatenate([query.history, exclude])
@@ -212,7 +217,15 @@ class Recommender:
             vec = np.log1p(np.maximum(vectors["hot"], 0)) * (1.0 + boost)
             idx = top_n(vec, n, skip)
             answers.insert(0, Candidates(idx, vec[idx].astype(np.float32), "hot"))
-        return merge(answers, limit=n)
+        merged = merge(answers, limit=n)
+        if fill and not cold and len(merged) < n:
+            deep = []
+            for ans in answers:
+                vec = vectors[ans.channel]
+                idx = top_n(vec, n, skip)
+                deep.append(Candidates(idx, vec[idx].astype(np.float32), ans.channel))
+            merged = fill_merged(merged, deep, n)
+        return merged
 
     def features(
         self, query: UserQuery, merged: MergedCandidates, vectors: Mapping[str, np.ndarray]

@@ -73,3 +73,49 @@ def merge(
             hit = merged[sorter[at]] == items_arr
             scores[sorter[at[hit]], col[ans.channel]] = np.asarray(ans.scores)[hit]
     return MergedCandidates(merged, primary, names, scores)
+
+
+def fill(merged: MergedCandidates, deep: Sequence[Candidates], limit: int) -> MergedCandidates:
+    """`merged` topped up to `limit` items from the channels' deeper lists (``deep``, best first).
+
+    When quotas overlap, de-duplication leaves fewer items than asked for; this takes, rank by rank
+    over the channels, each channel's next-best item not taken yet. What `merged` holds keeps its
+    order; a channel's scores are kept as provenance for everything in the part of its deep list it
+    went through. Channels of ``deep`` must be among ``merged.channel_names``.
+    """
+    order = merged.items.tolist()
+    if len(order) >= limit:
+        return merged
+    primary = list(merged.channel)
+    taken = set(order)
+    lists = [d.items.tolist() for d in deep]
+    cursor = [0] * len(deep)
+    active = [c for c in range(len(deep)) if lists[c]]
+    while len(order) < limit and active:
+        for c in active:
+            items, cur, end = lists[c], cursor[c], len(lists[c])
+            while cur < end:
+                item = items[cur]
+                cur += 1
+                if item not in taken:
+                    taken.add(item)
+                    order.append(item)
+                    primary.append(deep[c].channel)
+                    break
+            cursor[c] = cur
+            if len(order) >= limit:
+                break
+        active = [c for c in active if cursor[c] < len(lists[c])]
+    names = merged.channel_names
+    col = {n: i for i, n in enumerate(names)}
+    scores = np.full((len(order), len(names)), np.nan, dtype=np.float32)
+    scores[: len(merged)] = merged.channel_scores
+    at = {item: k for k, item in enumerate(order)}
+    for c, ans in enumerate(deep):
+        j = col[ans.channel]
+        consumed = np.asarray(ans.scores)[: cursor[c]].tolist()
+        for item, score in zip(lists[c][: cursor[c]], consumed, strict=True):
+            k = at.get(item)
+            if k is not None and scores[k, j] != scores[k, j]:  # NaN: not yet provenance
+                scores[k, j] = score
+    return MergedCandidates(np.array(order, dtype=np.int64), primary, list(names), scores)
