@@ -8,12 +8,14 @@ broker acknowledged every record (else DeliveryError / BackendUnavailableError: 
 as accepted). Invalid payloads get a per-event reason and are not produced.
 
 Exactly-once note: a 503 means "not acknowledged", not "not written": some of those events may still
-reach the topic. Retrying is safe all the same: a plain JSON event's id is derived from its content
-(`behavior_event_id`) and a CloudEvent keeps the client's id, and the consumer applies each id once.
+reach the topic. Retrying is safe all the same: a plain JSON event's id is derived from the request's
+content and the event's place in it (`behavior_event_ids`), a CloudEvent keeps the client's id, and the
+consumer applies each id once.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import uuid
 from collections.abc import Sequence
@@ -37,10 +39,12 @@ DEFAULT_MAX_BODY_BYTES = 2 * 1024 * 1024
 _EVENT_ID_NAMESPACE = uuid.UUID("6f1c1d4e-5a0e-4f4b-9d59-0c2f3b1e7a10")
 
 
-def behavior_event_id(payload: Any) -> str:
-    """The id of a plain JSON behavior event: a uuid5 of its canonical JSON, so a client's retry
-    of a request that got 503 can never be counted twice."""
-    return str(uuid.uuid5(_EVENT_ID_NAMESPACE, orjson.dumps(payload, option=orjson.OPT_SORT_KEYS).decode()))
+def behavior_event_ids(payloads: Sequence[Any]) -> list[str]:
+    """Ids of the plain JSON events of one request: uuid5 of the request's canonical JSON and the
+    event's index. Resending a request that got 503 gives the same ids (never counted twice), while
+    two identical events in one request stay two events."""
+    digest = hashlib.sha256(orjson.dumps(list(payloads), option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return [str(uuid.uuid5(_EVENT_ID_NAMESPACE, f"{digest}:{k}")) for k in range(len(payloads))]
 
 
 class BatchTooLargeError(InvalidInputError):
@@ -123,6 +127,7 @@ class BehaviorIngest:
         """Validate each payload, produce the valid ones in one acknowledged publish."""
         result = IngestResult()
         records: list[OutgoingRecord] = []
+        ids = behavior_event_ids(payloads)
         for index, payload in enumerate(payloads):
             reason = self.check(payload)
             if reason is not None:
@@ -134,7 +139,7 @@ class BehaviorIngest:
                 payload,
                 source=SOURCE,
                 subject=payload["user_id"],
-                event_id=behavior_event_id(payload),
+                event_id=ids[index],
             )
             records.append(to_kafka_record(event, key=payload["user_id"]))
             result.ids.append(event["id"])

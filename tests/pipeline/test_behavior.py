@@ -171,11 +171,13 @@ def test_parse_batch_rejects_scalars_per_event() -> None:
     assert result.accepted == 1 and result.errors[0]["index"] == 0
 
 
-def test_event_ids_derive_from_content_so_a_retry_is_deduplicated() -> None:
-    from zerorec.ingest import behavior_event_id
+def test_event_ids_derive_from_the_request_so_a_retry_is_deduplicated() -> None:
+    from zerorec.ingest import behavior_event_ids
 
-    a = click("u1", "i1")
-    same = dict(reversed(list(a.items())))  # key order does not matter
-    other = {**a, "item_id": "i2"}
-    assert behavior_event_id(a) == behavior_event_id(same)
-    assert behavior_event_id(a) != behavior_event_id(other)
+    a, b = click("u1", "i1"), click("u1", "i2")
+    reordered_keys = [dict(reversed(list(a.items()))), b]
+    ids = behavior_event_ids([a, b])
+    assert behavior_event_ids([a, b]) == ids  # a resent request: same ids
+    assert behavior_event_ids(reordered_keys) == ids  # key order does not matter
+    assert len(set(behavior_event_ids([a, a]))) == 2  # two identical events stay two
+    assert behavior_event_ids([b, a])[0] not in ids  # another request: other ids

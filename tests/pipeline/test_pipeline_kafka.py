@@ -25,7 +25,7 @@ from zerorec.bench_ingest import (
     start_function,
 )
 from zerorec.cloudevents_io import from_kafka_record
-from zerorec.ingest import behavior_event_id
+from zerorec.ingest import behavior_event_ids
 from zerorec.realtime import (
     ItemRecord,
     event_token,
@@ -237,7 +237,7 @@ def test_broker_restart_no_acknowledged_event_lost_and_fast_503(pipeline: Pipeli
                 accepted.extend(r.json()["ids"])
             elif r.status_code == 503:
                 refused.append(time.monotonic() - started)
-                refused_ids.extend(behavior_event_id(e) for e in batch)
+                refused_ids.extend(behavior_event_ids(batch))
                 assert "unavailable" in r.json()["error"]
             else:
                 other.append(f"{r.status_code} {r.text[:200]}")
