@@ -42,6 +42,20 @@ def _gram(x: sp.csr_matrix, chunk: int = 4096) -> np.ndarray:
     return gram
 
 
+_F16_TO_F32: np.ndarray | None = None
+
+
+def _to_float32(a: np.ndarray) -> np.ndarray:
+    """`a` as float32; float16 through a 65,536-entry table (bit-identical to astype, 2-4x faster
+    on the EASE matrix: a shorter cold start)."""
+    global _F16_TO_F32
+    if a.dtype != np.float16:
+        return a.astype(np.float32)
+    if _F16_TO_F32 is None:
+        _F16_TO_F32 = np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float32)
+    return _F16_TO_F32[np.ascontiguousarray(a).view(np.uint16)]
+
+
 def _spd_inverse(a: np.ndarray) -> np.ndarray:
     """Inverse of a symmetric positive-definite float32 matrix by Cholesky (LAPACK potrf/potri).
 
@@ -113,7 +127,7 @@ class EASEChannel(RecallChannel):
     def from_state(cls, params: dict[str, Any], arrays: dict[str, Any]) -> Self:
         ch = cls(**params)
         ch.keep = arrays["keep"].astype(np.int64)
-        ch.weights = arrays["weights"].astype(np.float32)
+        ch.weights = _to_float32(arrays["weights"])
         return ch
 
     @classmethod
