@@ -18,6 +18,9 @@ TINY_PIPELINE = PipelineConfig(
     ranker_threads=1,
     n_candidates=100,
     quotas={"ease": 40, "itemcf": 20, "als": 15, "vector": 10, "hot": 10, "fresh": 5},
+    # Pure relevance order, so tests can tell what reranking's seen filter did on its own.
+    rerank_diversity=0.0,
+    rerank_freshness=0.0,
 )
 
 
