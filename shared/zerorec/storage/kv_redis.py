@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -36,77 +35,23 @@ from zerorec.storage.kv_memory import check_write
 if TYPE_CHECKING:
     from zerorec.settings import Settings
 
-# One script does both `write` and `apply_once`. KEYS[1] is the token when ARGV[1] (its TTL) is set;
-# ARGV[2] is the JSON list of ops, each [cmd, index into KEYS, args...]. Every op is type-checked
-# before the first write, and the token is set only after the last one: Redis scripts do not roll
-# back, so this is what keeps a batch all-or-nothing and a token never set for unapplied ops.
+# One script serves `write`, `apply_once` and `apply_many`. ARGV[1] = token TTL, ARGV[2] = JSON list
+# of [token index into KEYS (0: no token), ops], each op [cmd, index into KEYS, args...]. Phase 1
+# skips entries whose token is set (or seen earlier in the batch) and type-checks every remaining op,
+# tracking key types across entries; phase 2 writes, and sets each token only after its ops. Redis
+# scripts do not roll back, so an error in phase 1 returning before any write is what keeps a batch
+# all or nothing and a token never set for unapplied ops. Returns one 0/1 per entry.
 _APPLY_LUA = r"""
-local ttl = ARGV[1]
-if ttl ~= '' and redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-local ops = cjson.decode(ARGV[2])
-local want = {HSET='hash', HINCR='hash', ZINCR='zset', ZREM='zset', LPUSH='list', SADD='set'}
-local types = {}
-for _, op in ipairs(ops) do
-  local c, k = op[1], KEYS[op[2]]
-  local t = types[k] or redis.call('TYPE', k)['ok']
-  if c == 'SET' then t = 'string'
-  elseif c == 'DEL' then t = 'none'
-  else
-    local w = want[c]
-    if w == nil then return redis.error_reply('ERR unknown op ' .. tostring(c)) end
-    if t ~= 'none' and t ~= w then
-      return redis.error_reply('WRONGTYPE key ' .. k .. ' holds a ' .. t .. ', not a ' .. w)
-    end
-    if c == 'HINCR' and t == 'hash' then
-      local v = redis.call('HGET', k, op[3])
-      if v and not tonumber(v) then
-        return redis.error_reply('ERR hash field ' .. k .. '/' .. op[3] .. ' is not a number')
-      end
-    end
-    if c ~= 'ZREM' then t = w end
-  end
-  types[k] = t
-end
-local function chunked(cmd, k, items, step)
-  for i = 1, #items, step do
-    redis.call(cmd, k, unpack(items, i, math.min(i + step - 1, #items)))
-  end
-end
-for _, op in ipairs(ops) do
-  local c, k = op[1], KEYS[op[2]]
-  if c == 'SET' then
-    if op[4] ~= '' then redis.call('SET', k, op[3], 'EX', op[4]) else redis.call('SET', k, op[3]) end
-  elseif c == 'DEL' then redis.call('DEL', k)
-  elseif c == 'HSET' then chunked('HSET', k, op[3], 1000)
-  elseif c == 'HINCR' then redis.call('HINCRBYFLOAT', k, op[3], op[4])
-  elseif c == 'ZINCR' then redis.call('ZINCRBY', k, op[4], op[3])
-  elseif c == 'ZREM' then redis.call('ZREM', k, op[3])
-  elseif c == 'LPUSH' then
-    chunked('LPUSH', k, op[3], 1000)
-    redis.call('LTRIM', k, 0, op[4] - 1)
-  elseif c == 'SADD' then chunked('SADD', k, op[3], 1000)
-  end
-end
-if ttl ~= '' then redis.call('SET', KEYS[1], '1', 'EX', ttl) end
-return 1
-"""
-
-
-# `apply_many`: ARGV[1] = TTL, ARGV[2] = JSON list of [token index, ops] (indices into KEYS). Phase 1
-# skips tokens already set (or seen earlier in the batch) and type-checks every remaining op, tracking
-# key types across entries; phase 2 writes. An error in phase 1 returns before any write, so the batch
-# is all or nothing. Returns one 0/1 per entry.
-_APPLY_MANY_LUA = r"""
 local ttl = ARGV[1]
 local batch = cjson.decode(ARGV[2])
 local want = {HSET='hash', HINCR='hash', ZINCR='zset', ZREM='zset', LPUSH='list', SADD='set'}
 local types, seen, result = {}, {}, {}
 for i, entry in ipairs(batch) do
-  local token = KEYS[entry[1]]
-  if seen[token] or redis.call('EXISTS', token) == 1 then
+  local token = entry[1] > 0 and KEYS[entry[1]] or nil
+  if token and (seen[token] or redis.call('EXISTS', token) == 1) then
     result[i] = 0
   else
-    seen[token] = true
+    if token then seen[token] = true end
     result[i] = 1
     for _, op in ipairs(entry[2]) do
       local c, k = op[1], KEYS[op[2]]
@@ -153,20 +98,11 @@ for i, entry in ipairs(batch) do
       elseif c == 'SADD' then chunked('SADD', k, op[3], 1000)
       end
     end
-    redis.call('SET', KEYS[entry[1]], '1', 'EX', ttl)
+    if entry[1] > 0 then redis.call('SET', KEYS[entry[1]], '1', 'EX', ttl) end
   end
 end
 return result
 """
-
-
-def _encode(ops: Sequence[WriteOp], first_index: int) -> tuple[list[str], str]:
-    """Turn ops into (KEYS, JSON) for the script; key indices start at `first_index` (1-based)."""
-    keys: list[str] = []
-    index: dict[str, int] = {}
-    encoded = _encode_ops(ops, keys, index, first_index)
-    # cjson turns an empty JSON array into an empty table either way; no object/array ambiguity.
-    return keys, json.dumps(encoded, ensure_ascii=False)
 
 
 def _key_index(key: str, keys: list[str], index: dict[str, int], first_index: int) -> int:
@@ -223,7 +159,6 @@ class RedisKVStore(KVStore):
             retry=Retry(NoBackoff(), 0),
         )
         self._apply = self._r.register_script(_APPLY_LUA)  # EVALSHA, loaded on first use
-        self._apply_many = self._r.register_script(_APPLY_MANY_LUA)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RedisKVStore:
@@ -284,41 +219,38 @@ class RedisKVStore(KVStore):
                 out.append(p(next(replies)))
         return out
 
-    def _run(self, what: str, token: str | None, ops: Sequence[WriteOp], ttl_s: int | None) -> bool:
-        keys, payload = _encode(ops, first_index=2 if token is not None else 1)
-        if token is None and not keys:
-            return True
-        all_keys = [token, *keys] if token is not None else keys
+    def _run(
+        self, what: str, batch: Sequence[tuple[str | None, Sequence[WriteOp]]], ttl_s: int
+    ) -> list[bool]:
+        """Every entry in ONE script call (type checks first, then writes: all or nothing)."""
+        keys: list[str] = []
+        index: dict[str, int] = {}
+        entries = [
+            [0 if token is None else _key_index(token, keys, index, 1), _encode_ops(ops, keys, index)]
+            for token, ops in batch
+        ]
+        if not keys:  # no token and no op: nothing to do
+            return [True] * len(batch)
         try:
-            return bool(self._apply(keys=all_keys, args=["" if ttl_s is None else str(ttl_s), payload]))
+            replies = self._apply(keys=keys, args=[str(ttl_s), orjson.dumps(entries).decode()])
         except redis.RedisError as exc:
             raise self._fail(what, exc) from exc
+        return [bool(r) for r in replies]
 
     def write(self, ops: Sequence[WriteOp]) -> None:
-        self._run("write", None, ops, None)
+        self._run("write", [(None, ops)], 0)
 
     def apply_once(self, token: str, ops: Sequence[WriteOp], ttl_s: int = 7 * 24 * 3600) -> bool:
         if ttl_s <= 0:
             raise InvalidInputError(f"apply_once ttl_s must be positive, got {ttl_s}")
-        return self._run(f"apply_once {token!r}", token, ops, ttl_s)
+        return self._run(f"apply_once {token!r}", [(token, ops)], ttl_s)[0]
 
     def apply_many(
         self, batch: Sequence[tuple[str, Sequence[WriteOp]]], ttl_s: int = 7 * 24 * 3600
     ) -> list[bool]:
-        """The whole batch in ONE script call (type checks first, then writes: all or nothing)."""
         if ttl_s <= 0:
             raise InvalidInputError(f"apply_many ttl_s must be positive, got {ttl_s}")
-        if not batch:
-            return []
-        keys: list[str] = []
-        index: dict[str, int] = {}
-        entries = [[_key_index(token, keys, index, 1), _encode_ops(ops, keys, index)] for token, ops in batch]
-        payload = orjson.dumps(entries).decode()
-        try:
-            replies = self._apply_many(keys=keys, args=[str(ttl_s), payload])
-        except redis.RedisError as exc:
-            raise self._fail(f"apply_many ({len(batch)} entries)", exc) from exc
-        return [bool(r) for r in replies]
+        return self._run(f"apply_many ({len(batch)} entries)", batch, ttl_s) if batch else []
 
     def close(self) -> None:
         """Close the connection pool."""
