@@ -46,10 +46,15 @@ def test_repo_kafka_sources_resolve_to_local_ports_and_the_dead_letter_topic() -
 def test_repo_ping_sources_send_valid_worker_tasks() -> None:
     docs = load_documents([EVENTING])
     specs = {s.name: s for s in ping_sources(docs, SinkResolver(docs, env={}))}
-    assert set(specs) == {"rebuild-hot", "export-events"}
+    sinks = {
+        "rebuild-hot": "http://127.0.0.1:8088",  # worker
+        "export-events": "http://127.0.0.1:8088",
+        "feature-engineering": "http://127.0.0.1:8092",
+    }
+    assert set(specs) == set(sinks)
     cat = catalogue()
     for spec in specs.values():
-        assert spec.sink == Sink(url="http://127.0.0.1:8088")
+        assert spec.sink == Sink(url=sinks[spec.name])
         event = ping_source.ping_event(spec, datetime.now(UTC))
         assert event["type"] == "dev.knative.sources.ping"
         assert event["source"] == f"/apis/v1/namespaces/zerorec/pingsources/{spec.name}"

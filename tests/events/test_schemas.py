@@ -21,6 +21,8 @@ EXPECTED_TYPES = {
     "dev.zerorec.task.catalogue-import.v1",
     "dev.zerorec.task.rebuild-hot.v1",
     "dev.zerorec.task.export-events.v1",
+    "dev.zerorec.task.feature-engineering.v1",
+    "dev.zerorec.task.vector-generation.v1",
 }
 
 
