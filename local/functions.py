@@ -84,6 +84,7 @@ BASE_PORTS = {
     "behavior": 8086,
     "consumer": 8087,
     "worker": 8088,
+    "model-training": 8091,
     "feature-engineering": 8092,
     "vector-generation": 8093,
     "flink-realtime": 8094,
@@ -98,7 +99,7 @@ def services() -> list[Service]:
     py = sys.executable
     p = PORTS
     all_ = [ff(name, p[name]) for name in (*SERVING, "behavior", "consumer", "worker", "recommender")]
-    jobs = ("feature-engineering", "vector-generation", "flink-realtime")  # offline/real-time controls
+    jobs = ("model-training", "feature-engineering", "vector-generation", "flink-realtime")  # on demand
     all_ += [ff(n, p[n], n.replace("-", "_")) for n in jobs]
     all_ += [
         Service(
@@ -133,6 +134,8 @@ def services() -> list[Service]:
                 f"worker=http://127.0.0.1:{p['worker']}",
                 "--sink",
                 f"feature-engineering=http://127.0.0.1:{p['feature-engineering']}",
+                "--sink",
+                f"model-training=http://127.0.0.1:{p['model-training']}",
             ),
             health=None,
             needs_folder="functions/worker",

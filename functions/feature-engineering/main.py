@@ -11,26 +11,22 @@ Run: `functions-framework --target feature_engineering --port 8092 \
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import os
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import functions_framework.aio
-import orjson
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
-from zerorec.cloudevents_io import effective_type, event_data, from_http, validate
-from zerorec.errors import BackendUnavailableError, InvalidInputError, NotFoundError
 from zerorec.settings import get_settings
 from zerorec.storage import kv_store, object_store
+from zerorec.task_function import TaskBusyError, task_handler
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root, for jobs.*
 from jobs.feature_engineering.job import FEATURE_ENGINEERING, config_from_task, run_features
 
-log = logging.getLogger("zerorec.feature_engineering")
 _settings = get_settings()
 _objects, _kv = object_store(_settings), kv_store(_settings)
 _busy = threading.Lock()
@@ -40,49 +36,21 @@ _SPARK = {
 }
 
 
-def _json(doc: object, status: int) -> Response:
-    return Response(orjson.dumps(doc), status_code=status, media_type="application/json")
-
-
-class Busy(Exception):
-    """A feature job is already running."""
-
-
-def _run(data: dict) -> dict:
+def _run(_kind: str, data: dict[str, Any]) -> dict[str, Any]:
     if not _busy.acquire(blocking=False):
-        raise Busy
+        raise TaskBusyError("a feature job is already running")
     try:
         return run_features(config_from_task(data, **_SPARK), _objects, _kv)
     finally:
         _busy.release()
 
 
+_handle = task_handler(
+    "feature-engineering", _run, accepts={FEATURE_ENGINEERING}, health=lambda: {"running": _busy.locked()}
+)
+
+
 @functions_framework.aio.http
 async def feature_engineering(request: Request) -> Response:
     """POST /: run the feature job for one task CloudEvent; GET /health."""
-    if request.url.path.rstrip("/") == "/health":
-        return _json({"status": "ok", "running": _busy.locked()}, 200)
-    if request.method != "POST":
-        return _json({"error": "POST a task CloudEvent"}, 405)
-    try:
-        event = from_http(dict(request.headers), await request.body())
-        validate(event)
-        kind = effective_type(event)
-        if kind != FEATURE_ENGINEERING:
-            raise InvalidInputError(f"feature-engineering takes {FEATURE_ENGINEERING}, not {kind}")
-        report = await asyncio.to_thread(_run, event_data(event) or {})
-    except ClientDisconnect:
-        return _json({"error": "client disconnected"}, 400)
-    except NotFoundError as exc:
-        return _json({"error": str(exc)}, 422)
-    except InvalidInputError as exc:
-        return _json({"error": str(exc)}, 400)
-    except BackendUnavailableError as exc:
-        log.warning("feature job failed on a backend: %s", exc)
-        return _json({"error": f"backend unavailable, retry: {exc}"}, 503)
-    except Busy:
-        return _json({"error": "a feature job is already running"}, 409)
-    except Exception:
-        log.exception("feature job failed")
-        return _json({"error": "internal error"}, 500)
-    return _json(report, 200)
+    return await _handle(request)

@@ -50,6 +50,7 @@ def test_repo_ping_sources_send_valid_worker_tasks() -> None:
         "rebuild-hot": "http://127.0.0.1:8088",  # worker
         "export-events": "http://127.0.0.1:8088",
         "feature-engineering": "http://127.0.0.1:8092",
+        "nightly-training": "http://127.0.0.1:8091",
     }
     assert set(specs) == set(sinks)
     cat = catalogue()

@@ -23,6 +23,7 @@ EXPECTED_TYPES = {
     "dev.zerorec.task.export-events.v1",
     "dev.zerorec.task.feature-engineering.v1",
     "dev.zerorec.task.vector-generation.v1",
+    "dev.zerorec.task.train.v1",
 }
 
 
