@@ -9,7 +9,7 @@ from __future__ import annotations
 import functions_framework.aio
 from starlette.requests import Request
 from starlette.responses import Response
-from zerorec.api import RankingRequest
+from zerorec.api import MAX_BATCH_BODY_BYTES, RankingRequest
 from zerorec.online import RANKING_PARTS, RankingStage, default_kv, stage_loader
 from zerorec.serving import ModelSlot, dispatch, offload, parse
 from zerorec.settings import get_settings
@@ -25,7 +25,7 @@ SLOT.load()  # cold start: before functions-framework opens the port
 
 
 async def _score(request: Request, stage: RankingStage) -> Response:
-    return await offload(stage.score, await parse(request, RankingRequest))
+    return await offload(stage.score, await parse(request, RankingRequest, MAX_BATCH_BODY_BYTES))
 
 
 _handle = dispatch(SLOT, {"/": _score})

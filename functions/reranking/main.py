@@ -9,7 +9,7 @@ from __future__ import annotations
 import functions_framework.aio
 from starlette.requests import Request
 from starlette.responses import Response
-from zerorec.api import RerankRequest
+from zerorec.api import MAX_BATCH_BODY_BYTES, RerankRequest
 from zerorec.online import DATA_ONLY, RerankStage, stage_loader
 from zerorec.serving import ModelSlot, dispatch, offload, parse
 from zerorec.settings import get_settings
@@ -24,7 +24,7 @@ SLOT.load()  # cold start: before functions-framework opens the port
 
 
 async def _rerank(request: Request, stage: RerankStage) -> Response:
-    return await offload(stage.rerank, await parse(request, RerankRequest))
+    return await offload(stage.rerank, await parse(request, RerankRequest, MAX_BATCH_BODY_BYTES))
 
 
 _handle = dispatch(SLOT, {"/": _rerank})

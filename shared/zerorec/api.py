@@ -20,6 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from typing_extensions import TypedDict
 
 MAX_BODY_BYTES = 64 * 1024
+# ranking and reranking take candidate batches (up to MAX_CANDIDATES items with their channel scores:
+# 500 are ~75 KB): their bodies may be larger than a public request's.
+MAX_BATCH_BODY_BYTES = 1024 * 1024
 MAX_EXCLUDE = 1000
 MAX_CANDIDATES = 2000
 

@@ -9,10 +9,11 @@ import time
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 from conftest import Stack, Tiny
 from fn_bundles import publish
-from zerorec.api import MAX_BODY_BYTES
+from zerorec.api import MAX_BATCH_BODY_BYTES, MAX_BODY_BYTES
 from zerorec.cloudevents_io import new_event, to_http_binary, to_http_structured
 from zerorec.storage.objects_local import LocalObjectStore
 
@@ -152,7 +153,8 @@ def test_malformed_oversized_and_wrong_method(embedded: Stack, fn: str) -> None:
     url = embedded.urls[fn] + "/"
     r = httpx.post(url, content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 400 and r.json()["error"]
-    r = httpx.post(url, content=b"[" + b"1," * MAX_BODY_BYTES + b"1]")
+    limit = MAX_BATCH_BODY_BYTES if fn in ("ranking", "reranking") else MAX_BODY_BYTES  # candidate batches
+    r = httpx.post(url, content=b"[" + b"1," * limit + b"1]")
     assert r.status_code == 413 and "larger" in r.json()["error"]
     r = httpx.get(url)
     assert r.status_code == 405 and r.json()["error"]
@@ -271,3 +273,21 @@ def test_item_admin_publishes_catalogue_events(embedded: Stack) -> None:
     body = r.json()
     assert body["upserted"]["published"] == 1 and body["upserted"]["rejected"] == 1
     assert body["upserted"]["reasons"][0]["index"] == 1 and body["deleted"]["published"] == 1
+
+
+def test_a_full_candidate_batch_is_not_too_large(embedded: Stack) -> None:
+    """500 candidates with their channel scores are over the public 64 KiB body limit: ranking and
+    reranking take them (the BFF sends exactly this)."""
+    scores = {"ease": 0.123456789, "als": 0.987654321, "itemcf": 1.5, "hot": 42.0}
+    cands = [
+        {"item_id": f"new-{k:05d}", "score": 1 - k / 500, "channel": "ease", "channel_scores": scores}
+        for k in range(500)
+    ]
+    body = {"user_id": "u1", "candidates": cands}
+    assert len(orjson.dumps(body)) > MAX_BODY_BYTES
+    r = post(embedded, "ranking", body)
+    assert r.status_code == 200, r.text
+    assert r.json()["scores"] == [0.0] * 500  # ids the model does not know score 0
+    items = [{"item_id": c["item_id"], "score": c["score"], "channel": "ease"} for c in cands] * 2
+    r = post(embedded, "reranking", {"user_id": "u1", "items": items, "n": 10})
+    assert r.status_code == 200, r.text
