@@ -90,7 +90,7 @@ def evaluate(
     interactions, items = _load(dataset)
     with threadpool_limits(2):
         report = evaluate_protocol(interactions, items, progress=True, log=_log)
-    report["dataset"] = str(dataset) if dataset else "synthetic"
+    report["dataset"] = dataset.name if dataset else "synthetic"  # a name, not a machine path
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=2))
     typer.echo(
@@ -178,7 +178,7 @@ def tune_rerank_cmd(
     interactions, items = _load(dataset)
     with threadpool_limits(2):
         result = tune_rerank(interactions, items, max_ndcg_loss=max_ndcg_loss, progress=True, log=_log)
-    result["dataset"] = str(dataset) if dataset else "synthetic"
+    result["dataset"] = dataset.name if dataset else "synthetic"  # a name, not a machine path
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     ref = result["ranked"]
