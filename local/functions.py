@@ -185,6 +185,9 @@ def function_env(
     # spinning against the other processes cost several times the work itself on a busy machine.
     env.setdefault("OPENBLAS_NUM_THREADS", "1")
     env.setdefault("OMP_NUM_THREADS", "1")
+    # Functions are servers started from zero: they keep compiled bytecode (__pycache__, git-ignored)
+    # as an image would, instead of recompiling zerorec on every cold start (~0.3 s).
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     if real:
         env.update(infra_env())

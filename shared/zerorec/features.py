@@ -138,8 +138,8 @@ def build_features(
         dense_cols.append(np.log1p(_rank_of(vec, query.history, cand)))
         dense_cols.append(found[:, col_of[c]].astype(np.float64) if c in col_of else np.zeros(m))
     if hot is not None:
-        dense_cols.append(np.log1p(hot.popularity_at(now, SHORT_TAU_DAYS)[cand]))
-        dense_cols.append(np.log1p(hot.popularity_at(now, LONG_TAU_DAYS)[cand]))
+        dense_cols.append(np.log1p(hot.popularity_at(now, SHORT_TAU_DAYS, cand)))
+        dense_cols.append(np.log1p(hot.popularity_at(now, LONG_TAU_DAYS, cand)))
     else:
         dense_cols += [np.zeros(m), np.zeros(m)]
     dense_cols.append(items.log_popularity[cand])

@@ -323,6 +323,7 @@ class HotChannel(RecallChannel):
         self.origin = 0.0
         self.category_names: list[str] = []
         self.category_items = sp.csr_matrix((0, 0), dtype=np.float32)  # items x categories
+        self._by_item: tuple[sp.csr_matrix, sp.csr_matrix] | None = None  # (counts, counts.T as CSR)
 
     def fit(self, data: InteractionData) -> Self:
         coo = data.times.tocoo()
@@ -347,13 +348,20 @@ class HotChannel(RecallChannel):
         self.default_now = data.max_time()
         return self
 
-    def popularity_at(self, now: float, tau_days: float | None = None) -> np.ndarray:
-        """Kernel-weighted interaction counts per item at time ``now`` (``tau_days`` overrides tau)."""
+    def popularity_at(
+        self, now: float, tau_days: float | None = None, items: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Kernel-weighted interaction counts per item at time ``now`` (``tau_days`` overrides tau);
+        only for ``items`` when given (the same sums, in the same order, for those items alone)."""
         width = self.bin_days * 86_400
         centers = self.origin + (np.arange(self.counts.shape[0]) + 0.5) * width
         tau = (self.tau_days if tau_days is None else tau_days) * 86_400
         kernel = np.exp(-np.abs(now - centers) / tau).astype(np.float32)
-        return np.asarray(self.counts.T @ kernel).ravel()
+        if items is None:
+            return np.asarray(self.counts.T @ kernel).ravel()
+        if self._by_item is None or self._by_item[0] is not self.counts:
+            self._by_item = (self.counts, sp.csr_matrix(self.counts.T))  # items x bins
+        return np.asarray(self._by_item[1][items] @ kernel).ravel()
 
     def score(self, query: UserQuery) -> np.ndarray:
         return self.popularity_at(query.reference_time(self.default_now)).astype(np.float32)
