@@ -21,7 +21,17 @@ from zerorec.storage import event_bus
 
 _settings = get_settings()
 _kv = default_kv(_settings)
-_admin = ItemAdmin(event_bus(_settings), _settings.topic_items)
+_admin: ItemAdmin | None = None  # the items topic's producer: built on the first admin call
+
+
+def _admin_instance() -> ItemAdmin:
+    """The catalogue admin, created on first use (keeps the bus client out of the cold start)."""
+    global _admin
+    if _admin is None:
+        _admin = ItemAdmin(event_bus(_settings), _settings.topic_items)
+    return _admin
+
+
 SLOT: ModelSlot[ItemStage] = ModelSlot(
     _settings.model_name,
     stage_loader(lambda m: ItemStage(m, _kv), _settings, DATA_ONLY),
@@ -40,7 +50,7 @@ async def _admin_items(request: Request, _stage: ItemStage) -> Response:
         raise HTTPError(401, "missing or wrong X-API-Key")
     req = await parse(request, ItemAdminRequest, limit=1024 * 1024)
     try:
-        response = await offload(_admin.apply, req)
+        response = await offload(_admin_instance().apply, req)
     except (DeliveryError, BackendUnavailableError) as exc:
         raise HTTPError(503, f"items topic unavailable: {exc}") from None
     response.status_code = 202
