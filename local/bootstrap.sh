@@ -67,22 +67,31 @@ if [[ ! -x $VENV/bin/python ]] || ! "$VENV/bin/python" -c 'import sys; sys.exit(
   rm -f "$STAMP"
 fi
 
+# pip keeps no HTTP cache on these machines, so a wheelhouse outside the clone is the cache.
+WHEELS=${ZEROREC_WHEELHOUSE:-${XDG_CACHE_HOME:-$HOME/.cache}/zerorec/wheels}
+mkdir -p "$WHEELS"
+
+wheelhouse_install() {  # PYTHON SPEC [-e]: pip install SPEC offline from the wheelhouse
+  local py=$1 spec=$2 edit=${3:-} sdist
+  local pip=("$py" -m pip --disable-pip-version-check -q)
+  # shellcheck disable=SC2086  # $edit is empty or -e
+  "${pip[@]}" install --no-index --find-links "$WHEELS" $edit "$spec" 2>/dev/null && return 0
+  say "fetching wheels for ${spec##*/} into $WHEELS (torch is several GB: minutes the first time)"
+  "${pip[@]}" download -d "$WHEELS" "$spec"
+  # Source-only packages (pyspark) become wheels once, so later installs never build them.
+  for sdist in "$WHEELS"/*.tar.gz; do
+    [[ -e $sdist ]] || continue
+    compgen -G "$WHEELS/$(basename "${sdist%-*}")-*.whl" >/dev/null || "${pip[@]}" wheel --no-deps -w "$WHEELS" "$sdist"
+  done
+  # shellcheck disable=SC2086
+  "${pip[@]}" install --no-index --find-links "$WHEELS" $edit "$spec"
+}
+
 # Reinstall when pyproject.toml changes (or the venv lost the task runner).
 want=$(sha256sum "$ROOT/pyproject.toml" | cut -d" " -f1)
-have=$(cat "$STAMP" 2>/dev/null || true)
-if [[ $want != "$have" || ! -x $VENV/bin/task ]]; then
-  # pip keeps no HTTP cache on these machines, so a wheelhouse outside the clone is the cache:
-  # install from it offline; only when a pinned wheel is missing, download into it and retry.
-  WHEELS=${ZEROREC_WHEELHOUSE:-${XDG_CACHE_HOME:-$HOME/.cache}/zerorec/wheels}
-  mkdir -p "$WHEELS"
-  pip_install() { "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$@" -e "$ROOT[train,dev,spark]"; }
+if [[ $want != "$(cat "$STAMP" 2>/dev/null || true)" || ! -x $VENV/bin/task ]]; then
   t=${EPOCHREALTIME/,/.}
-  if ! pip_install --no-index --find-links "$WHEELS" 2>/dev/null; then
-    say "downloading wheels into $WHEELS (torch is several GB: minutes the first time)"
-    "$VENV/bin/python" -m pip download -q --disable-pip-version-check -d "$WHEELS" "$ROOT[train,dev,spark]"
-    say "pip install -e '.[train,dev,spark]' from $WHEELS"
-    pip_install --no-index --find-links "$WHEELS"
-  fi
+  wheelhouse_install "$VENV/bin/python" "$ROOT[train,dev,spark]" -e
   echo "$want" >"$STAMP"
   say "pip install took $(awk -v a="$t" -v b="${EPOCHREALTIME/,/.}" 'BEGIN { printf "%.0f", b - a }')s"
 fi
@@ -92,14 +101,8 @@ FLINK_VENV=$ROOT/.local-infra/flink-venv
 FLINK_REQ=$ROOT/jobs/flink_realtime/requirements.txt
 fwant=$(sha256sum "$FLINK_REQ" | cut -d" " -f1)
 if [[ $fwant != "$(cat "$FLINK_VENV/.zerorec-install-stamp" 2>/dev/null || true)" ]]; then
-  WHEELS=${ZEROREC_WHEELHOUSE:-${XDG_CACHE_HOME:-$HOME/.cache}/zerorec/wheels}
   [[ -x $FLINK_VENV/bin/python ]] || "$PYTHON" -m venv "$FLINK_VENV"
-  flink_install() { "$FLINK_VENV/bin/python" -m pip install -q --disable-pip-version-check "$@" -r "$FLINK_REQ"; }
-  if ! flink_install --no-index --find-links "$WHEELS" 2>/dev/null; then
-    say "downloading the PyFlink job's wheels into $WHEELS"
-    "$FLINK_VENV/bin/python" -m pip download -q --disable-pip-version-check -d "$WHEELS" -r "$FLINK_REQ"
-    flink_install --no-index --find-links "$WHEELS"
-  fi
+  wheelhouse_install "$FLINK_VENV/bin/python" "-r$FLINK_REQ"
   echo "$fwant" >"$FLINK_VENV/.zerorec-install-stamp"
 fi
 
