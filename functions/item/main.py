@@ -14,7 +14,15 @@ from starlette.responses import Response
 from zerorec.api import ItemRequest
 from zerorec.errors import BackendUnavailableError, DeliveryError
 from zerorec.ingest import check_api_key
-from zerorec.online import DATA_ONLY, ItemAdmin, ItemAdminRequest, ItemStage, default_kv, stage_loader
+from zerorec.online import (
+    DATA_ONLY,
+    ItemAdmin,
+    ItemAdminRequest,
+    ItemStage,
+    default_kv,
+    latest_probe,
+    stage_loader,
+)
 from zerorec.serving import HTTPError, ModelSlot, dispatch, offload, parse
 from zerorec.settings import get_settings
 from zerorec.storage import event_bus
@@ -36,6 +44,8 @@ SLOT: ModelSlot[ItemStage] = ModelSlot(
     _settings.model_name,
     stage_loader(lambda m: ItemStage(m, _kv), _settings, DATA_ONLY),
     _settings.model_retry_s,
+    latest=latest_probe(_settings),
+    poll_s=_settings.model_poll_s,
 )
 SLOT.load()  # cold start: before functions-framework opens the port
 

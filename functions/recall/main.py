@@ -10,7 +10,7 @@ import functions_framework.aio
 from starlette.requests import Request
 from starlette.responses import Response
 from zerorec.api import HotRequest, RecallRequest
-from zerorec.online import RECALL_PARTS, RecallStage, default_kv, stage_loader
+from zerorec.online import RECALL_PARTS, RecallStage, default_kv, latest_probe, stage_loader
 from zerorec.serving import ModelSlot, dispatch, offload, parse
 from zerorec.settings import get_settings
 
@@ -20,6 +20,8 @@ SLOT: ModelSlot[RecallStage] = ModelSlot(
     _settings.model_name,
     stage_loader(lambda m: RecallStage(m, _kv), _settings, RECALL_PARTS),
     _settings.model_retry_s,
+    latest=latest_probe(_settings),
+    poll_s=_settings.model_poll_s,
 )
 SLOT.load()  # cold start: before functions-framework opens the port
 

@@ -10,7 +10,7 @@ import functions_framework.aio
 from starlette.requests import Request
 from starlette.responses import Response
 from zerorec.api import MAX_BATCH_BODY_BYTES, RerankRequest
-from zerorec.online import DATA_ONLY, RerankStage, stage_loader
+from zerorec.online import DATA_ONLY, RerankStage, latest_probe, stage_loader
 from zerorec.serving import ModelSlot, dispatch, offload, parse
 from zerorec.settings import get_settings
 
@@ -19,6 +19,8 @@ SLOT: ModelSlot[RerankStage] = ModelSlot(
     _settings.model_name,
     stage_loader(lambda m: RerankStage(m, _settings.rerank_diversity), _settings, DATA_ONLY),
     _settings.model_retry_s,
+    latest=latest_probe(_settings),
+    poll_s=_settings.model_poll_s,
 )
 SLOT.load()  # cold start: before functions-framework opens the port
 

@@ -10,7 +10,7 @@ import functions_framework.aio
 from starlette.requests import Request
 from starlette.responses import Response
 from zerorec.api import UserRequest
-from zerorec.online import DATA_ONLY, UserStage, default_kv, stage_loader
+from zerorec.online import DATA_ONLY, UserStage, default_kv, latest_probe, stage_loader
 from zerorec.serving import ModelSlot, dispatch, offload, parse
 from zerorec.settings import get_settings
 
@@ -20,6 +20,8 @@ SLOT: ModelSlot[UserStage] = ModelSlot(
     _settings.model_name,
     stage_loader(lambda m: UserStage(m, _kv), _settings, DATA_ONLY),
     _settings.model_retry_s,
+    latest=latest_probe(_settings),
+    poll_s=_settings.model_poll_s,
 )
 SLOT.load()  # cold start: before functions-framework opens the port
 

@@ -46,7 +46,7 @@ from zerorec.api import (
     RerankResponse,
     UserProfile,
 )
-from zerorec.bundle import load_bundle
+from zerorec.bundle import latest_version, load_bundle
 from zerorec.errors import BackendUnavailableError
 from zerorec.pipeline import CHANNEL_ORDER, Recommender
 from zerorec.realtime import (
@@ -397,6 +397,13 @@ def stage_loader(
         return model.version, build(model)
 
     return load
+
+
+def latest_probe(settings: Settings | None = None) -> Callable[[], str]:
+    """The version the configured model's LATEST points at (for ModelSlot's polling)."""
+    s = settings or get_settings()
+    store = object_store(s)
+    return lambda: latest_version(store, s.model_name)
 
 
 def default_kv(settings: Settings | None = None) -> KVStore:

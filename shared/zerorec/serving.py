@@ -129,15 +129,28 @@ class ModelSlot(Generic[T]):
     current model in place and records `last_error`.
     """
 
-    def __init__(self, name: str, loader: Callable[[str], tuple[str, T]], retry_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        name: str,
+        loader: Callable[[str], tuple[str, T]],
+        retry_s: float = 5.0,
+        *,
+        latest: Callable[[], str] | None = None,
+        poll_s: float = 0.0,
+    ) -> None:
+        """`latest()` names the version LATEST points at (one small read); with `poll_s` > 0 the
+        slot checks it that often and loads a new version it has not been told about. Knative
+        delivers a model.published event to ONE pod of a Service: polling is how the others follow."""
         self.name = name
         self._loader = loader
         self._lock = threading.Lock()
         self._current: Loaded[T] | None = None
         self.last_error: str | None = None
         self.retry_s = retry_s
+        self._latest = latest
+        self.poll_s = poll_s
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._next_retry = 0.0
+        self._next_check = 0.0
 
     @property
     def current(self) -> Loaded[T] | None:
@@ -184,16 +197,33 @@ class ModelSlot(Generic[T]):
         task.add_done_callback(self._tasks.discard)
         return task
 
-    def retry_if_missing(self) -> None:
-        """While nothing is loaded, try again in the background (at most once per `retry_s`)."""
+    def refresh_if_due(self) -> None:
+        """Cheap enough for every request: while nothing is loaded, retry in the background every
+        `retry_s`; once loaded, every `poll_s` ask `latest()` and load a version that moved."""
         now = time.monotonic()
-        if self._current is None and not self._tasks and now >= self._next_retry:
-            self._next_retry = now + self.retry_s
+        if self._tasks or now < self._next_check:
+            return
+        if self._current is None:
+            self._next_check = now + self.retry_s
             self.reload_in_background()
+        elif self._latest is not None and self.poll_s > 0:
+            self._next_check = now + self.poll_s
+            task = asyncio.get_running_loop().create_task(asyncio.to_thread(self._follow_latest))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _follow_latest(self) -> bool:
+        assert self._latest is not None
+        try:
+            version = self._latest()
+        except ZeroRecError as exc:  # the store is down: keep serving what we have
+            log.warning("model %s: LATEST not readable: %s", self.name, exc)
+            return False
+        return version == self.version or self.load(version)
 
     def health(self) -> Response:
         """GET /health: 200 with the model version once loaded, else 503 'loading'."""
-        self.retry_if_missing()
+        self.refresh_if_due()
         cur = self._current
         body: dict[str, Any] = {"status": "ok" if cur else "loading", "model_version": self.version}
         if cur:
@@ -240,6 +270,7 @@ def dispatch(slot: ModelSlot[Any], routes: dict[str, Route]) -> Callable[[Reques
     any other path; errors as JSON (see `guard`)."""
 
     async def handle(request: Request) -> Response:
+        slot.refresh_if_due()
         path = route(request)
         if path == "/health":
             if request.method not in ("GET", "HEAD"):

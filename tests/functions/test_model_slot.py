@@ -49,3 +49,48 @@ def test_missing_model_retries_in_background() -> None:
 
     asyncio.run(go())
     assert slot.version == "v1" and len(calls) == 2
+
+
+def _drive(slot: ModelSlot, until: str | None = None, rounds: int = 200) -> None:
+    """Call refresh_if_due as requests would, until the slot serves `until` (or `rounds` pass)."""
+
+    async def go() -> None:
+        for _ in range(rounds):
+            slot.refresh_if_due()
+            if slot.version == until:
+                return
+            await asyncio.sleep(0.02)
+
+    asyncio.run(go())
+
+
+def test_a_loaded_slot_follows_latest_it_was_not_told_about() -> None:
+    """Knative delivers model.published to one pod: the others must find the new LATEST themselves."""
+    latest = ["v1"]
+    store_down = [False]
+
+    def probe() -> str:
+        if store_down[0]:
+            raise NotFoundError("LATEST unreadable")
+        return latest[0]
+
+    def loader(version: str) -> tuple[str, str]:
+        got = latest[0] if version == "latest" else version
+        return got, f"model-{got}"
+
+    slot = ModelSlot("m", loader, latest=probe, poll_s=0.01)
+    assert slot.load() and slot.version == "v1"
+    latest[0] = "v2"
+    _drive(slot, until="v2")
+    assert slot.version == "v2" and slot.require().value == "model-v2"
+
+    store_down[0] = True  # an unreadable LATEST keeps the model that serves
+    latest[0] = "v3"
+    _drive(slot, rounds=10)
+    assert slot.version == "v2"
+
+    plain = ModelSlot("m", loader)  # no `latest`: never polls
+    assert plain.load() and plain.version == "v3"
+    latest[0] = "v4"
+    _drive(plain, rounds=10)
+    assert plain.version == "v3"
