@@ -9,14 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import scipy.sparse as sp
 
 from zerorec.data.interactions import InteractionData
 from zerorec.recall.base import UserQuery
-from zerorec.recall.channels import HotChannel
 from zerorec.recall.merge import MergedCandidates
+
+if TYPE_CHECKING:  # the ranking side loads scipy and the channels; data-only functions never do
+    import scipy.sparse as sp
+
+    from zerorec.recall.channels import HotChannel
 
 GENRE_SLOTS = 3
 SHORT_TAU_DAYS = 7.0
@@ -29,12 +33,14 @@ class ItemFeatures:
 
     log_popularity: np.ndarray  # log1p(#users) per item
     genre_slots: np.ndarray  # int64 [n_items, GENRE_SLOTS], genre index + 1, 0 = none
-    genre_matrix: sp.csr_matrix  # items x genres, rows L2-normalised
+    genre_matrix: sp.csr_matrix | Any  # items x genres, rows L2-normalised (CSRArrays: data-only)
     created: np.ndarray  # first-seen / created_at seconds
     n_genres: int
 
     @classmethod
     def from_data(cls, data: InteractionData) -> ItemFeatures:
+        import scipy.sparse as sp
+
         vocab: dict[str, int] = {}
         slots = np.zeros((data.n_items, GENRE_SLOTS), dtype=np.int64)
         rows, cols = [], []
@@ -70,11 +76,18 @@ class ItemFeatures:
         }
 
     @classmethod
-    def from_arrays(cls, arrays: Mapping[str, np.ndarray | sp.csr_matrix]) -> ItemFeatures:
+    def from_arrays(cls, arrays: Mapping[str, Any]) -> ItemFeatures:
+        """`genre_matrix` a scipy matrix, or kept as it is when it is not one (the scipy-free
+        CSRArrays of a data-only function, which never builds ranker features)."""
+        gm = arrays["genre_matrix"]
+        if gm.__class__.__module__.startswith("scipy."):
+            import scipy.sparse as sp
+
+            gm = sp.csr_matrix(gm, dtype=np.float32)
         return cls(
             np.asarray(arrays["log_popularity"], np.float32),
             np.asarray(arrays["genre_slots"], np.int64),
-            sp.csr_matrix(arrays["genre_matrix"], dtype=np.float32),
+            gm,
             np.asarray(arrays["created"], np.float64),
             int(np.asarray(arrays["n_genres"])[0]),
         )

@@ -176,3 +176,22 @@ def test_stage_gains_chain_deltas():
     assert out[2]["delta_ndcg@10"] == pytest.approx(0.05)
     assert out[3]["delta_recall@20"] == pytest.approx(0.01)
     assert "delta_ndcg@10" not in out[0]
+
+
+def test_data_only_load_reads_histories_without_scipy(trained):
+    """Reranking, user and item load only meta, histories and item data: read with numpy alone
+    (CSRArrays), they give the same histories, times and item data as the full (scipy) load."""
+    from zerorec.pipeline import CSRArrays
+
+    files = trained[0].to_files()
+    full = Recommender.from_files(files)
+    data_only = {k: v for k, v in files.items() if not k.startswith("channels/") and k != "ranker.onnx"}
+    lite = Recommender.from_files(data_only)
+    assert isinstance(lite.data.times, CSRArrays) and not lite.channels
+    assert lite.data.max_time() == full.data.max_time()
+    assert np.array_equal(lite.data.item_created, full.data.item_created)
+    assert np.array_equal(lite.items.created, full.items.created)
+    for user in range(full.data.n_users):
+        (a, ta), (b, tb) = lite.data.history(user), full.data.history(user)
+        assert np.array_equal(a, b) and np.array_equal(ta, tb)
+    assert lite.data.item_categories == full.data.item_categories

@@ -22,6 +22,7 @@ spec.loader.exec_module(module)
 slot = getattr(module, "SLOT", None)  # the BFF holds no model
 assert slot is None or slot.version, slot.last_error
 print("TORCH", sorted(m for m in sys.modules if m == "torch" or m.startswith("torch.")))
+print("SCIPY", sorted(m for m in sys.modules if m == "scipy" or m.startswith("scipy.")))
 """
 
 
@@ -46,3 +47,5 @@ def test_function_module_does_not_import_torch(fn: str, data_dir: Path) -> None:
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "TORCH []" in out.stdout, out.stdout
+    if fn in ("reranking", "user", "item", "recommender"):  # data only: no scipy at cold start
+        assert "SCIPY []" in out.stdout, out.stdout

@@ -12,12 +12,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
-import scipy.sparse as sp
 
 from zerorec.errors import InvalidInputError
 
 if TYPE_CHECKING:  # pandas is for training and loading files: serving never imports it
     import pandas as pd
+    import scipy.sparse as sp  # built in from_frame; data-only functions never import scipy
 
 REQUIRED_COLUMNS = ("user_id", "item_id", "timestamp")
 ITEM_COLUMNS = ("item_id", "title", "categories", "created_at")
@@ -163,6 +163,8 @@ class InteractionData:
         item_vocabulary: Sequence[str] | None = None,
     ) -> InteractionData:
         """Index a normalised interactions frame (see normalize_interactions)."""
+        import scipy.sparse as sp
+
         user_ids = np.array(sorted(interactions["user_id"].unique().tolist()), dtype=object)
         if item_vocabulary is not None:
             item_ids = np.array(list(item_vocabulary), dtype=object)

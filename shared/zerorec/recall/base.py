@@ -12,13 +12,15 @@ import io
 import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import numpy as np
-import scipy.sparse as sp
 
 from zerorec.data.interactions import InteractionData
 from zerorec.errors import IntegrityError
+
+if TYPE_CHECKING:  # channels load scipy when they are built (data-only functions never do)
+    import scipy.sparse as sp
 
 
 @dataclass
@@ -110,6 +112,8 @@ class RecallChannel(ABC):
 
     def to_files(self) -> dict[str, bytes]:
         """Safe files: params.json plus one .npy/.npz/.faiss per learned array."""
+        import scipy.sparse as sp
+
         meta = {
             "channel": self.name,
             "n_items": self.n_items,
@@ -133,6 +137,8 @@ class RecallChannel(ABC):
     @classmethod
     def from_files(cls, files: dict[str, bytes]) -> Self:
         """Inverse of to_files; refuses a bundle written for another channel."""
+        import scipy.sparse as sp
+
         try:
             meta = json.loads(files["params.json"])
         except (KeyError, ValueError) as exc:
