@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+from collections import Counter
 from datetime import UTC, datetime
 
 import numpy as np
@@ -136,7 +136,8 @@ def test_reasons_are_strings_and_positions_refer_to_input() -> None:
         assert r.reasons[0] == f"found by {r.channel}"
 
 
-def test_speed_500_candidates() -> None:
+def test_500_candidates_honour_every_rule_at_once() -> None:
+    """The serving size (speed is measured by `zerorec bench serve`, not here)."""
     rng = np.random.default_rng(1)
     m = 500
     cands = [(f"i{k}", float(s), "als") for k, s in enumerate(rng.random(m))]
@@ -146,11 +147,8 @@ def test_speed_500_candidates() -> None:
     cfg = RerankConfig(diversity=0.3, max_per_category=4)
     seen = {f"i{k}" for k in range(0, m, 10)}
     for kwargs in ({"embeddings": emb}, {}):
-        rerank(cands, 20, cfg, categories=cats, created_at=created, seen=seen, now=NOW, **kwargs)  # warm-up
-        best = float("inf")
-        for _ in range(10):
-            t0 = time.perf_counter()
-            out = rerank(cands, 20, cfg, categories=cats, created_at=created, seen=seen, now=NOW, **kwargs)
-            best = min(best, time.perf_counter() - t0)
-        assert len(out) == 20
-        assert best < 0.005, f"rerank took {best * 1000:.2f} ms"
+        out = rerank(cands, 20, cfg, categories=cats, created_at=created, seen=seen, now=NOW, **kwargs)
+        ids = [o.item_id for o in out]
+        assert len(ids) == 20 == len(set(ids)) and not seen & set(ids)
+        per_category = Counter(c for i in ids for c in set(cats[i]))
+        assert max(per_category.values()) <= 4
