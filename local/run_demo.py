@@ -7,7 +7,8 @@ On the embedded default (SQLite KV and bus, models in a directory under ZEROREC_
 1. trains a model with `zerorec train` on the synthetic generator, or on the dataset named by
    ZEROREC_DATASET (e.g. a MovieLens folder), and publishes the bundle; an already published model
    is reused unless ZEROREC_DATASET changed or ZEROREC_RETRAIN=1;
-2. (re)starts every function as its own process (local/functions.py);
+2. (re)starts every function as its own process (local/functions.py) and imports the catalogue
+   through the item stream (worker -> items topic -> consumer -> item store);
 3. asks the recommender for a sample recommendation and prints it (titles, channel, reasons,
    degraded flags, timings);
 4. sends a view and a click on the top item through the behavior function (POST /events: bus ->
@@ -121,6 +122,49 @@ def wait_profile(base: str, user: str, item: str, timeout_s: float) -> float:
     raise SystemExit(f"run: the click did not reach {user}'s profile within {timeout_s:.0f} s")
 
 
+def import_catalogue(env: dict[str, str], worker: str, item_fn: str, timeout_s: float = 120) -> None:
+    """The training catalogue through the item stream, as production would: a Parquet object, a
+    catalogue-import task to the worker, item events on the items topic, the consumer into the KV
+    (the item function then serves titles)."""
+    import io
+
+    from zerorec.cloudevents_io import new_event, to_http_binary
+    from zerorec.data import generate, load_dataset
+    from zerorec.settings import Settings
+    from zerorec.storage import object_store
+
+    dataset = env.get("ZEROREC_DATASET")
+    items = load_dataset(Path(dataset))[1] if dataset else generate()[1]
+    settings = Settings(
+        **{
+            k[8:].lower(): v
+            for k, v in env.items()
+            if k[8:].lower() in Settings.model_fields and k.startswith("ZEROREC_")
+        }
+    )
+    buf = io.BytesIO()
+    items[["item_id", "title", "categories", "created_at"]].to_parquet(buf)
+    object_store(settings).put("imports/catalogue.parquet", buf.getvalue())
+    task = new_event(
+        "dev.zerorec.task.catalogue-import.v1",
+        {"key": "imports/catalogue.parquet", "format": "parquet"},
+        source="/zerorec/run-demo",
+    )
+    headers, body = to_http_binary(task)
+    r = httpx.post(f"{worker}/", headers=headers, content=body, timeout=120)
+    say(f"catalogue import ({len(items)} items) -> items topic: {r.status_code} {r.text[:120]}")
+    r.raise_for_status()
+    last = str(items["item_id"].iloc[-1])
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:  # the consumer applies the stream in order
+        got = httpx.post(f"{item_fn}/", json={"item_ids": [last]}, timeout=10).json()["items"]
+        if got.get(last, {}).get("title"):
+            say(f"the catalogue reached the item store after {time.monotonic() - t0:.1f} s")
+            return
+        time.sleep(0.3)
+    say(f"the catalogue did not reach the item store within {timeout_s:.0f} s; items show without titles")
+
+
 def warm(base: str, user: str, tries: int = 5) -> dict[str, Any]:
     """First requests warm the HTTP pools; return the first undegraded answer (or the last one)."""
     doc: dict[str, Any] = {}
@@ -145,7 +189,10 @@ def main(argv: list[str] | None = None) -> int:
     if lf.start(args.real, args.timeout, train=False) != 0:
         return 1
     p = lf.PORTS
-    bff, user_fn, behavior = (f"http://127.0.0.1:{p[n]}" for n in ("recommender", "user", "behavior"))
+    bff, user_fn, behavior, worker, item_fn = (
+        f"http://127.0.0.1:{p[n]}" for n in ("recommender", "user", "behavior", "worker", "item")
+    )
+    import_catalogue(env, worker, item_fn)
     user = pick_user(bff, env)
     say(f"sample user {user}")
     first = warm(bff, user)
