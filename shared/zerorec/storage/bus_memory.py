@@ -106,7 +106,8 @@ class MemoryConsumer(Consumer):
                     return out
                 self._bus._cond.wait(remaining)
 
-    def commit(self, records: Sequence[Record]) -> None:
+    def commit(self, records: Sequence[Record], *, asynchronous: bool = False) -> None:
+        # In-process: always synchronous (stronger than asked), so `asynchronous` changes nothing.
         if self._closed:
             raise InvalidInputError("consumer is closed")
         latest: dict[str, int] = {}
