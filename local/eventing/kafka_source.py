@@ -31,14 +31,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import signal
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,8 +105,7 @@ class KafkaSourceDispatcher:
     """Delivers one KafkaSource's records; `run()` loops until `stop()`.
 
     Delivery runs on an asyncio loop (uvloop when installed) with one keep-alive aiohttp session,
-    at most `max_parallel` requests in flight; Kafka polls and commits run, in order, on one worker
-    thread: the next batch is polled while one is delivered, and commits are asynchronous.
+    at most `max_parallel` requests in flight; Kafka polls and commits run on a worker thread.
     """
 
     def __init__(
@@ -147,7 +144,6 @@ class KafkaSourceDispatcher:
         self._consumer: Consumer | None = None
         self._session: aiohttp.ClientSession | None = None
         self._slots: asyncio.Semaphore | None = None
-        self._committed: dict[tuple[str, int], Record] = {}  # last done record per partition
 
     # ------------------------------------------------------------ lifecycle
 
@@ -164,7 +160,7 @@ class KafkaSourceDispatcher:
             consumer.close()
 
     def run(self) -> None:
-        """Consume and deliver until `stop()`; commits (asynchronously) after each polled batch."""
+        """Consume and deliver until `stop()`; commits after each polled batch."""
         try:
             import uvloop
 
@@ -176,78 +172,36 @@ class KafkaSourceDispatcher:
 
     async def _run(self) -> None:
         spec = self.spec
-        loop = asyncio.get_running_loop()
-        # Every consumer call runs on this one thread, in submission order: commits apply in order
-        # and backends need not be thread-safe; the loop itself never waits for a commit.
-        ops = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"kafka-source-{spec.name}")
-        self._consumer = await loop.run_in_executor(ops, self._join)
+        self._consumer = await asyncio.to_thread(self._join)
         self._slots = asyncio.Semaphore(self.max_parallel)
         connector = aiohttp.TCPConnector(limit=self.max_parallel * 2, keepalive_timeout=30)
         self._session = aiohttp.ClientSession(connector=connector)
         last_progress = time.monotonic()
         failures = 0
-        polling: asyncio.Future[list[Record]] | None = None
-        committing: asyncio.Future[None] | None = None
         try:
             while not self._stop.is_set():
                 consumer = self._consumer
                 if consumer is None:
                     break
-                if polling is None:
-                    polling = loop.run_in_executor(ops, consumer.poll, self.max_batch, self.poll_timeout_s)
                 try:
-                    records = await polling
+                    records = await asyncio.to_thread(consumer.poll, self.max_batch, self.poll_timeout_s)
                 except BackendUnavailableError as exc:
                     failures += 1
                     log.error("[kafka-source %s] poll failed (%s); retrying", spec.name, exc)
                     await self._sleep(min(0.5 * 2**failures, 10.0))
                     continue
-                finally:
-                    polling = None
                 failures = 0
-                if records and len(records) < self.max_batch and not self._stop.is_set():
-                    # A prefetched batch holds only what had arrived when it was polled: take what
-                    # came in since (no waiting), so that a backlog goes out in few large batches.
-                    more = await loop.run_in_executor(ops, consumer.poll, self.max_batch - len(records), 0.0)
-                    records = [*records, *more]
-                if records and not self._stop.is_set():
-                    # Prefetch: the next poll runs while this batch is being delivered.
-                    polling = loop.run_in_executor(ops, consumer.poll, self.max_batch, self.poll_timeout_s)
-                    done, count = await self._process(records)
-                    if done and not self._killed:
-                        # Queued behind that poll, never awaited here: delivery goes on meanwhile.
-                        committing = loop.run_in_executor(ops, self._commit, consumer, done, count, True)
+                if records:
+                    await self._process(records)
                 if time.monotonic() - last_progress >= self.progress_every_s:
                     last_progress = time.monotonic()
                     self.on_progress(f"[kafka-source {spec.name}] {self.stats.line()}")
         finally:
-            for pending in (polling, committing):
-                if pending is not None:
-                    with contextlib.suppress(Exception):  # a prefetched batch is simply not delivered
-                        await pending
             consumer, self._consumer = self._consumer, None
             if consumer is not None:
-                if self._committed and not self._killed:
-                    # Synchronous last commit: asynchronous ones may still be in flight at close.
-                    final = list(self._committed.values())
-                    await loop.run_in_executor(ops, self._commit, consumer, final, 0, False)
-                await loop.run_in_executor(ops, consumer.close)
-            ops.shutdown(wait=False)
+                consumer.close()
             await self._session.close()
             self.on_progress(f"[kafka-source {spec.name}] stopped: {self.stats.line()}")
-
-    def _commit(self, consumer: Consumer, records: list[Record], count: int, asynchronous: bool) -> None:
-        """Commit on the consumer thread; a failure is logged: the next commit covers these offsets."""
-        if self._killed:
-            return
-        try:
-            consumer.commit(records, asynchronous=asynchronous)
-        except (BackendUnavailableError, DeliveryError, InvalidInputError) as exc:
-            # Delivered but maybe not committed: redelivered after a restart (the sink is idempotent).
-            log.error("[kafka-source %s] commit failed: %s", self.spec.name, exc)
-        else:
-            with self._lock:
-                self.stats.committed += count
 
     async def _sleep(self, seconds: float) -> bool:
         """Wait `seconds` unless stopped first; True when stopped."""
@@ -275,9 +229,7 @@ class KafkaSourceDispatcher:
 
     # ------------------------------------------------------------ one polled batch
 
-    async def _process(self, records: Sequence[Record]) -> tuple[list[Record], int]:
-        """Deliver one polled batch; returns the last done record of each partition (what to
-        commit) and how many records are done. Only a done prefix of each partition counts."""
+    async def _process(self, records: Sequence[Record]) -> None:
         partitions: dict[tuple[str, int], list[Record]] = {}
         for record in records:
             partitions.setdefault((record.topic, record.partition), []).append(record)
@@ -289,14 +241,20 @@ class KafkaSourceDispatcher:
         else:
             lists = await asyncio.gather(*(self._partition_in_order(partitions[k]) for k in keys))
         done = dict(zip(keys, lists, strict=True))
-        to_commit = []
-        for key, batch in done.items():
-            if batch:
-                to_commit.append(batch[-1])
-                self._committed[key] = batch[-1]
+        to_commit = [batch[-1] for batch in done.values() if batch]
+        consumer = self._consumer
+        if to_commit and consumer is not None and not self._killed:
+            try:
+                await asyncio.to_thread(consumer.commit, to_commit)
+            except (BackendUnavailableError, DeliveryError) as exc:
+                # Delivered but not committed: redelivered after a restart (the sink is idempotent);
+                # the next successful commit covers these offsets too.
+                log.error("[kafka-source %s] commit failed: %s", self.spec.name, exc)
+            else:
+                with self._lock:
+                    self.stats.committed += sum(len(batch) for batch in done.values())
         if any(len(done[key]) < len(batch) for key, batch in partitions.items()):
             self._stop.set()  # an abandoned record: leave so that it is redelivered
-        return to_commit, sum(len(batch) for batch in done.values())
 
     @staticmethod
     def _prefix(batch: Sequence[Record], results: Sequence[bool]) -> list[Record]:

@@ -55,22 +55,6 @@ def test_committed_records_are_not_seen_again(bus: EventBus, topic: T, drain: D)
     assert [r.value for r in again] == [b"4"]  # the first thing the group sees is the new record
 
 
-def test_asynchronous_commits_apply_in_call_order(bus: EventBus, topic: T, drain: D) -> None:
-    t, g = topic("a"), topic("g")
-    bus.ensure_topics([t])
-    bus.publish(t, _records("1", "2", "3", "4"))
-    c1 = bus.consumer([t], g)
-    got = drain(c1, 4)
-    c1.commit(got[:1], asynchronous=True)
-    c1.commit(got[:3], asynchronous=True)  # may still be in flight when it returns
-    c1.commit(got[:3])  # a synchronous commit settles the position whatever was in flight
-    c1.close()
-    c2 = bus.consumer([t], g)
-    again = drain(c2, 1)
-    c2.close()
-    assert [r.value for r in again] == [b"4"]
-
-
 def test_uncommitted_records_are_redelivered_after_close(bus: EventBus, topic: T, drain: D) -> None:
     t, g = topic("a"), topic("g")
     bus.ensure_topics([t])

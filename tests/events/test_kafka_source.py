@@ -6,11 +6,11 @@ import base64
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 
 import pytest
 from zerorec.cloudevents_io import from_http, from_kafka_record, new_event, to_kafka_record
-from zerorec.storage.bus import Consumer, EventBus, OutgoingRecord, Record
+from zerorec.storage.bus import EventBus, OutgoingRecord, Record
 from zerorec.storage.bus_memory import MemoryEventBus
 
 from local.eventing.kafka_source import KafkaSourceDispatcher
@@ -109,72 +109,6 @@ def test_records_are_delivered_in_order_as_binary_cloudevents(bus: EventBus, sin
     assert first.headers["ce-id"] == original["id"]
     assert committed_position(bus) == []
     assert running.dispatcher.stats.delivered == 20
-
-
-class RecordingBus(MemoryEventBus):
-    """A MemoryEventBus whose consumers log each commit: (thread, asynchronous, offset, answered)."""
-
-    def __init__(self, answered: Callable[[], int]) -> None:
-        super().__init__()
-        self.answered = answered
-        self.calls: list[tuple[str, str, bool, int, int]] = []
-
-    def consumer(self, topics: Sequence[str], group: str, *, from_beginning: bool = True) -> Consumer:
-        inner = super().consumer(topics, group, from_beginning=from_beginning)
-        calls, answered = self.calls, self.answered
-
-        class Recording(Consumer):
-            def poll(self, max_records: int = 500, timeout_s: float = 1.0) -> list[Record]:
-                calls.append(("poll", threading.current_thread().name, False, -1, answered()))
-                return inner.poll(max_records, timeout_s)
-
-            def commit(self, records: Sequence[Record], *, asynchronous: bool = False) -> None:
-                last = max((r.offset for r in records), default=-1)
-                calls.append(("commit", threading.current_thread().name, asynchronous, last, answered()))
-                inner.commit(records, asynchronous=asynchronous)
-
-            def close(self) -> None:
-                inner.close()
-
-        return Recording()
-
-
-@pytest.mark.parametrize("mode", ["single", "batch"])
-def test_commits_are_asynchronous_in_order_and_only_after_the_answers(sink, mode: str) -> None:
-    answered = 0
-
-    def respond(received, n):  # counts events answered 2xx (a batch answers all of its events)
-        nonlocal answered
-        if received.headers["content-type"].startswith("application/cloudevents-batch+json"):
-            events = json.loads(received.body)
-            answered += len(events)
-            return 200, json.dumps({"results": [{"status": 200}] * len(events)}).encode()
-        answered += 1
-        return 200, b""
-
-    sink.respond = respond
-    bus = RecordingBus(lambda: answered)
-    bus.ensure_topics([TOPIC, DLQ])
-    dispatcher = KafkaSourceDispatcher(
-        spec(sink.url), bus, poll_timeout_s=0.05, max_batch=5, delivery_mode=mode, batch_size=2
-    )
-    running = Running(dispatcher)
-    for wave in range(3):  # several polled batches, some published while others are delivered
-        bus.publish(TOPIC, [behavior_record("u1", f"i{wave}-{n}") for n in range(7)])
-    running.wait(lambda: dispatcher.stats.committed == 21)
-    running.stop()
-    commits = [c for c in bus.calls if c[0] == "commit"]
-    assert len(commits) >= 2
-    # One consumer thread for polls and commits: commits reach the backend in order.
-    assert len({c[1] for c in bus.calls}) == 1
-    offsets = [c[3] for c in commits]
-    assert offsets == sorted(offsets) and offsets[-1] == 20
-    # Each commit covers only records whose answer had come back (offset n = the (n+1)th record).
-    assert all(offset + 1 <= seen for _, _, _, offset, seen in commits)
-    # Asynchronous while running; the last one, at stop, is synchronous.
-    assert all(c[2] for c in commits[:-1]) and not commits[-1][2]
-    assert committed_position(bus) == []
-    bus.close()
 
 
 def test_plain_record_gets_the_kafka_source_attributes(bus: EventBus, sink) -> None:

@@ -39,12 +39,8 @@ class Consumer(ABC):
         """Return up to `max_records` records, waiting at most `timeout_s` for the first."""
 
     @abstractmethod
-    def commit(self, records: Sequence[Record], *, asynchronous: bool = False) -> None:
-        """Mark `records` (and everything before them in their partitions) as processed.
-
-        `asynchronous=True` may return before the backend stored the offsets (commits still apply
-        in call order); a failure is then raised by a later `commit` call. Backends whose commit is
-        local and cheap simply commit synchronously."""
+    def commit(self, records: Sequence[Record]) -> None:
+        """Mark `records` (and everything before them in their partitions) as processed."""
 
     @abstractmethod
     def close(self) -> None:

@@ -181,12 +181,11 @@ class KafkaEventBus(EventBus):
 
 
 class KafkaConsumer(Consumer):
-    """A confluent-kafka consumer with auto-commit off; `commit` is synchronous unless asked otherwise."""
+    """A confluent-kafka consumer with auto-commit off; `commit` is synchronous."""
 
     def __init__(self, bus: KafkaEventBus, topics: list[str], group: str, from_beginning: bool) -> None:
         self._bus = bus
         self._down: str | None = None
-        self._commit_failed: str | None = None  # an asynchronous commit's error, raised by the next commit
         conf = {
             **bus._common,
             "group.id": group,
@@ -196,7 +195,6 @@ class KafkaConsumer(Consumer):
             "session.timeout.ms": 10000,
             "heartbeat.interval.ms": 3000,
             "error_cb": self._on_error,
-            "on_commit": self._on_commit,
         }
         self._c = _KConsumer(conf)
         try:  # fail fast (bounded) when the cluster is unreachable, instead of polling forever
@@ -211,15 +209,6 @@ class KafkaConsumer(Consumer):
     def _on_error(self, err: KafkaError) -> None:
         if err.code() == KafkaError._ALL_BROKERS_DOWN or err.fatal():
             self._down = err.str()
-
-    def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
-        # Served by poll()/commit(); only failures matter (asynchronous commits report nowhere else).
-        if err is not None:
-            self._commit_failed = err.str()
-            return
-        for tp in partitions or ():
-            if tp.error is not None:
-                self._commit_failed = f"{tp.topic}[{tp.partition}]: {tp.error.str()}"
 
     def _convert(self, msgs: list[Any]) -> list[Record]:
         out: list[Record] = []
@@ -263,9 +252,8 @@ class KafkaConsumer(Consumer):
             raise BackendUnavailableError(f"kafka at {self._bus.bootstrap} unreachable: {reason}")
         return self._convert(msgs)
 
-    def commit(self, records: Sequence[Record], *, asynchronous: bool = False) -> None:
-        """Commit offset+1 of the last record per partition, waiting for the broker's answer unless
-        `asynchronous` (librdkafka sends commits in call order; a failure surfaces on a later call)."""
+    def commit(self, records: Sequence[Record]) -> None:
+        """Commit offset+1 of the last record per partition, waiting for the broker's answer."""
         latest: dict[tuple[str, int], int] = {}
         for r in records:
             key = (r.topic, r.partition)
@@ -274,12 +262,6 @@ class KafkaConsumer(Consumer):
             return
         offsets = [TopicPartition(t, p, o + 1) for (t, p), o in latest.items()]
         try:
-            if asynchronous:
-                failed, self._commit_failed = self._commit_failed, None
-                self._c.commit(offsets=offsets, asynchronous=True)
-                if failed is not None:  # this commit (sent) covers those offsets too, if it succeeds
-                    raise DeliveryError(f"an earlier asynchronous kafka offset commit failed: {failed}")
-                return
             result = self._c.commit(offsets=offsets, asynchronous=False)
         except KafkaException as exc:
             err = exc.args[0]
@@ -291,7 +273,6 @@ class KafkaConsumer(Consumer):
                     f"kafka offset commit failed for {tp.topic}[{tp.partition}]: {tp.error.str()}; "
                     "the records will be redelivered"
                 )
-        self._commit_failed = None  # this commit covers whatever an earlier asynchronous one missed
 
     def close(self) -> None:
         with contextlib.suppress(RuntimeError):  # already closed

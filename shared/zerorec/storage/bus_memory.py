@@ -106,8 +106,7 @@ class MemoryConsumer(Consumer):
                     return out
                 self._bus._cond.wait(remaining)
 
-    def commit(self, records: Sequence[Record], *, asynchronous: bool = False) -> None:
-        # In-process: always synchronous (stronger than asked), so `asynchronous` changes nothing.
+    def commit(self, records: Sequence[Record]) -> None:
         if self._closed:
             raise InvalidInputError("consumer is closed")
         latest: dict[str, int] = {}

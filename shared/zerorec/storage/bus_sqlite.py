@@ -311,10 +311,8 @@ class SqliteConsumer(Consumer):
             time.sleep(min(pause, remaining))
             pause = min(pause * 2, 0.05)
 
-    def commit(self, records: Sequence[Record], *, asynchronous: bool = False) -> None:
-        """Store offset+1 of the last record per partition; refused if this member was dropped.
-
-        Always synchronous (a local transaction), whatever `asynchronous` says."""
+    def commit(self, records: Sequence[Record]) -> None:
+        """Store offset+1 of the last record per partition; refused if this member was dropped."""
         if self._closed:
             raise InvalidInputError("consumer is closed")
         latest: dict[tuple[str, int], int] = {}
