@@ -38,6 +38,11 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script: `local.eventing` comes from the repo root
+    sys.path.insert(0, str(ROOT))
+
+from local.eventing.manifests import PORTS as FUNCTION_PORTS  # noqa: E402
+
 RUN_DIR = Path(os.environ.get("ZEROREC_INFRA_DIR", ROOT / ".local-infra")) / "functions"
 BIN = Path(sys.executable).parent
 # ZEROREC_PORT_OFFSET shifts the whole port map (a second stack beside the first, e.g. the demo's test).
@@ -75,22 +80,8 @@ def ff(name: str, port: int, target: str | None = None) -> Service:
 
 
 SERVING = ("recall", "ranking", "reranking", "user", "item")
-BASE_PORTS = {
-    "recall": 8081,
-    "ranking": 8082,
-    "reranking": 8083,
-    "user": 8084,
-    "item": 8085,
-    "behavior": 8086,
-    "consumer": 8087,
-    "worker": 8088,
-    "model-training": 8091,
-    "feature-engineering": 8092,
-    "vector-generation": 8093,
-    "flink-realtime": 8094,
-    "recommender": 10071,
-    "recommender-grpc": 10072,
-}
+# The local port map of ARCHITECTURE.md (one copy, shared with the eventing emulator's sinks).
+BASE_PORTS = {**FUNCTION_PORTS, "recommender-grpc": 10072}
 PORTS = {name: port + PORT_OFFSET for name, port in BASE_PORTS.items()}
 
 

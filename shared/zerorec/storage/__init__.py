@@ -9,6 +9,7 @@ The real ones (S3, Redis, Kafka) are imported only when selected.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 from zerorec.settings import Settings, get_settings
 from zerorec.storage.bus import Consumer, EventBus, OutgoingRecord, Record
@@ -44,6 +45,14 @@ def object_store(settings: Settings | None = None) -> ObjectStore:
     return LocalObjectStore(s.objects_dir)
 
 
+def _embedded_once(key: str, build: Callable[[], object]) -> object:
+    """One embedded store per key and process: every caller in a process shares it."""
+    with _lock:
+        if key not in _embedded:
+            _embedded[key] = build()
+        return _embedded[key]
+
+
 def kv_store(settings: Settings | None = None) -> KVStore:
     """The configured KV store: `sqlite` (one per file and process), `memory` (one per process), `redis`."""
     s = settings or get_settings()
@@ -54,19 +63,13 @@ def kv_store(settings: Settings | None = None) -> KVStore:
     if s.kv_store == "sqlite":
         from zerorec.storage.kv_sqlite import SqliteKVStore
 
-        path = s.kv_sqlite_file.resolve()
-        with _lock:
-            kv = _embedded.get(f"kv:{path}")
-            if kv is None:
-                kv = _embedded[f"kv:{path}"] = SqliteKVStore.from_settings(s)
-        assert isinstance(kv, KVStore)
-        return kv
-    from zerorec.storage.kv_memory import MemoryKVStore
+        kv = _embedded_once(f"kv:{s.kv_sqlite_file.resolve()}", lambda: SqliteKVStore.from_settings(s))
+    else:
+        from zerorec.storage.kv_memory import MemoryKVStore
 
-    with _lock:
-        store = _embedded.setdefault("kv", MemoryKVStore())
-    assert isinstance(store, KVStore)
-    return store
+        kv = _embedded_once("kv", MemoryKVStore)
+    assert isinstance(kv, KVStore)
+    return kv
 
 
 def event_bus(settings: Settings | None = None) -> EventBus:
@@ -79,16 +82,10 @@ def event_bus(settings: Settings | None = None) -> EventBus:
     if s.event_bus == "sqlite":
         from zerorec.storage.bus_sqlite import SqliteEventBus
 
-        path = s.bus_sqlite_file.resolve()
-        with _lock:
-            bus = _embedded.get(f"bus:{path}")
-            if bus is None:
-                bus = _embedded[f"bus:{path}"] = SqliteEventBus.from_settings(s)
-        assert isinstance(bus, EventBus)
-        return bus
-    from zerorec.storage.bus_memory import MemoryEventBus
+        bus = _embedded_once(f"bus:{s.bus_sqlite_file.resolve()}", lambda: SqliteEventBus.from_settings(s))
+    else:
+        from zerorec.storage.bus_memory import MemoryEventBus
 
-    with _lock:
-        bus = _embedded.setdefault("bus", MemoryEventBus())
+        bus = _embedded_once("bus", MemoryEventBus)
     assert isinstance(bus, EventBus)
     return bus
