@@ -28,6 +28,46 @@ class MergedCandidates:
         return [c for c, s in zip(self.channel_names, row, strict=True) if np.isfinite(s)]
 
 
+def _interleave(
+    lists: Sequence[list[int]],
+    caps: Sequence[int],
+    taken: set[int],
+    limit: int,
+) -> tuple[list[int], list[int], list[int]]:
+    """Round-robin over `lists` (best first): in each round every open list takes its next item not
+    in `taken`, until `limit` items are taken; a list closes at `caps[c]` takes or at its end.
+
+    Returns (items taken, the list each came from, how far each list was scanned).
+    """
+    order: list[int] = []
+    owner: list[int] = []
+    used = [0] * len(lists)
+    cursor = [0] * len(lists)
+    active = [c for c in range(len(lists)) if caps[c] > 0 and lists[c]]
+    closing = False
+    while len(order) < limit and active:
+        for c in active:  # one round: each list still open takes its next new item
+            items, cur, end = lists[c], cursor[c], len(lists[c])
+            while cur < end:
+                item = items[cur]
+                cur += 1
+                if item not in taken:
+                    taken.add(item)
+                    order.append(item)
+                    owner.append(c)
+                    used[c] += 1
+                    break
+            cursor[c] = cur
+            if cur >= end or used[c] >= caps[c]:
+                closing = True
+            if len(order) >= limit:
+                break
+        if closing:  # rebuilt only when a list closed this round
+            active = [c for c in active if used[c] < caps[c] and cursor[c] < len(lists[c])]
+            closing = False
+    return order, owner, cursor
+
+
 def merge(
     answers: Sequence[Candidates], quotas: Mapping[str, int] | None = None, limit: int | None = None
 ) -> MergedCandidates:
@@ -37,42 +77,42 @@ def merge(
     every channel's score for it is kept as provenance. ``limit`` caps the merged length.
     """
     names = [a.channel for a in answers]
-    col = {n: i for i, n in enumerate(names)}
     lists = [a.items.tolist() for a in answers]  # plain ints: the interleave is a Python loop
     caps = [min(len(a), (quotas or {}).get(a.channel, len(a))) for a in answers]
-    taken: set[int] = set()
-    order: list[int] = []
-    primary: list[str] = []
-    used = [0] * len(answers)
-    cursor = [0] * len(answers)
     max_total = limit if limit is not None else sum(caps)
-    active = [c for c in range(len(answers)) if caps[c] > 0 and lists[c]]
-    while len(order) < max_total and active:
-        for c in active:  # one round: each channel still open takes its next new item
-            items, cur, end = lists[c], cursor[c], len(lists[c])
-            while cur < end:
-                item = items[cur]
-                cur += 1
-                if item not in taken:
-                    taken.add(item)
-                    order.append(item)
-                    primary.append(names[c])
-                    used[c] += 1
-                    break
-            cursor[c] = cur
-            if len(order) >= max_total:
-                break
-        active = [c for c in active if used[c] < caps[c] and cursor[c] < len(lists[c])]
+    order, owner, _ = _interleave(lists, caps, set(), max_total)
     merged = np.array(order, dtype=np.int64)
     scores = np.full((len(order), len(names)), np.nan, dtype=np.float32)
-    if len(merged):
-        sorter = np.argsort(merged, kind="stable")
-        for ans in answers:
-            items_arr = np.asarray(ans.items, dtype=np.int64)
-            at = np.minimum(np.searchsorted(merged, items_arr, sorter=sorter), len(merged) - 1)
-            hit = merged[sorter[at]] == items_arr
-            scores[sorter[at[hit]], col[ans.channel]] = np.asarray(ans.scores)[hit]
-    return MergedCandidates(merged, primary, names, scores)
+    col = {n: i for i, n in enumerate(names)}
+    sorter = np.argsort(merged, kind="stable")
+    for ans in answers:
+        _provenance(scores, merged, sorter, ans.items, ans.scores, col[ans.channel], keep=False)
+    return MergedCandidates(merged, [names[c] for c in owner], names, scores)
+
+
+def _provenance(
+    scores: np.ndarray,
+    merged: np.ndarray,
+    sorter: np.ndarray,
+    items: np.ndarray,
+    values: np.ndarray,
+    col: int,
+    keep: bool = True,
+) -> None:
+    """Write ``values`` (a channel's scores of ``items``, each item once) into column ``col`` of
+    ``scores`` at the rows of the items that are in ``merged`` (``sorter`` sorts it); ``keep``:
+    only where the cell is still NaN (no provenance yet)."""
+    if not len(merged) or not len(items):
+        return
+    items = np.asarray(items, dtype=np.int64)
+    at = np.minimum(np.searchsorted(merged, items, sorter=sorter), len(merged) - 1)
+    rows = sorter[at]
+    hit = merged[rows] == items
+    rows, values = rows[hit], np.asarray(values)[hit]
+    if keep:
+        blank = np.isnan(scores[rows, col])
+        rows, values = rows[blank], values[blank]
+    scores[rows, col] = values
 
 
 def fill(merged: MergedCandidates, deep: Sequence[Candidates], limit: int) -> MergedCandidates:
@@ -83,39 +123,19 @@ def fill(merged: MergedCandidates, deep: Sequence[Candidates], limit: int) -> Me
     order; a channel's scores are kept as provenance for everything in the part of its deep list it
     went through. Channels of ``deep`` must be among ``merged.channel_names``.
     """
-    order = merged.items.tolist()
-    if len(order) >= limit:
+    if len(merged) >= limit:
         return merged
-    primary = list(merged.channel)
-    taken = set(order)
     lists = [d.items.tolist() for d in deep]
-    cursor = [0] * len(deep)
-    active = [c for c in range(len(deep)) if lists[c]]
-    while len(order) < limit and active:
-        for c in active:
-            items, cur, end = lists[c], cursor[c], len(lists[c])
-            while cur < end:
-                item = items[cur]
-                cur += 1
-                if item not in taken:
-                    taken.add(item)
-                    order.append(item)
-                    primary.append(deep[c].channel)
-                    break
-            cursor[c] = cur
-            if len(order) >= limit:
-                break
-        active = [c for c in active if cursor[c] < len(lists[c])]
+    taken = set(merged.items.tolist())
+    new, owner, cursor = _interleave(lists, [len(x) for x in lists], taken, limit - len(merged))
+    items = np.array(merged.items.tolist() + new, dtype=np.int64)
     names = merged.channel_names
     col = {n: i for i, n in enumerate(names)}
-    scores = np.full((len(order), len(names)), np.nan, dtype=np.float32)
+    scores = np.full((len(items), len(names)), np.nan, dtype=np.float32)
     scores[: len(merged)] = merged.channel_scores
-    at = {item: k for k, item in enumerate(order)}
+    sorter = np.argsort(items, kind="stable")
     for c, ans in enumerate(deep):
-        j = col[ans.channel]
-        consumed = np.asarray(ans.scores)[: cursor[c]].tolist()
-        for item, score in zip(lists[c][: cursor[c]], consumed, strict=True):
-            k = at.get(item)
-            if k is not None and scores[k, j] != scores[k, j]:  # NaN: not yet provenance
-                scores[k, j] = score
-    return MergedCandidates(np.array(order, dtype=np.int64), primary, list(names), scores)
+        done = cursor[c]  # provenance for the part of the deep list the channel went through
+        _provenance(scores, items, sorter, ans.items[:done], np.asarray(ans.scores)[:done], col[ans.channel])
+    primary = [*merged.channel, *(deep[c].channel for c in owner)]
+    return MergedCandidates(items, primary, list(names), scores)
