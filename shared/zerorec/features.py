@@ -116,12 +116,15 @@ def sparse_cardinalities(n_users: int, n_items: int, n_genres: int, n_channels: 
     return [n_users + 1, n_items + 1] + [n_genres + 1] * GENRE_SLOTS + [n_channels + 1]
 
 
-def _rank_of(scores: np.ndarray, history: np.ndarray, items: np.ndarray) -> np.ndarray:
-    s = np.where(np.isfinite(scores), scores, -np.inf).astype(np.float64)
+def _rank_of(scores: np.ndarray, history: np.ndarray, items: np.ndarray, finite: np.ndarray) -> np.ndarray:
+    """Rank of each of ``items`` in ``scores`` (``finite``: its finite mask): how many items score
+    strictly higher, history and non-finite scores left out."""
+    # Sorted in the vector's own precision (float32 -> float64 is exact, the counts are the same).
+    s = scores.astype(np.promote_types(scores.dtype, np.float32))
+    s[~finite] = -np.inf
     s[history] = -np.inf
-    ordered = np.sort(s)[::-1]
-    # rank = number of items scoring strictly higher
-    return np.searchsorted(-ordered, -s[items], side="left").astype(np.float64)
+    ranked = np.sort(s)
+    return (len(s) - np.searchsorted(ranked, s[items], side="right")).astype(np.float64)
 
 
 def build_features(
@@ -146,9 +149,9 @@ def build_features(
             continue
         finite = np.isfinite(vec)
         floor = float(vec[finite].min()) if finite.any() else 0.0
-        vals = np.where(np.isfinite(vec[cand]), vec[cand], floor)
-        dense_cols.append(vals)
-        dense_cols.append(np.log1p(_rank_of(vec, query.history, cand)))
+        at = vec[cand]
+        dense_cols.append(np.where(finite[cand], at, floor))
+        dense_cols.append(np.log1p(_rank_of(vec, query.history, cand, finite)))
         dense_cols.append(found[:, col_of[c]].astype(np.float64) if c in col_of else np.zeros(m))
     if hot is not None:
         dense_cols.append(np.log1p(hot.popularity_at(now, SHORT_TAU_DAYS, cand)))

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 # faiss only in the vector channel.
 
 NEG = np.float32(-np.inf)
+# exp(-x) for x >= 110 is below half the smallest float32 subnormal (~7e-46): it rounds to 0.
+_KERNEL_REACH = 110.0
 
 
 def _binary(data: InteractionData) -> sp.csr_matrix:
@@ -324,6 +326,7 @@ class HotChannel(RecallChannel):
         self.category_names: list[str] = []
         self.category_items = sp.csr_matrix((0, 0), dtype=np.float32)  # items x categories
         self._by_item: tuple[sp.csr_matrix, sp.csr_matrix] | None = None  # (counts, counts.T as CSR)
+        self._centers: tuple[tuple[float, float, int], np.ndarray] | None = None  # bin centre times
 
     def fit(self, data: InteractionData) -> Self:
         coo = data.times.tocoo()
@@ -353,15 +356,31 @@ class HotChannel(RecallChannel):
     ) -> np.ndarray:
         """Kernel-weighted interaction counts per item at time ``now`` (``tau_days`` overrides tau);
         only for ``items`` when given (the same sums, in the same order, for those items alone)."""
-        width = self.bin_days * 86_400
-        centers = self.origin + (np.arange(self.counts.shape[0]) + 0.5) * width
-        tau = (self.tau_days if tau_days is None else tau_days) * 86_400
-        kernel = np.exp(-np.abs(now - centers) / tau).astype(np.float32)
+        kernel = self._kernel(now, (self.tau_days if tau_days is None else tau_days) * 86_400)
         if items is None:
             return np.asarray(self.counts.T @ kernel).ravel()
         if self._by_item is None or self._by_item[0] is not self.counts:
             self._by_item = (self.counts, sp.csr_matrix(self.counts.T))  # items x bins
         return np.asarray(self._by_item[1][items] @ kernel).ravel()
+
+    def _kernel(self, now: float, tau: float) -> np.ndarray:
+        """exp(-|now - bin centre| / tau) per time bin, as float32.
+
+        Beyond ~103.3 tau the value rounds to float32 zero: only the bins within _KERNEL_REACH taus
+        of ``now`` are computed (the rest are exactly what exp would round to), so a short tau
+        costs a fraction of the ~8k exps of the whole history."""
+        n_bins = self.counts.shape[0]
+        key = (self.origin, self.bin_days, n_bins)
+        if self._centers is None or self._centers[0] != key:
+            self._centers = (key, self.origin + (np.arange(n_bins) + 0.5) * (self.bin_days * 86_400))
+        centers = self._centers[1]
+        lo, hi = 0, n_bins
+        if tau > 0 and np.isfinite(now):
+            reach = _KERNEL_REACH * tau
+            lo, hi = np.searchsorted(centers, [now - reach, now + reach]).tolist()
+        kernel = np.zeros(n_bins, dtype=np.float32)
+        kernel[lo:hi] = np.exp(-np.abs(now - centers[lo:hi]) / tau)
+        return kernel
 
     def score(self, query: UserQuery) -> np.ndarray:
         return self.popularity_at(query.reference_time(self.default_now)).astype(np.float32)
