@@ -23,6 +23,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from operator import itemgetter
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
@@ -488,7 +489,6 @@ class Recommender:
             ]
 
         # 3. ranking (personalized candidates only), then 4. reranking.
-        ranked = [{"item_id": c["item_id"], "score": c["score"], "channel": c["channel"]} for c in candidates]
         final: list[RecommendedItem]
         if source == "personalized" and candidates:
             # recall's candidate objects go on as received (RankingRequest's candidates).
@@ -500,14 +500,14 @@ class Recommender:
             if not isinstance(rank_res, StageError) and len(rank_res[0]) != len(candidates):
                 rank_res = StageError("ranking", "bad_response")
             if isinstance(rank_res, StageError):
-                degraded.append(rank_res.reason)  # keep recall order
+                degraded.append(rank_res.reason)
+                ranked = _ranked(candidates)  # recall order
             else:
                 scores, rank_version = rank_res
                 if rank_version:
                     versions["ranking"] = rank_version
-                for r, score in zip(ranked, scores, strict=True):
-                    r["score"] = score
-                ranked.sort(key=lambda r: r["score"], reverse=True)
+                ranked = _ranked(candidates, scores)
+                ranked.sort(key=itemgetter("score"), reverse=True)
             rerank_res = await self._timed("reranking", timings, self._call(
                 "reranking", self._url(s.reranking_url),
                 {"user_id": req.user_id, "items": ranked, "n": req.n, "seen": seen},
@@ -522,7 +522,7 @@ class Recommender:
                     for r in rerank_res.items if r.item_id not in excluded
                 ][: req.n]
         else:
-            final = self._top(ranked, blocked, req.n)
+            final = self._top(_ranked(candidates), blocked, req.n)
         final = _dedupe(final)
 
         # 5. item metadata.
@@ -556,6 +556,16 @@ class Recommender:
             if len(out) == n:
                 break
         return out
+
+
+def _ranked(candidates: list[dict[str, Any]], scores: list[float] | None = None) -> list[dict[str, Any]]:
+    """The candidates as reranking's items (item_id, score, channel); `scores` replace recall's."""
+    if scores is None:
+        return [{"item_id": c["item_id"], "score": c["score"], "channel": c["channel"]} for c in candidates]
+    return [
+        {"item_id": c["item_id"], "score": score, "channel": c["channel"]}
+        for c, score in zip(candidates, scores, strict=True)
+    ]
 
 
 def _dedupe(items: list[RecommendedItem]) -> list[RecommendedItem]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
+import orjson
 import pytest
 from zerorec.bff import BadResponse, HTTPPool, parse_ranking, parse_recall
 
@@ -218,3 +219,21 @@ def test_contract_checks_of_the_big_responses() -> None:
     for bad in (b'{"scores": [1, "x"]}', b'{"scores": {}}', b'{"unexpected": true}', b'{"scores": [null]}'):
         with pytest.raises(BadResponse):
             parse_ranking(bad)
+
+
+def test_recall_contract_check_names_the_first_bad_candidate() -> None:
+    ok = {"item_id": "a", "score": 0.5, "channel": "ease"}
+    cands, _ = parse_recall(orjson.dumps({"candidates": [ok, {**ok, "channel_scores": {}}]}))
+    assert cands[1]["item_id"] == "a"
+    for bad in (
+        None,
+        "a",
+        {**ok, "channel_scores": None},
+        {**ok, "score": None},
+        {"score": 1, "channel": "ease"},
+        {**ok, "channel": 3},
+    ):
+        body = orjson.dumps({"candidates": [ok] * 3 + [bad, {**ok, "item_id": "later"}]})
+        with pytest.raises(BadResponse, match="not a RecallCandidate") as err:
+            parse_recall(body)
+        assert "later" not in str(err.value)
