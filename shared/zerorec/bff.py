@@ -379,9 +379,7 @@ class Recommender:
             raise StageError(stage, "bad_response") from None
 
     @staticmethod
-    async def _timed(
-        stage: str, timings: dict[str, float], coro: Awaitable[T]
-    ) -> T | StageError:
+    async def _timed(stage: str, timings: dict[str, float], coro: Awaitable[T]) -> T | StageError:
         t = time.perf_counter()
         try:
             return await coro
@@ -398,8 +396,9 @@ class Recommender:
     async def _hot(self, n: int, end: float, degraded: list[str]) -> tuple[list[HotItem], str]:
         """recall's /hot, else the last good hot list, else []."""
         try:
-            hot = await self._call("hot", self._url(self.settings.recall_url, "/hot"),
-                                   HotRequest(n=n), _PARSE_HOT, end)
+            hot = await self._call(
+                "hot", self._url(self.settings.recall_url, "/hot"), HotRequest(n=n), _PARSE_HOT, end
+            )
         except StageError as exc:
             degraded.append(exc.reason)
             if self._hot_cache:
@@ -425,8 +424,9 @@ class Recommender:
         async def refresh() -> None:
             end = time.perf_counter() + self.deadline_s
             try:
-                hot = await self._call("hot", self._url(self.settings.recall_url, "/hot"),
-                                       HotRequest(n=100), _PARSE_HOT, end)
+                hot = await self._call(
+                    "hot", self._url(self.settings.recall_url, "/hot"), HotRequest(n=100), _PARSE_HOT, end
+                )
                 self._remember_hot(hot.items)
             except StageError as exc:
                 log.info("hot list refresh failed: %s", exc)
@@ -453,9 +453,11 @@ class Recommender:
         )
         recall_n = max(s.recall_candidates, req.n)
         recall_call = self._call(
-            "recall", self._url(s.recall_url),
+            "recall",
+            self._url(s.recall_url),
             RecallRequest(user_id=req.user_id, n=recall_n, exclude=req.exclude),
-            parse_recall, end,
+            parse_recall,
+            end,
         )
         user_res, recall_res = await asyncio.gather(
             self._timed("user", timings, user_call), self._timed("recall", timings, recall_call)
@@ -485,18 +487,25 @@ class Recommender:
             timings["hot"] = round((time.perf_counter() - t) * 1000, 3)
             candidates = [
                 {"item_id": h.item_id, "score": h.score, "channel": h.channel or "hot"}
-                for h in hot if h.item_id not in blocked
+                for h in hot
+                if h.item_id not in blocked
             ]
 
         # 3. ranking (personalized candidates only), then 4. reranking.
         final: list[RecommendedItem]
         if source == "personalized" and candidates:
             # recall's candidate objects go on as received (RankingRequest's candidates).
-            rank_res = await self._timed("ranking", timings, self._call(
-                "ranking", self._url(s.ranking_url),
-                {"user_id": req.user_id, "candidates": candidates, "context": req.context},
-                parse_ranking, end,
-            ))
+            rank_res = await self._timed(
+                "ranking",
+                timings,
+                self._call(
+                    "ranking",
+                    self._url(s.ranking_url),
+                    {"user_id": req.user_id, "candidates": candidates, "context": req.context},
+                    parse_ranking,
+                    end,
+                ),
+            )
             if not isinstance(rank_res, StageError) and len(rank_res[0]) != len(candidates):
                 rank_res = StageError("ranking", "bad_response")
             if isinstance(rank_res, StageError):
@@ -508,18 +517,25 @@ class Recommender:
                     versions["ranking"] = rank_version
                 ranked = _ranked(candidates, scores)
                 ranked.sort(key=itemgetter("score"), reverse=True)
-            rerank_res = await self._timed("reranking", timings, self._call(
-                "reranking", self._url(s.reranking_url),
-                {"user_id": req.user_id, "items": ranked, "n": req.n, "seen": seen},
-                _PARSE_RERANK, end,
-            ))
+            rerank_res = await self._timed(
+                "reranking",
+                timings,
+                self._call(
+                    "reranking",
+                    self._url(s.reranking_url),
+                    {"user_id": req.user_id, "items": ranked, "n": req.n, "seen": seen},
+                    _PARSE_RERANK,
+                    end,
+                ),
+            )
             if isinstance(rerank_res, StageError):
                 degraded.append(rerank_res.reason)
                 final = self._top(ranked, blocked, req.n)
             else:
                 final = [
                     RecommendedItem(item_id=r.item_id, score=r.score, channel=r.channel, reasons=r.reasons)
-                    for r in rerank_res.items if r.item_id not in excluded
+                    for r in rerank_res.items
+                    if r.item_id not in excluded
                 ][: req.n]
         else:
             final = self._top(_ranked(candidates), blocked, req.n)
@@ -527,10 +543,17 @@ class Recommender:
 
         # 5. item metadata.
         if final:
-            item_res = await self._timed("item", timings, self._call(
-                "item", self._url(s.item_url), ItemRequest(item_ids=[f.item_id for f in final]),
-                _PARSE_ITEM, end,
-            ))
+            item_res = await self._timed(
+                "item",
+                timings,
+                self._call(
+                    "item",
+                    self._url(s.item_url),
+                    ItemRequest(item_ids=[f.item_id for f in final]),
+                    _PARSE_ITEM,
+                    end,
+                ),
+            )
             if isinstance(item_res, StageError):
                 degraded.append(item_res.reason)
             else:
@@ -542,8 +565,12 @@ class Recommender:
             self._maybe_refresh_hot()
         timings["total"] = round((time.perf_counter() - start) * 1000, 3)
         return RecommendResponse(
-            user_id=req.user_id, items=final, source=source, degraded=degraded,
-            timings_ms=timings, model_versions=versions,
+            user_id=req.user_id,
+            items=final,
+            source=source,
+            degraded=degraded,
+            timings_ms=timings,
+            model_versions=versions,
         )
 
     @staticmethod
@@ -576,4 +603,3 @@ def _dedupe(items: list[RecommendedItem]) -> list[RecommendedItem]:
             seen.add(it.item_id)
             out.append(it)
     return out
-

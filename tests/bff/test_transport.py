@@ -24,8 +24,7 @@ async def read_request(reader: asyncio.StreamReader) -> bytes:
 
 def response(body: bytes, status: int = 200, extra: str = "") -> bytes:
     return (
-        f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-        f"{extra}\r\n"
+        f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n{extra}\r\n"
     ).encode() + body
 
 
