@@ -4,8 +4,8 @@
     .venv/bin/python local/functions.py status
     .venv/bin/python local/functions.py stop
 
-Each function is a functions-framework process on its port of the port map (recall 8081, ranking
-8082, reranking 8083, user 8084, item 8085, behavior 8086, consumer 8087, worker 8088, recommender
+Each function is a functions-framework function served by `python -m zerorec.runner` on its port
+of the port map (recall 8081, ranking 8082, reranking 8083, user 8084, item 8085, behavior 8086, consumer 8087, worker 8088, recommender
 HTTP 10071), plus the recommender's gRPC server (10072), the local KafkaSource dispatcher (behavior
 and items topics -> consumer) and the PingSource emulator (-> worker). Logs and pids live under
 .local-infra/functions/. `start` waits (bounded) for every `/health` to answer 200, and stops
@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from zerorec.runner import command as runner_command
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script: `local.eventing` comes from the repo root
@@ -64,19 +65,9 @@ class Service:
 
 
 def ff(name: str, port: int, target: str | None = None) -> Service:
-    """A functions-framework function under functions/<name>/main.py."""
-    argv = (
-        str(BIN / "functions-framework"),
-        "--target",
-        target or name,
-        "--source",
-        f"functions/{name}/main.py",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    )
-    return Service(name, port, argv, needs_folder=f"functions/{name}")
+    """A functions-framework function under functions/<name>/main.py, served by zerorec.runner."""
+    argv = runner_command(target or name, f"functions/{name}/main.py", "127.0.0.1", port)
+    return Service(name, port, tuple(argv), needs_folder=f"functions/{name}")
 
 
 SERVING = ("recall", "ranking", "reranking", "user", "item")
@@ -196,7 +187,7 @@ def function_env(
 
 
 def spawn(svc: Service, env: Mapping[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    """Start `svc` in its own process group (so stop reaches gunicorn's worker too), output to log_path."""
+    """Start `svc` in its own process group (so stop reaches any child it forks), output to log_path."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         return subprocess.Popen(

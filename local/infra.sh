@@ -202,7 +202,8 @@ EOF
 prepare_s3() {
   local d=$INFRA_DIR/s3 cp
   cp=$(jars s3proxy)/'*'
-  mkdir -p "$d/data"
+  # The filesystem backend keeps a bucket as a folder under basedir: creating it is a mkdir.
+  mkdir -p "$d/data/$S3_BUCKET"
   cat >"$d/s3proxy.conf" <<EOF
 s3proxy.endpoint=http://127.0.0.1:$S3_PORT
 s3proxy.authorization=aws-v2-or-v4

@@ -53,25 +53,25 @@ def probe_redis(address: str, timeout: float) -> None:
 
 
 def probe_s3(address: str, timeout: float) -> None:
-    import boto3
-    from botocore.config import Config
+    """A signed LIST of the bucket (local/infra.sh creates it) must answer: server up, keys right."""
+    import obstore
+    from obstore.store import S3Store
 
-    bucket = os.environ.get("ZEROREC_S3_BUCKET", "zerorec")
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=address,
-        aws_access_key_id=os.environ.get("ZEROREC_S3_ACCESS_KEY", "zerorec"),
-        aws_secret_access_key=os.environ.get("ZEROREC_S3_SECRET_KEY", "zerorec-secret"),
-        region_name=os.environ.get("ZEROREC_S3_REGION", "us-east-1"),
-        config=Config(
-            connect_timeout=timeout, read_timeout=timeout, retries={"max_attempts": 1},
-            s3={"addressing_style": "path"},
-        ),
+    store = S3Store(
+        os.environ.get("ZEROREC_S3_BUCKET", "zerorec"),
+        endpoint=address,
+        access_key_id=os.environ.get("ZEROREC_S3_ACCESS_KEY", "zerorec"),
+        secret_access_key=os.environ.get("ZEROREC_S3_SECRET_KEY", "zerorec-secret"),
+        region=os.environ.get("ZEROREC_S3_REGION", "us-east-1"),
+        virtual_hosted_style_request=False,
+        client_options={
+            "allow_http": True,
+            "timeout": f"{timeout:.1f}s",
+            "connect_timeout": f"{timeout:.1f}s",
+        },
+        retry_config={"max_retries": 0},
     )
-    names = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
-    if bucket not in names:
-        s3.create_bucket(Bucket=bucket)
-        print(f"s3: created bucket {bucket}", file=sys.stderr)
+    next(iter(obstore.list(store, chunk_size=1)), None)
 
 
 PROBES = {"kafka": probe_kafka, "redis": probe_redis, "s3": probe_s3}

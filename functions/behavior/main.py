@@ -2,7 +2,7 @@
 
 Answers 202 with per-event results only after Kafka acknowledged every accepted event; 400/413 for
 bad input (with reasons), 401 for a wrong X-API-Key, 503 when the broker did not acknowledge in time.
-Run: `functions-framework --target behavior --source functions/behavior/main.py --port 8086`.
+Run: `python -m zerorec.runner --target behavior --source functions/behavior/main.py --port 8086`.
 Logic: zerorec.ingest.
 """
 

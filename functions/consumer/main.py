@@ -13,7 +13,7 @@ that is no batch at all, 503 when the KV is unreachable for every event.
 
 The work is short and CPU-bound (a KV round trip of well under a millisecond), so it runs on the event
 loop: no per-request thread hand-off.
-Run: `functions-framework --target consumer --source functions/consumer/main.py --port 8087`.
+Run: `python -m zerorec.runner --target consumer --source functions/consumer/main.py --port 8087`.
 Logic: zerorec.consumer.
 """
 

@@ -5,8 +5,8 @@ Takes `dev.zerorec.task.feature-engineering.v1` over HTTP, or the same task from
 time (Spark takes the pod's CPU): a second request while one runs gets 409. 200 with the job's
 report; 400 for an invalid event; 422 when the export has nothing for the windows; 503 when a store
 is unreachable. Spark: `ZEROREC_SPARK_MASTER` (default local[2]), `ZEROREC_SPARK_DRIVER_MEMORY` (512m).
-Run: `functions-framework --target feature_engineering --port 8092 \
-  --source functions/feature-engineering/main.py`.
+Run: `python -m zerorec.runner --target feature_engineering --source functions/feature-engineering/main.py \
+  --port 8092`.
 """
 
 from __future__ import annotations

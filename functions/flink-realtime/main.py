@@ -9,7 +9,7 @@
 400 for bad options; 422 when the Flink interpreter or the connector jar is missing. The job runs in
 its own interpreter (ZEROREC_FLINK_PYTHON) and stops with this function (atexit); with
 ZEROREC_FLINK_AUTOSTART=1 it starts with the function, default options.
-Run: `functions-framework --target flink_realtime --port 8094 --source functions/flink-realtime/main.py`.
+Run: `python -m zerorec.runner --target flink_realtime --source functions/flink-realtime/main.py --port 8094`.
 """
 
 from __future__ import annotations

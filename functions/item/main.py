@@ -3,10 +3,16 @@
 The admin endpoint produces `item.upserted.v1` / `item.deleted.v1` CloudEvents to the items topic
 (zerorec.catalog); the consumer applies them to the KV, which `POST /` reads. X-API-Key when
 ZEROREC_ADMIN_API_KEY is set. Also `GET /health` and `POST /events/model-published` (reload).
-Run: `functions-framework --target item --source functions/item/main.py --port 8085`.
+Run: `python -m zerorec.runner --target item --source functions/item/main.py --port 8085`.
 """
 
 from __future__ import annotations
+
+from zerorec.coldstart import DATA_ONLY, prefetch
+from zerorec.settings import get_settings
+
+_settings = get_settings()
+_bundle = prefetch(DATA_ONLY, _settings)  # downloads and verifies the model while the imports below run
 
 import functions_framework.aio
 from starlette.requests import Request
@@ -15,7 +21,6 @@ from zerorec.api import ItemRequest
 from zerorec.errors import BackendUnavailableError, DeliveryError
 from zerorec.ingest import check_api_key
 from zerorec.online import (
-    DATA_ONLY,
     ItemAdmin,
     ItemAdminRequest,
     ItemStage,
@@ -24,10 +29,8 @@ from zerorec.online import (
     stage_loader,
 )
 from zerorec.serving import HTTPError, ModelSlot, dispatch, offload, parse
-from zerorec.settings import get_settings
 from zerorec.storage import event_bus
 
-_settings = get_settings()
 _kv = default_kv(_settings)
 _admin: ItemAdmin | None = None  # the items topic's producer: built on the first admin call
 
@@ -42,12 +45,12 @@ def _admin_instance() -> ItemAdmin:
 
 SLOT: ModelSlot[ItemStage] = ModelSlot(
     _settings.model_name,
-    stage_loader(lambda m: ItemStage(m, _kv), _settings, DATA_ONLY),
+    stage_loader(lambda m: ItemStage(m, _kv), _settings, DATA_ONLY, _bundle),
     _settings.model_retry_s,
     latest=latest_probe(_settings),
     poll_s=_settings.model_poll_s,
 )
-SLOT.load()  # cold start: before functions-framework opens the port
+SLOT.load()  # cold start: before the port opens
 
 
 async def _lookup(request: Request, stage: ItemStage) -> Response:

@@ -6,7 +6,7 @@ request while one runs gets 409. The bundle goes to `models/<name>/<version>/` a
 `dev.zerorec.model.published.v1` event then goes to `$K_SINK` and every URL in
 `ZEROREC_PUBLISHED_SINKS` (comma-separated, e.g. the serving functions' /events/model-published).
 Status codes: zerorec.task_function. Logic: jobs/train/main.py over zerorec.pipeline.
-Run: `functions-framework --target model_training --port 8091 --source functions/model-training/main.py`.
+Run: `python -m zerorec.runner --target model_training --source functions/model-training/main.py --port 8091`.
 """
 
 from __future__ import annotations

@@ -1,29 +1,33 @@
 """recall: `POST /` multi-channel candidates, `POST /hot` the hot list (degraded path).
 
 Also `GET /health` (503 until the model is loaded) and `POST /events/model-published` (reload).
-Run: `functions-framework --target recall --source functions/recall/main.py --port 8081`.
+Run: `python -m zerorec.runner --target recall --source functions/recall/main.py --port 8081`.
 """
 
 from __future__ import annotations
+
+from zerorec.coldstart import RECALL_PARTS, prefetch
+from zerorec.settings import get_settings
+
+_settings = get_settings()
+_bundle = prefetch(RECALL_PARTS, _settings)  # downloads and verifies the model while the imports below run
 
 import functions_framework.aio
 from starlette.requests import Request
 from starlette.responses import Response
 from zerorec.api import HotRequest, RecallRequest
-from zerorec.online import RECALL_PARTS, RecallStage, default_kv, latest_probe, stage_loader
+from zerorec.online import RecallStage, default_kv, latest_probe, stage_loader
 from zerorec.serving import ModelSlot, dispatch, offload, parse
-from zerorec.settings import get_settings
 
-_settings = get_settings()
 _kv = default_kv(_settings)
 SLOT: ModelSlot[RecallStage] = ModelSlot(
     _settings.model_name,
-    stage_loader(lambda m: RecallStage(m, _kv), _settings, RECALL_PARTS),
+    stage_loader(lambda m: RecallStage(m, _kv), _settings, RECALL_PARTS, _bundle),
     _settings.model_retry_s,
     latest=latest_probe(_settings),
     poll_s=_settings.model_poll_s,
 )
-SLOT.load()  # cold start: before functions-framework opens the port
+SLOT.load()  # cold start: before the port opens
 
 
 async def _candidates(request: Request, stage: RecallStage) -> Response:

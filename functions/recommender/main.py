@@ -1,7 +1,7 @@
 """recommender (BFF), HTTP: `POST /recommend`, `GET /health`, `GET /openapi.json`.
 
-Run: `functions-framework --target recommender --source functions/recommender/main.py --port 10071`
-(the aio decorator makes functions-framework serve it as ASGI). Orchestration: zerorec.bff.
+Run: `python -m zerorec.runner --target recommender --source functions/recommender/main.py --port 10071`
+(an ASGI function: functions_framework.aio). Orchestration: zerorec.bff.
 """
 
 from __future__ import annotations

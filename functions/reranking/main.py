@@ -1,28 +1,32 @@
 """reranking: `POST /` MMR, freshness and rules over ranked items; never a `seen` item.
 
 Also `GET /health` (503 until the model is loaded) and `POST /events/model-published` (reload).
-Run: `functions-framework --target reranking --source functions/reranking/main.py --port 8083`.
+Run: `python -m zerorec.runner --target reranking --source functions/reranking/main.py --port 8083`.
 """
 
 from __future__ import annotations
+
+from zerorec.coldstart import DATA_ONLY, prefetch
+from zerorec.settings import get_settings
+
+_settings = get_settings()
+_bundle = prefetch(DATA_ONLY, _settings)  # downloads and verifies the model while the imports below run
 
 import functions_framework.aio
 from starlette.requests import Request
 from starlette.responses import Response
 from zerorec.api import MAX_BATCH_BODY_BYTES, RerankRequest
-from zerorec.online import DATA_ONLY, RerankStage, latest_probe, stage_loader
+from zerorec.online import RerankStage, latest_probe, stage_loader
 from zerorec.serving import ModelSlot, dispatch, offload, parse
-from zerorec.settings import get_settings
 
-_settings = get_settings()
 SLOT: ModelSlot[RerankStage] = ModelSlot(
     _settings.model_name,
-    stage_loader(lambda m: RerankStage(m, _settings.rerank_diversity), _settings, DATA_ONLY),
+    stage_loader(lambda m: RerankStage(m, _settings.rerank_diversity), _settings, DATA_ONLY, _bundle),
     _settings.model_retry_s,
     latest=latest_probe(_settings),
     poll_s=_settings.model_poll_s,
 )
-SLOT.load()  # cold start: before functions-framework opens the port
+SLOT.load()  # cold start: before the port opens
 
 
 async def _rerank(request: Request, stage: RerankStage) -> Response:

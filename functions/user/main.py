@@ -1,29 +1,33 @@
 """user: `POST /` the user's profile (real-time state from the KV over the training history).
 
 Also `GET /health` (503 until the model is loaded) and `POST /events/model-published` (reload).
-Run: `functions-framework --target user --source functions/user/main.py --port 8084`.
+Run: `python -m zerorec.runner --target user --source functions/user/main.py --port 8084`.
 """
 
 from __future__ import annotations
+
+from zerorec.coldstart import DATA_ONLY, prefetch
+from zerorec.settings import get_settings
+
+_settings = get_settings()
+_bundle = prefetch(DATA_ONLY, _settings)  # downloads and verifies the model while the imports below run
 
 import functions_framework.aio
 from starlette.requests import Request
 from starlette.responses import Response
 from zerorec.api import UserRequest
-from zerorec.online import DATA_ONLY, UserStage, default_kv, latest_probe, stage_loader
+from zerorec.online import UserStage, default_kv, latest_probe, stage_loader
 from zerorec.serving import ModelSlot, dispatch, offload, parse
-from zerorec.settings import get_settings
 
-_settings = get_settings()
 _kv = default_kv(_settings)
 SLOT: ModelSlot[UserStage] = ModelSlot(
     _settings.model_name,
-    stage_loader(lambda m: UserStage(m, _kv), _settings, DATA_ONLY),
+    stage_loader(lambda m: UserStage(m, _kv), _settings, DATA_ONLY, _bundle),
     _settings.model_retry_s,
     latest=latest_probe(_settings),
     poll_s=_settings.model_poll_s,
 )
-SLOT.load()  # cold start: before functions-framework opens the port
+SLOT.load()  # cold start: before the port opens
 
 
 async def _profile(request: Request, stage: UserStage) -> Response:

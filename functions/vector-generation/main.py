@@ -4,8 +4,8 @@ Takes `dev.zerorec.task.vector-generation.v1` over HTTP (or from a PingSource wi
 publishes the vectors bundle and a `dev.zerorec.model.published.v1` event on the bus. 200 with the
 report; 400 for an invalid event; 422 when the source model or export does not exist; 503 when a
 store or the bus is unreachable.
-Run: `functions-framework --target vector_generation --port 8093 \
-  --source functions/vector-generation/main.py`.
+Run: `python -m zerorec.runner --target vector_generation --source functions/vector-generation/main.py \
+  --port 8093`.
 """
 
 from __future__ import annotations

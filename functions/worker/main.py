@@ -4,7 +4,7 @@ Takes `dev.zerorec.task.*` events over HTTP, and the same tasks from PingSources
 (`dev.knative.sources.ping` with the `zerorectype` extension). 200 with the task's report; 400 for
 an invalid task event; 422 when the task's input does not exist or cannot be read; 503 when a store
 or the bus is unreachable.
-Run: `functions-framework --target worker --source functions/worker/main.py --port 8088`.
+Run: `python -m zerorec.runner --target worker --source functions/worker/main.py --port 8088`.
 Logic: zerorec.tasks.
 """
 

@@ -49,6 +49,7 @@ from zerorec.realtime import (
     user_categories_key,
     user_recent_key,
 )
+from zerorec.runner import command as runner_command
 from zerorec.settings import Settings
 from zerorec.storage.kv import Get, HMGet, KVStore, ListRange, ZTop
 
@@ -65,10 +66,6 @@ def free_port() -> int:
     with closing(socket.socket()) as sock:
         sock.bind((HOST, 0))
         return sock.getsockname()[1]
-
-
-def _ff() -> str:
-    return str(Path(sys.executable).with_name("functions-framework"))
 
 
 @dataclass
@@ -95,11 +92,10 @@ class Proc:
 
 
 def start_function(name: str, env: Mapping[str, str], log_dir: Path, port: int | None = None) -> Proc:
-    """Start functions/<name>/main.py with the functions-framework CLI and wait for GET /health."""
+    """Start functions/<name>/main.py (zerorec.runner) and wait for GET /health."""
     port = port or free_port()
     log_path = log_dir / f"{name}-{port}.log"
-    command = [_ff(), "--target", name, "--source", str(REPO / "functions" / name / "main.py")]
-    command += ["--host", HOST, "--port", str(port)]
+    command = runner_command(name, REPO / "functions" / name / "main.py", HOST, port)
     with log_path.open("ab") as log:
         popen = subprocess.Popen(command, cwd=REPO, env=dict(env), stdout=log, stderr=subprocess.STDOUT)
     proc = Proc(name, popen, log_path, f"http://{HOST}:{port}")

@@ -10,9 +10,9 @@ Redis/S3 of `local/infra.sh env` with --real), warms them, then:
    p50/p95/p99 latency, throughput, errors and degraded answers, and the BFF's per-stage p50s;
 2. times the same requests in one process without HTTP (the floor): the BFF's `Recommender`
    calling the stages of zerorec.online through an in-memory transport;
-3. reads every function's memory after the load (/proc): the gunicorn master's VmRSS (it loads
-   the model) plus its forked worker's private pages (`rss_mb`; the plain VmRSS sum, which counts
-   the copy-on-write model twice, is `rss_sum_mb`), and the CPU each process spent per request;
+3. reads every function's memory after the load (/proc): its process's VmRSS plus the private
+   pages of any child (`rss_mb`; the plain VmRSS sum over the tree is `rss_sum_mb`: the same while
+   zerorec.runner serves each function in one process), and the CPU each process spent per request;
 4. restarts each function once and times process start -> first successful real request
    (the model loaded from the object store: S3 with --real).
 
@@ -327,9 +327,8 @@ def _private_kb(pid: int) -> int:
 def rss_mb(pid: int) -> float | None:
     """The memory of one function's process tree, in MB (None when the process is gone).
 
-    functions-framework runs gunicorn: the master imports the function (the model is loaded there)
-    and forks one uvicorn worker that shares those pages copy-on-write. Summing both VmRSS would
-    count the model twice, so: the master's VmRSS plus each descendant's private pages."""
+    A function is one process (zerorec.runner); should it fork helpers, they share its pages
+    copy-on-write, so: its VmRSS plus each descendant's private pages (never a page twice)."""
     try:
         total_kb = _status_kb(pid, "VmRSS")
     except OSError:

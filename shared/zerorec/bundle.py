@@ -14,22 +14,26 @@ import io
 import json
 import os
 import re
+import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from zerorec.errors import IntegrityError, InvalidInputError, NotFoundError
 from zerorec.storage.objects import ObjectStore
+
+if TYPE_CHECKING:  # numpy loads lazily: a function's cold start fetches bundles before importing it
+    import numpy as np
 
 ALLOWED_EXTENSIONS = frozenset({".onnx", ".npy", ".npz", ".json", ".faiss", ".txt"})
 MANIFEST = "manifest.json"
 LATEST = "LATEST"
 FORMAT_VERSION = 1
+FETCH_THREADS = 8  # parallel GETs while loading a bundle
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -67,9 +71,10 @@ def _prefix(name: str, version: str) -> str:
 
 
 def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
+    np_ = sys.modules.get("numpy")  # no numpy objects exist unless numpy is loaded
+    if np_ is not None and isinstance(obj, np_.generic):
         return obj.item()
-    if isinstance(obj, np.ndarray):
+    if np_ is not None and isinstance(obj, np_.ndarray):
         return obj.tolist()
     if isinstance(obj, datetime):
         return obj.isoformat()
@@ -171,6 +176,8 @@ class LoadedBundle:
 
     def npy(self, name: str) -> np.ndarray:
         """Load a `.npy` file (pickled object arrays are refused)."""
+        import numpy as np
+
         try:
             return np.load(io.BytesIO(self.bytes(name)), allow_pickle=False)
         except ValueError as exc:
@@ -180,6 +187,8 @@ class LoadedBundle:
 
     def npz(self, name: str) -> dict[str, np.ndarray]:
         """Load every array of a `.npz` file into a dict (pickled object arrays are refused)."""
+        import numpy as np
+
         try:
             with np.load(io.BytesIO(self.bytes(name)), allow_pickle=False) as archive:
                 return {key: archive[key] for key in archive.files}
@@ -269,13 +278,20 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 def load_bundle(
-    store: ObjectStore, name: str, version: str = "latest", cache_dir: Path | None = None
+    store: ObjectStore,
+    name: str,
+    version: str = "latest",
+    cache_dir: Path | None = None,
+    select: Callable[[str], bool] | None = None,
 ) -> LoadedBundle:
     """Fetch and verify a bundle (every file's size and sha256 against the manifest).
 
     NotFoundError: no such model or version. IntegrityError: bad manifest, refused file type or
-    path, missing file, checksum mismatch. With `cache_dir`, verified files are kept on disk under
-    `<cache_dir>/<name>/<version>/` and reused when they still match the manifest.
+    path, missing file, checksum mismatch. `select(path)` limits the files fetched to those a caller
+    uses (the manifest is always read and checked whole). With `cache_dir`, verified files are kept
+    on disk under `<cache_dir>/<name>/<version>/` and reused when they still match the manifest.
+    Files are fetched and hashed in parallel threads (I/O and hashlib run without the GIL): a cold
+    start waits for the largest file, not for the sum of them.
     """
     _check_name("model name", name)
     if version == "latest":
@@ -288,15 +304,15 @@ def load_bundle(
         raise NotFoundError(f"model {name!r} has no version {version!r}") from None
     manifest = _parse_manifest(raw, name, version)
     cache_root = Path(cache_dir) / name / version if cache_dir is not None else None
-    files: dict[str, bytes] = {}
-    for path, entry in sorted(manifest["files"].items()):
+
+    def fetch(path: str) -> bytes:
+        entry = manifest["files"][path]
         if cache_root is not None:
             cached = cache_root / path
             if cached.is_file():
                 data = cached.read_bytes()
                 if _verify(data, entry) is None:
-                    files[path] = data
-                    continue
+                    return data
         try:
             data = store.get(prefix + path)
         except NotFoundError:
@@ -307,7 +323,15 @@ def load_bundle(
         problem = _verify(data, entry)
         if problem:
             raise IntegrityError(f"bundle {name}/{version}: file {path!r} failed verification ({problem})")
-        files[path] = data
         if cache_root is not None:
             _write_atomic(cache_root / path, data)
-    return LoadedBundle(name=name, version=version, manifest=manifest, files=files)
+        return data
+
+    # Largest first, so the longest download starts at once.
+    paths = sorted(
+        (p for p in manifest["files"] if select is None or select(p)),
+        key=lambda p: (-manifest["files"][p]["size"], p),
+    )
+    with ThreadPoolExecutor(max_workers=FETCH_THREADS, thread_name_prefix="bundle-fetch") as pool:
+        files = dict(zip(paths, pool.map(fetch, paths), strict=True))
+    return LoadedBundle(name=name, version=version, manifest=manifest, files=dict(sorted(files.items())))

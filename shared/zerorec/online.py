@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,7 +47,8 @@ from zerorec.api import (
     RerankResponse,
     UserProfile,
 )
-from zerorec.bundle import latest_version, load_bundle
+from zerorec.bundle import LoadedBundle, latest_version, load_bundle
+from zerorec.coldstart import ALL_PARTS, ModelParts
 from zerorec.errors import BackendUnavailableError
 from zerorec.pipeline import CHANNEL_ORDER, Recommender
 from zerorec.realtime import (
@@ -94,20 +96,6 @@ class ServingModel:
         return idx[idx >= 0]
 
 
-@dataclass(frozen=True)
-class ModelParts:
-    """Which heavy parts of a bundle a stage builds (every file is still fetched and verified)."""
-
-    channels: bool = True  # recall channels (EASE, ALS, item-CF, vectors, hot, fresh)
-    ranker: bool = True  # the DeepFM ONNX session
-
-
-ALL_PARTS = ModelParts()
-RECALL_PARTS = ModelParts(channels=True, ranker=False)
-RANKING_PARTS = ModelParts(channels=True, ranker=True)
-DATA_ONLY = ModelParts(channels=False, ranker=False)  # reranking, user, item: vocabulary + item data
-
-
 def load_model(
     store: ObjectStore,
     name: str,
@@ -116,15 +104,14 @@ def load_model(
     parts: ModelParts = ALL_PARTS,
 ) -> ServingModel:
     """Fetch and verify bundle `name`/`version` (IntegrityError on any mismatch) and build the
-    `parts` of it a stage uses (reranking, user and item never hold the channel matrices)."""
-    bundle = load_bundle(store, name, version, cache_dir=cache_dir)
-    files = {
-        k: v
-        for k, v in bundle.files.items()
-        if (parts.channels or not k.startswith("channels/")) and (parts.ranker or k != "ranker.onnx")
-    }
-    rec = Recommender.from_files(files)
-    return ServingModel(name, bundle.version, rec, bundle.manifest)
+    `parts` of it a stage uses: the files of other parts are not even fetched (reranking, user and
+    item never download the channel matrices)."""
+    return model_from_bundle(load_bundle(store, name, version, cache_dir=cache_dir, select=parts.wants))
+
+
+def model_from_bundle(bundle: LoadedBundle) -> ServingModel:
+    """Build the pipeline from a verified bundle (whatever parts of it were fetched)."""
+    return ServingModel(bundle.name, bundle.version, Recommender.from_files(bundle.files), bundle.manifest)
 
 
 def _read_user(kv: KVStore, user_id: str) -> UserState:
@@ -385,15 +372,23 @@ def _iso(ts: float) -> str | None:
 
 
 def stage_loader(
-    build: Callable[[ServingModel], Any], settings: Settings | None = None, parts: ModelParts = ALL_PARTS
+    build: Callable[[ServingModel], Any],
+    settings: Settings | None = None,
+    parts: ModelParts = ALL_PARTS,
+    prefetched: Future[LoadedBundle] | None = None,
 ) -> Callable[[str], tuple[str, Any]]:
     """A ModelSlot loader: fetch + verify + build (the `parts` of) the model from the configured
-    object store, then `build(model)` the function's stage."""
+    object store, then `build(model)` the function's stage. The first load of "latest" takes the
+    `prefetched` bundle (`coldstart.prefetch`) when there is one; its errors are that load's."""
     s = settings or get_settings()
     store = object_store(s)
+    pending = [prefetched] if prefetched is not None else []
 
     def load(version: str) -> tuple[str, Any]:
-        model = load_model(store, s.model_name, version, s.model_cache_dir, parts)
+        if pending and version == "latest":
+            model = model_from_bundle(pending.pop().result())
+        else:
+            model = load_model(store, s.model_name, version, s.model_cache_dir, parts)
         return model.version, build(model)
 
     return load

@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,10 +17,10 @@ import httpx
 import pytest
 from bff_fakes import Fakes, closed_port
 from zerorec.api import MAX_BODY_BYTES, openapi_json
+from zerorec.runner import command as runner_command
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCE = REPO / "functions" / "recommender" / "main.py"
-FF = Path(sys.executable).with_name("functions-framework")
 
 
 @pytest.fixture(scope="module")
@@ -106,8 +105,7 @@ def ff_server(fakes: Fakes, tmp_path: Path) -> Iterator[str]:
     env["ZEROREC_RECALL_CANDIDATES"] = "50"
     log = (tmp_path / "ff.log").open("wb")
     proc = subprocess.Popen(
-        [str(FF), "--target", "recommender", "--source", str(SOURCE),
-         "--host", "127.0.0.1", "--port", str(port)],
+        runner_command("recommender", SOURCE, "127.0.0.1", port),
         cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
@@ -121,7 +119,7 @@ def ff_server(fakes: Fakes, tmp_path: Path) -> Iterator[str]:
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
                 out = (tmp_path / "ff.log").read_text(errors="replace")
-                pytest.fail(f"functions-framework did not start: {out[-2000:]}")
+                pytest.fail(f"the recommender function did not start: {out[-2000:]}")
             time.sleep(0.1)
         yield base
     finally:

@@ -28,9 +28,8 @@ def objects(request: pytest.FixtureRequest, tmp_path, namespace: str) -> Iterato
 
     request.getfixturevalue("s3_server")
     settings: Settings = request.getfixturevalue("real_settings")
-    # A small page size makes every list test cross page boundaries (exercises the paginator).
+    # A small batch size makes every list test cross batch boundaries. The bucket is local/infra.sh's.
     store = S3ObjectStore.from_settings(settings, prefix=f"contract/{namespace}", page_size=3)
-    store.ensure_bucket()
     yield store
     for key in list(store.list()):
         store.delete(key)

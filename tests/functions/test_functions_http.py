@@ -212,9 +212,10 @@ def test_model_published_hot_reload_then_bad_bundle_refused(embedded: Stack, tin
     assert not errors
     assert post(embedded, "recall", {"user_id": "u1", "n": 5}).json()["model_version"] == v2
 
-    # a bundle whose file does not match its manifest is refused; v2 keeps serving
+    # a bundle whose file does not match its manifest is refused; v2 keeps serving (each function
+    # verifies every file it uses: meta.json is everyone's)
     v3 = publish(store, "recommender", tiny.files, version="v3-corrupt")
-    store.put(f"models/recommender/{v3}/ranker.onnx", b"not the published bytes")
+    store.put(f"models/recommender/{v3}/meta.json", b"not the published bytes")
     headers, body = to_http_binary(_published("recommender", v3))
     for fn in ("recall", "ranking"):
         assert (

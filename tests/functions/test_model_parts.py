@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from pathlib import Path
 
+import pytest
 from conftest import Tiny
 from fn_bundles import publish
 from zerorec.api import RecallRequest, RecallResponse, RerankRequest
+from zerorec.bundle import LoadedBundle
+from zerorec.coldstart import ALL_PARTS, DATA_ONLY, RECALL_PARTS, prefetch
+from zerorec.errors import IntegrityError
 from zerorec.online import (
-    ALL_PARTS,
-    DATA_ONLY,
-    RECALL_PARTS,
     ItemStage,
     RecallStage,
     RerankStage,
     UserStage,
     load_model,
+    stage_loader,
 )
+from zerorec.settings import Settings
 from zerorec.storage.kv_memory import MemoryKVStore
 from zerorec.storage.objects_local import LocalObjectStore
 
@@ -47,3 +51,55 @@ def test_data_only_model_answers_like_the_full_one(tiny: Tiny, tmp_path: Path) -
     assert UserStage(data, kv).profile(user) == UserStage(full, kv).profile(user)
     ids = [c.item_id for c in cands.candidates[:20]]
     assert ItemStage(data, kv).lookup(ids) == ItemStage(full, kv).lookup(ids)
+
+
+class _CountingStore(LocalObjectStore):
+    """A local store that records which keys were read."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.reads: list[str] = []
+
+    def get(self, key: str) -> bytes:
+        self.reads.append(key)
+        return super().get(key)
+
+
+def test_a_stage_fetches_only_the_files_of_its_parts(tiny: Tiny, tmp_path: Path) -> None:
+    store = _CountingStore(tmp_path)
+    version = publish(store, "recommender", tiny.files)
+    store.reads.clear()
+    load_model(store, "recommender", parts=DATA_ONLY)
+    fetched = {k.removeprefix(f"models/recommender/{version}/") for k in store.reads}
+    assert not any(k.startswith("channels/") for k in fetched) and "ranker.onnx" not in fetched
+    assert "manifest.json" in fetched and "meta.json" in fetched
+    store.reads.clear()
+    load_model(store, "recommender", parts=RECALL_PARTS)
+    fetched = {k.removeprefix(f"models/recommender/{version}/") for k in store.reads}
+    assert any(k.startswith("channels/ease/") for k in fetched) and "ranker.onnx" not in fetched
+
+
+def test_the_first_load_takes_the_prefetched_bundle(tiny: Tiny, tmp_path: Path) -> None:
+    """`coldstart.prefetch` downloads the configured model; the stage loader's first "latest" load
+    builds from it, later loads fetch from the store as usual."""
+    settings = Settings(data_dir=tmp_path, object_store="local", model_name="recommender")
+    store = LocalObjectStore(settings.objects_dir)
+    first = publish(store, "recommender", tiny.files, version="v1")
+    bundle = prefetch(RECALL_PARTS, settings).result(timeout=60)
+    assert bundle.version == first and "ranker.onnx" not in bundle.files
+    assert any(k.startswith("channels/") for k in bundle.files)
+    second = publish(store, "recommender", tiny.files, version="v2")
+
+    done: Future[LoadedBundle] = Future()
+    done.set_result(bundle)
+    load = stage_loader(lambda m: m, settings, RECALL_PARTS, prefetched=done)
+    got, model = load("latest")
+    assert got == first and model.rec.scorer is None and model.rec.channels  # built from the prefetch
+    assert load("latest")[0] == second  # afterwards: the store's LATEST
+
+    failed: Future[LoadedBundle] = Future()
+    failed.set_exception(IntegrityError("checksum mismatch"))
+    load = stage_loader(lambda m: m, settings, RECALL_PARTS, prefetched=failed)
+    with pytest.raises(IntegrityError):  # the prefetch's error is the first load's error ...
+        load("latest")
+    assert load("latest")[0] == second  # ... and the next load fetches afresh

@@ -1,0 +1,46 @@
+"""A serving function's cold start: fetch its bundle while Python is still importing the function.
+
+A cold start is GIL-bound imports (numpy, scipy, faiss, onnxruntime, pydantic: about half a second)
+plus the bundle's download and checksums, which run without the GIL (obstore or file reads,
+hashlib). `prefetch` starts the second in a thread from the first lines of a function's main.py so
+the two overlap; `online.stage_loader(prefetched=...)` builds the first model from its result. This
+module imports settings, storage and bundle only (no numpy), so the download starts early.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+from zerorec.bundle import LoadedBundle, load_bundle
+from zerorec.settings import Settings, get_settings
+from zerorec.storage import object_store
+
+
+@dataclass(frozen=True)
+class ModelParts:
+    """Which heavy parts of a bundle a stage builds, and so fetches."""
+
+    channels: bool = True  # recall channels (EASE, ALS, item-CF, vectors, hot, fresh)
+    ranker: bool = True  # the DeepFM ONNX session
+
+    def wants(self, path: str) -> bool:
+        """Whether bundle file `path` belongs to a part this stage builds."""
+        if path.startswith("channels/"):
+            return self.channels
+        return self.ranker or path != "ranker.onnx"
+
+
+ALL_PARTS = ModelParts()
+RECALL_PARTS = ModelParts(channels=True, ranker=False)
+RANKING_PARTS = ModelParts(channels=True, ranker=True)
+DATA_ONLY = ModelParts(channels=False, ranker=False)  # reranking, user, item: vocabulary + item data
+
+
+def prefetch(parts: ModelParts, settings: Settings | None = None) -> Future[LoadedBundle]:
+    """Start fetching and verifying the latest bundle's `parts` in a background thread."""
+    s = settings or get_settings()
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bundle-prefetch")
+    future = pool.submit(load_bundle, object_store(s), s.model_name, "latest", s.model_cache_dir, parts.wants)
+    pool.shutdown(wait=False)  # the thread ends with its one task
+    return future
