@@ -127,31 +127,52 @@ def _rank_of(scores: np.ndarray, history: np.ndarray, items: np.ndarray, finite:
     return (len(s) - np.searchsorted(ranked, s[items], side="right")).astype(np.float64)
 
 
+def channel_signals(
+    score_vectors: Mapping[str, np.ndarray],
+    history: np.ndarray,
+    items: np.ndarray,
+    channel_order: Sequence[str],
+) -> np.ndarray:
+    """[M, C, 2]: for each channel of ``channel_order`` and each of ``items``, the channel's score
+    (its lowest finite score where it has none for the item) and the item's rank in the channel (how
+    many items score strictly higher, history left out); NaN where the channel has no vector.
+
+    Recall computes these with the score vectors it already has and ships them with its candidates,
+    so ranking never scores the channels again (nor loads them)."""
+    out = np.full((len(items), len(channel_order), 2), np.nan)
+    for k, c in enumerate(channel_order):
+        vec = score_vectors.get(c)
+        if vec is None:
+            continue
+        finite = np.isfinite(vec)
+        floor = float(vec[finite].min()) if finite.any() else 0.0
+        out[:, k, 0] = np.where(finite[items], vec[items], floor)
+        out[:, k, 1] = _rank_of(vec, history, items, finite)
+    return out
+
+
 def build_features(
     query: UserQuery,
     merged: MergedCandidates,
-    score_vectors: Mapping[str, np.ndarray],
+    signals: np.ndarray,
     channel_order: Sequence[str],
     items: ItemFeatures,
     hot: HotChannel | None,
     now: float,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Sparse [M, 3 + GENRE_SLOTS] and dense [M, len(dense_names)] features for the candidates."""
+    """Sparse [M, 3 + GENRE_SLOTS] and dense [M, len(dense_names)] features for the candidates;
+    ``signals`` is `channel_signals` of them (NaN: the channel is absent, for that candidate or all)."""
     cand = merged.items
     m = len(cand)
     dense_cols: list[np.ndarray] = []
     found = np.isfinite(merged.channel_scores)
     col_of = {c: i for i, c in enumerate(merged.channel_names)}
-    for c in channel_order:
-        vec = score_vectors.get(c)
-        if vec is None:
-            dense_cols += [np.zeros(m), np.full(m, np.log1p(len(items.created))), np.zeros(m)]
-            continue
-        finite = np.isfinite(vec)
-        floor = float(vec[finite].min()) if finite.any() else 0.0
-        at = vec[cand]
-        dense_cols.append(np.where(finite[cand], at, floor))
-        dense_cols.append(np.log1p(_rank_of(vec, query.history, cand, finite)))
+    absent_rank = np.log1p(len(items.created))
+    for k, c in enumerate(channel_order):
+        score, rank = signals[:, k, 0], signals[:, k, 1]
+        absent = np.isnan(score)
+        dense_cols.append(np.where(absent, 0.0, score))
+        dense_cols.append(np.where(absent, absent_rank, np.log1p(rank)))
         dense_cols.append(found[:, col_of[c]].astype(np.float64) if c in col_of else np.zeros(m))
     if hot is not None:
         dense_cols.append(np.log1p(hot.popularity_at(now, SHORT_TAU_DAYS, cand)))

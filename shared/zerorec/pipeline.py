@@ -18,7 +18,13 @@ import numpy as np
 
 from zerorec.data.interactions import InteractionData
 from zerorec.errors import IntegrityError, InvalidInputError
-from zerorec.features import ItemFeatures, build_features, dense_names, sparse_cardinalities
+from zerorec.features import (
+    ItemFeatures,
+    build_features,
+    channel_signals,
+    dense_names,
+    sparse_cardinalities,
+)
 from zerorec.recall.base import Candidates, RecallChannel, UserQuery, top_n
 from zerorec.recall.merge import MergedCandidates, merge
 from zerorec.recall.merge import fill as fill_merged
@@ -235,8 +241,14 @@ class Recommender:
             merged = fill_merged(merged, deep, n)
         return merged
 
-    def features(
+    def signals(
         self, query: UserQuery, merged: MergedCandidates, vectors: Mapping[str, np.ndarray]
+    ) -> np.ndarray:
+        """The ranker's per-channel inputs for the candidates (`features.channel_signals`)."""
+        return channel_signals(vectors, query.history, merged.items, CHANNEL_ORDER)
+
+    def features(
+        self, query: UserQuery, merged: MergedCandidates, signals: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         from zerorec.recall.channels import HotChannel
 
@@ -245,7 +257,7 @@ class Recommender:
         return build_features(
             query,
             merged,
-            vectors,
+            signals,
             CHANNEL_ORDER,
             self.items,
             hot if isinstance(hot, HotChannel) else None,
@@ -253,15 +265,23 @@ class Recommender:
         )
 
     def rank(
-        self, query: UserQuery, merged: MergedCandidates, vectors: Mapping[str, np.ndarray] | None = None
+        self,
+        query: UserQuery,
+        merged: MergedCandidates,
+        vectors: Mapping[str, np.ndarray] | None = None,
+        signals: np.ndarray | None = None,
     ) -> np.ndarray:
-        """Ranker scores for the merged candidates (DeepFM via ONNX; fallback: EASE then hot)."""
-        vectors = vectors or self.score_vectors(query)
+        """Ranker scores for the merged candidates (DeepFM via ONNX; fallback: EASE then hot).
+
+        With ``signals`` (recall's, see `signals`) the channels are not scored here: the ranking
+        function holds no channel but hot."""
         if len(merged) == 0:
             return np.zeros(0, np.float32)
         if self.scorer is None:
-            return fallback_scores(merged, vectors)
-        sparse, dense = self.features(query, merged, vectors)
+            return fallback_scores(merged, vectors or self.score_vectors(query))
+        if signals is None:
+            signals = self.signals(query, merged, vectors or self.score_vectors(query))
+        sparse, dense = self.features(query, merged, signals)
         return self.scorer.score(sparse, dense)
 
     def rerank(
@@ -529,7 +549,7 @@ def _user_ranker_rows(
     )
     if len(both) == 0:
         return hit, None
-    s, d = rec.features(query, both, vectors)
+    s, d = rec.features(query, both, rec.signals(query, both, vectors))
     return hit, (s, d, np.isin(both.items, pos).astype(np.float32), np.full(len(both), user))
 
 
