@@ -4,12 +4,12 @@
     .venv/bin/python local/functions.py status
     .venv/bin/python local/functions.py stop
 
-Each function is a functions-framework function served by `python -m zerorec.runner` on its port
-of the port map (recall 8081, ranking 8082, reranking 8083, user 8084, item 8085, behavior 8086, consumer 8087, worker 8088, recommender
-HTTP 10071), plus the recommender's gRPC server (10072), the local KafkaSource dispatcher (behavior
-and items topics -> consumer) and the PingSource emulator (-> worker). Logs and pids live under
-.local-infra/functions/. `start` waits (bounded) for every `/health` to answer 200, and stops
-what it started if one does not.
+Each function is a functions-framework function served by `python -m zerorec.runner` on its port of
+the port map (recall 8081, ranking 8082, reranking 8083, user 8084, item 8085, behavior 8086,
+consumer 8087, worker 8088, recommender HTTP 10071), plus the recommender's gRPC server (10072), the
+local KafkaSource dispatcher (behavior and items topics -> consumer) and the PingSource emulator (->
+worker). Logs and pids live under .local-infra/functions/. `start` waits (bounded) for every
+`/health` to answer 200, and stops what it started if one does not.
 
 Backends: embedded by default: models in a directory (ZEROREC_DATA_DIR, default .zerorec,
 where `zerorec train` publishes), KV and bus in SQLite files there when zerorec.storage offers them (separate

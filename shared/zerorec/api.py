@@ -25,6 +25,7 @@ MAX_BODY_BYTES = 64 * 1024
 MAX_BATCH_BODY_BYTES = 1024 * 1024
 MAX_EXCLUDE = 1000
 MAX_CANDIDATES = 2000
+MAX_SIGNAL_CHANNELS = 16
 
 Id = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 UserId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[\w.:@\-]+$")]
@@ -138,12 +139,19 @@ class RecallCandidate(_Response):
     score: float
     channel: str
     channel_scores: dict[str, float] = Field(default_factory=dict)
+    signals: list[float] = Field(
+        default_factory=list,
+        description="two numbers per channel of the response's signal_channels: the channel's score for "
+        "the item (its lowest score where it has none) and the item's rank in it (how many items score "
+        "higher, history excluded); empty for items newer than the model. Ranking's channel features.",
+    )
 
 
 class RecallResponse(_Response):
     """recall `/` response."""
 
     candidates: list[RecallCandidate]
+    signal_channels: list[str] = Field(default_factory=list, description="the channels of `signals`")
     model_version: str | None = None
 
 
@@ -177,13 +185,16 @@ class CandidateIn(TypedDict):
     score: float
     channel: str
     channel_scores: NotRequired[dict[str, float]]
+    signals: NotRequired[Annotated[list[float], Field(max_length=2 * MAX_SIGNAL_CHANNELS)]]
 
 
 class RankingRequest(_Request):
-    """ranking `/`."""
+    """ranking `/`: recall's candidates, and its `signal_channels` (without them, or for a candidate
+    without `signals`, the ranker sees the channels as absent)."""
 
     user_id: UserId
     candidates: list[CandidateIn] = Field(max_length=MAX_CANDIDATES)
+    signal_channels: list[Id] = Field(default_factory=list, max_length=MAX_SIGNAL_CHANNELS)
     context: dict[ContextKey, ContextValue] = Field(default_factory=dict, max_length=32)
 
 

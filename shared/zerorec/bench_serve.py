@@ -523,6 +523,7 @@ def inprocess_times(settings: Any, users: Sequence[str], count: int) -> list[flo
         default_kv,
         load_model,
     )
+    from zerorec.serving import json_response
     from zerorec.storage import object_store
 
     model = load_model(object_store(settings), settings.model_name)
@@ -531,7 +532,7 @@ def inprocess_times(settings: Any, users: Sequence[str], count: int) -> list[flo
     rerank, user, item = RerankStage(model), UserStage(model, kv), ItemStage(model, kv)
 
     def enc(x: Any) -> bytes:
-        return x.model_dump_json().encode() if hasattr(x, "model_dump_json") else orjson.dumps(x)
+        return json_response(x).body  # as the functions encode it (numpy rows included)
 
     handlers: dict[str, Callable[[bytes], Any]] = {
         settings.recall_url: lambda b: recall.recall(RecallRequest.model_validate_json(b)),

@@ -254,13 +254,17 @@ def _num(x: Any) -> bool:
     return type(x) is float or type(x) is int
 
 
-def parse_recall(body: bytes) -> tuple[list[dict[str, Any]], str | None]:
-    """recall's (candidates, model_version); BadResponse unless it is RecallResponse's contract."""
+def parse_recall(body: bytes) -> tuple[list[dict[str, Any]], str | None, list[str]]:
+    """recall's (candidates, model_version, signal_channels); BadResponse unless it is
+    RecallResponse's contract (candidates' `signals` go on to ranking unread)."""
     doc = _loads(body)
     cands = doc.get("candidates")
     version = doc.get("model_version")
+    signal_channels = doc.get("signal_channels", [])
     if type(cands) is not list or not (version is None or type(version) is str):
         raise BadResponse("candidates must be a list")
+    if type(signal_channels) is not list or not all(type(c) is str for c in signal_channels):
+        raise BadResponse("signal_channels must be a list of channel names")
     for c in cands:
         if (
             type(c) is not dict
@@ -270,7 +274,7 @@ def parse_recall(body: bytes) -> tuple[list[dict[str, Any]], str | None]:
             or type(c.get("channel_scores", {})) is not dict
         ):
             raise BadResponse(f"not a RecallCandidate: {str(c)[:200]}")
-    return cands, version
+    return cands, version, signal_channels
 
 
 def parse_ranking(body: bytes) -> tuple[list[float], str | None]:
@@ -474,9 +478,10 @@ class Recommender:
 
         # 2. candidates: recall, or the hot list.
         candidates: list[dict[str, Any]]
+        signal_channels: list[str] = []
         if not isinstance(recall_res, StageError):
             source = "personalized"
-            recalled, recall_version = recall_res
+            recalled, recall_version, signal_channels = recall_res
             if recall_version:
                 versions["recall"] = recall_version
             candidates = [c for c in recalled if c["item_id"] not in excluded][:MAX_CANDIDATES]
@@ -494,14 +499,19 @@ class Recommender:
         # 3. ranking (personalized candidates only), then 4. reranking.
         final: list[RecommendedItem]
         if source == "personalized" and candidates:
-            # recall's candidate objects go on as received (RankingRequest's candidates).
+            # recall's candidate objects (and their signals) go on as received.
             rank_res = await self._timed(
                 "ranking",
                 timings,
                 self._call(
                     "ranking",
                     self._url(s.ranking_url),
-                    {"user_id": req.user_id, "candidates": candidates, "context": req.context},
+                    {
+                        "user_id": req.user_id,
+                        "candidates": candidates,
+                        "signal_channels": signal_channels,
+                        "context": req.context,
+                    },
                     parse_ranking,
                     end,
                 ),

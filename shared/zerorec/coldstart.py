@@ -21,20 +21,21 @@ from zerorec.storage import object_store
 class ModelParts:
     """Which heavy parts of a bundle a stage builds, and so fetches."""
 
-    channels: bool = True  # recall channels (EASE, ALS, item-CF, vectors, hot, fresh)
+    channels: frozenset[str] | None = None  # the recall channels to build (None: all of them)
     ranker: bool = True  # the DeepFM ONNX session
 
     def wants(self, path: str) -> bool:
         """Whether bundle file `path` belongs to a part this stage builds."""
         if path.startswith("channels/"):
-            return self.channels
+            return self.channels is None or path.split("/")[1] in self.channels
         return self.ranker or path != "ranker.onnx"
 
 
 ALL_PARTS = ModelParts()
-RECALL_PARTS = ModelParts(channels=True, ranker=False)
-RANKING_PARTS = ModelParts(channels=True, ranker=True)
-DATA_ONLY = ModelParts(channels=False, ranker=False)  # reranking, user, item: vocabulary + item data
+RECALL_PARTS = ModelParts(ranker=False)
+# Ranking takes the other channels' features from recall's signals; hot gives its popularity ones.
+RANKING_PARTS = ModelParts(channels=frozenset({"hot"}))
+DATA_ONLY = ModelParts(channels=frozenset(), ranker=False)  # reranking, user, item: vocabulary + items
 
 
 def prefetch(parts: ModelParts, settings: Settings | None = None) -> Future[LoadedBundle]:

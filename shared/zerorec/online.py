@@ -8,9 +8,9 @@ called as they are. Sync and CPU-bound: the functions call these through `asynci
 
 | stage | KV round trips | pipeline calls |
 |---|---|---|
-| RecallStage.recall | 1 (user state) unless the request has `recent_items` | query, vectors, candidates |
+| RecallStage.recall | 1 (user state) unless the request has recent_items | vectors, candidates, signals |
 | RecallStage.hot | 1 (hot zset); the bundle's hot list when the KV has none | hot |
-| RankingStage.score | 1 (user state) | query, score_vectors, rank (features + OnnxScorer) |
+| RankingStage.score | 1 (user state) | query, rank with recall's signals (features + OnnxScorer) |
 | RerankStage.rerank | 0 (seen items come in the request) | query, rerank (MMR, freshness, seen) |
 | UserStage.profile | 1 (recent, seen, categories) | training history from the bundle |
 | ItemStage.lookup | 1 (one HGETALL per id, pipelined) | bundle metadata for ids the KV lacks |
@@ -49,7 +49,7 @@ from zerorec.api import (
 )
 from zerorec.bundle import LoadedBundle, latest_version, load_bundle
 from zerorec.coldstart import ALL_PARTS, ModelParts
-from zerorec.errors import BackendUnavailableError
+from zerorec.errors import BackendUnavailableError, InvalidInputError
 from zerorec.pipeline import CHANNEL_ORDER, Recommender
 from zerorec.realtime import (
     RECENT_MAX,
@@ -141,8 +141,12 @@ def _merged(
     return MergedCandidates(idx, list(channels), names, scores)
 
 
-def _candidate_dicts(item_ids: np.ndarray, merged: MergedCandidates) -> list[dict[str, Any]]:
-    """RecallCandidate dicts of merged candidates: `score` the merge order, finite channel scores."""
+def _candidate_dicts(
+    item_ids: np.ndarray, merged: MergedCandidates, signals: np.ndarray
+) -> list[dict[str, Any]]:
+    """RecallCandidate dicts of merged candidates: `score` the merge order, finite channel scores,
+    `signals` a float32 row per candidate (orjson writes float32 short: the wire carries no more
+    digits than the scores have)."""
     m = len(merged)
     names = merged.channel_names
     ids = item_ids[merged.items].tolist()
@@ -151,10 +155,43 @@ def _candidate_dicts(item_ids: np.ndarray, merged: MergedCandidates) -> list[dic
     rows, cols = np.nonzero(np.isfinite(sc))  # row-major: each row's channels in channel order
     for r, c, v in zip(rows.tolist(), cols.tolist(), sc[rows, cols].tolist(), strict=True):
         scores[r][names[c]] = v
+    rows = signals.reshape(m, -1).astype(np.float32)
     return [
-        {"item_id": str(item), "score": (m - pos) / m, "channel": channel, "channel_scores": cs}
-        for pos, (item, channel, cs) in enumerate(zip(ids, merged.channel, scores, strict=True))
+        {
+            "item_id": str(item),
+            "score": (m - pos) / m,
+            "channel": channel,
+            "channel_scores": cs,
+            "signals": row,
+        }
+        for pos, (item, channel, cs, row) in enumerate(zip(ids, merged.channel, scores, rows, strict=True))
     ]
+
+
+def _wire_signals(candidates: Sequence[dict[str, Any]], signal_channels: Sequence[str]) -> np.ndarray:
+    """Recall's `signals` of `candidates` as `features.channel_signals` [M, C, 2] in the model's
+    channel order (NaN: a channel recall did not send, or a candidate without signals);
+    InvalidInputError when a candidate's signals do not match `signal_channels`."""
+    names = list(CHANNEL_ORDER)
+    out = np.full((len(candidates), len(names), 2), np.nan)
+    pairs = [(j, names.index(c)) for j, c in enumerate(signal_channels) if c in names]
+    width = 2 * len(signal_channels)
+    rows, values = [], []
+    for r, c in enumerate(candidates):
+        sig = c.get("signals")
+        if not sig:
+            continue
+        if len(sig) != width:
+            raise InvalidInputError(
+                f"candidate {c['item_id']!r} has {len(sig)} signals; signal_channels names "
+                f"{len(signal_channels)} channels (two numbers each)"
+            )
+        rows.append(r)
+        values.append(sig)
+    if rows and pairs:
+        src, dst = (list(t) for t in zip(*pairs, strict=True))
+        out[np.ix_(rows, dst)] = np.asarray(values, dtype=np.float64).reshape(len(rows), -1, 2)[:, src]
+    return out
 
 
 class RecallStage:
@@ -189,11 +226,15 @@ class RecallStage:
         vectors = rec.score_vectors(query)
         exclude = self.model.known([*req.exclude, *deleted])
         merged = rec.candidates(query, req.n, exclude, vectors, fill=True)  # n as asked
-        out = _candidate_dicts(rec.data.item_ids, merged)
+        out = _candidate_dicts(rec.data.item_ids, merged, rec.signals(query, merged, vectors))
         skip = {*req.exclude, *deleted, *recent}
         unknown = [i for i in fresh if i not in rec.data.item_index and i not in skip]
         out += [{"item_id": i, "score": 0.0, "channel": "fresh", "channel_scores": {}} for i in unknown]
-        return {"candidates": out, "model_version": self.model.version}
+        return {
+            "candidates": out,
+            "signal_channels": list(CHANNEL_ORDER),
+            "model_version": self.model.version,
+        }
 
     def hot(self, n: int, category: str | None = None) -> HotResponse:
         """The real-time hot list from the KV (consumer-maintained), else the bundle's."""
@@ -213,7 +254,8 @@ class RecallStage:
 
 
 class RankingStage:
-    """DeepFM (ONNX) scores for a candidate batch, with C's features for this user."""
+    """DeepFM (ONNX) scores for a candidate batch, with C's features for this user: the channel
+    features come from recall's signals, so this stage holds no channel but hot."""
 
     def __init__(self, model: ServingModel, kv: KVStore) -> None:
         self.model = model
@@ -230,13 +272,14 @@ class RankingStage:
         known = np.flatnonzero(idx >= 0)
         out = np.zeros(len(cands), dtype=np.float32)
         if len(known):
+            kept = [cands[k] for k in known]
             merged = _merged(
                 self.model,
                 idx[known],
-                [cands[k]["channel"] for k in known],
-                [cands[k].get("channel_scores") or {} for k in known],
+                [c["channel"] for c in kept],
+                [c.get("channel_scores") or {} for c in kept],
             )
-            out[known] = rec.rank(query, merged, rec.score_vectors(query))
+            out[known] = rec.rank(query, merged, signals=_wire_signals(kept, req.signal_channels))
         return RankingResponse.model_construct(scores=out.tolist(), model_version=self.model.version)
 
 

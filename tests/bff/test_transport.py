@@ -200,8 +200,10 @@ def test_refused_and_broken_responses_are_connection_errors() -> None:
 
 def test_contract_checks_of_the_big_responses() -> None:
     good = b'{"candidates": [{"item_id": "a", "score": 1, "channel": "als", "channel_scores": {"als": 0.5}}]}'
-    cands, version = parse_recall(good)
-    assert cands[0]["item_id"] == "a" and version is None
+    cands, version, signal_channels = parse_recall(good)
+    assert cands[0]["item_id"] == "a" and version is None and signal_channels == []
+    with_signals = b'{"candidates": [{"item_id": "a", "score": 1, "channel": "als", "signals": [0.5, 3]}], '
+    assert parse_recall(with_signals + b'"signal_channels": ["als"]}')[2] == ["als"]
     for bad in (
         b'{"unexpected": true}',
         b"[]",
@@ -211,6 +213,8 @@ def test_contract_checks_of_the_big_responses() -> None:
         b'{"candidates": [{"item_id": "a", "score": true, "channel": "als"}]}',
         b'{"candidates": [{"item_id": "a", "score": 1, "channel": "als", "channel_scores": []}]}',
         b'{"candidates": [], "model_version": 3}',
+        b'{"candidates": [], "signal_channels": "als"}',
+        b'{"candidates": [], "signal_channels": [1]}',
     ):
         with pytest.raises(BadResponse):
             parse_recall(bad)
@@ -222,7 +226,7 @@ def test_contract_checks_of_the_big_responses() -> None:
 
 def test_recall_contract_check_names_the_first_bad_candidate() -> None:
     ok = {"item_id": "a", "score": 0.5, "channel": "ease"}
-    cands, _ = parse_recall(orjson.dumps({"candidates": [ok, {**ok, "channel_scores": {}}]}))
+    cands, _, _ = parse_recall(orjson.dumps({"candidates": [ok, {**ok, "channel_scores": {}}]}))
     assert cands[1]["item_id"] == "a"
     for bad in (
         None,

@@ -68,15 +68,19 @@ def test_hot_list(embedded: Stack) -> None:
 
 
 def test_ranking_scores_every_candidate_in_order(embedded: Stack) -> None:
-    cands = post(embedded, "recall", {"user_id": "u2", "n": 40}).json()["candidates"]
+    recalled = post(embedded, "recall", {"user_id": "u2", "n": 40}).json()
+    cands, channels = recalled["candidates"], recalled["signal_channels"]
     cands.append({"item_id": "unknown-item", "score": 0.1, "channel": "hot"})
-    r = post(embedded, "ranking", {"user_id": "u2", "candidates": cands, "context": {"device": "ios"}})
+    body = {"user_id": "u2", "candidates": cands, "signal_channels": channels, "context": {"device": "ios"}}
+    r = post(embedded, "ranking", body)
     assert r.status_code == 200, r.text
     body = r.json()
     assert len(body["scores"]) == len(cands) and body["scores"][-1] == 0.0
     assert all(0.0 <= s <= 1.0 for s in body["scores"]) and len(set(body["scores"][:-1])) > 1
     assert body["model_version"]
-    same = post(embedded, "ranking", {"user_id": "u2", "candidates": cands[:-1]}).json()["scores"]
+    same = post(
+        embedded, "ranking", {"user_id": "u2", "candidates": cands[:-1], "signal_channels": channels}
+    ).json()["scores"]
     assert same == pytest.approx(body["scores"][:-1], abs=1e-6), "deterministic, order kept"
     assert post(embedded, "ranking", {"user_id": "u2", "candidates": []}).json()["scores"] == []
 

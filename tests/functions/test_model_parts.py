@@ -5,21 +5,25 @@ from __future__ import annotations
 from concurrent.futures import Future
 from pathlib import Path
 
+import numpy as np
+import orjson
 import pytest
 from conftest import Tiny
 from fn_bundles import publish
-from zerorec.api import RecallRequest, RecallResponse, RerankRequest
+from zerorec.api import RankingRequest, RecallRequest, RecallResponse, RerankRequest
 from zerorec.bundle import LoadedBundle
-from zerorec.coldstart import ALL_PARTS, DATA_ONLY, RECALL_PARTS, prefetch
-from zerorec.errors import IntegrityError
+from zerorec.coldstart import ALL_PARTS, DATA_ONLY, RANKING_PARTS, RECALL_PARTS, prefetch
+from zerorec.errors import IntegrityError, InvalidInputError
 from zerorec.online import (
     ItemStage,
+    RankingStage,
     RecallStage,
     RerankStage,
     UserStage,
     load_model,
     stage_loader,
 )
+from zerorec.serving import json_response
 from zerorec.settings import Settings
 from zerorec.storage.kv_memory import MemoryKVStore
 from zerorec.storage.objects_local import LocalObjectStore
@@ -103,3 +107,39 @@ def test_the_first_load_takes_the_prefetched_bundle(tiny: Tiny, tmp_path: Path) 
     with pytest.raises(IntegrityError):  # the prefetch's error is the first load's error ...
         load("latest")
     assert load("latest")[0] == second  # ... and the next load fetches afresh
+
+
+def test_ranking_with_recall_signals_scores_like_the_full_model(tiny: Tiny, tmp_path: Path) -> None:
+    """Ranking holds only the hot channel and the ranker; with recall's signals (over the JSON wire)
+    its scores equal the full model's, which scores every channel itself."""
+    store = LocalObjectStore(tmp_path)
+    publish(store, "recommender", tiny.files)
+    full = load_model(store, "recommender", parts=ALL_PARTS)
+    ranking = load_model(store, "recommender", parts=RANKING_PARTS)
+    assert set(ranking.rec.channels) == {"hot"} and ranking.rec.scorer is not None
+    kv = MemoryKVStore()
+    recall = RecallStage(load_model(store, "recommender", parts=RECALL_PARTS), kv)
+    for user in tiny.interactions.user_id.astype(str).unique()[:10]:
+        wire = json_response(recall.recall(RecallRequest(user_id=user, n=80))).body
+        doc = orjson.loads(wire)
+        assert doc["signal_channels"] and all(len(c["signals"]) == 12 for c in doc["candidates"])
+        req = RankingRequest.model_validate(
+            {"user_id": user, "candidates": doc["candidates"], "signal_channels": doc["signal_channels"]}
+        )
+        got = RankingStage(ranking, kv).score(req).scores
+        rec = full.rec
+        query = rec.query(user)
+        merged = rec.candidates(query, 80, np.zeros(0, np.int64), rec.score_vectors(query), fill=True)
+        assert [c["item_id"] for c in doc["candidates"]] == rec.data.item_ids[merged.items].tolist()
+        np.testing.assert_array_equal(np.asarray(got, np.float32), rec.rank(query, merged))
+
+    # without signals the channels count as absent (still a score for every candidate); signals that
+    # do not match signal_channels are refused
+    bare = [{k: c[k] for k in ("item_id", "score", "channel")} for c in doc["candidates"]]
+    req = RankingRequest.model_validate({"user_id": user, "candidates": bare})
+    assert len(RankingStage(ranking, kv).score(req).scores) == len(bare)
+    bad = RankingRequest.model_validate(
+        {"user_id": user, "candidates": doc["candidates"], "signal_channels": doc["signal_channels"][:2]}
+    )
+    with pytest.raises(InvalidInputError, match="signals"):
+        RankingStage(ranking, kv).score(bad)
