@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -110,8 +111,12 @@ def load_model(
 
 
 def model_from_bundle(bundle: LoadedBundle) -> ServingModel:
-    """Build the pipeline from a verified bundle (whatever parts of it were fetched)."""
-    return ServingModel(bundle.name, bundle.version, Recommender.from_files(bundle.files), bundle.manifest)
+    """Build the pipeline from a verified bundle (whatever parts of it were fetched). Weights stored
+    compact (EASE's float16) are widened in a background thread: the model serves at once, with
+    the same scores, and gets faster when the thread is done."""
+    rec = Recommender.from_files(bundle.files, widen=False)
+    threading.Thread(target=rec.widen, name=f"widen-{bundle.version}", daemon=True).start()
+    return ServingModel(bundle.name, bundle.version, rec, bundle.manifest)
 
 
 def _read_user(kv: KVStore, user_id: str) -> UserState:

@@ -380,12 +380,14 @@ class Recommender:
         return files
 
     @classmethod
-    def from_files(cls, files: Mapping[str, bytes]) -> Recommender:
+    def from_files(cls, files: Mapping[str, bytes], widen: bool = True) -> Recommender:
         """Inverse of to_files (no torch import); IntegrityError on a missing or foreign file.
 
         Without channel files and ranker (a data-only function's files: reranking, user, item) the
         sparse matrices are read as `CSRArrays` with numpy alone: histories, vocabulary and item
-        data as with scipy, no matrix algebra (and no `to_files`) on such a Recommender."""
+        data as with scipy, no matrix algebra (and no `to_files`) on such a Recommender.
+        ``widen=False`` leaves compact stored weights as published: call `widen` later (serving
+        does, in the background, to shorten a cold start)."""
         data_only = "ranker.onnx" not in files and not any(k.startswith("channels/") for k in files)
         if data_only:
             load_csr: Callable[[bytes], Any] = CSRArrays.from_npz
@@ -427,7 +429,15 @@ class Recommender:
                 sub = {k[len(prefix) :]: v for k, v in files.items() if k.startswith(prefix)}
                 if sub:
                     channels[name] = cls_.from_files(sub)
-        return cls(data, channels, config, files.get("ranker.onnx"), items)
+        rec = cls(data, channels, config, files.get("ranker.onnx"), items)
+        if widen:
+            rec.widen()
+        return rec
+
+    def widen(self) -> None:
+        """Expand weights kept compact since loading (EASE's float16) to their serving precision."""
+        for ch in self.channels.values():
+            ch.widen()
 
 
 def _npy(arr: np.ndarray) -> bytes:

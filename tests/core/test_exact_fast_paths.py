@@ -52,3 +52,28 @@ def test_rank_of_counts_the_items_scoring_strictly_higher(dtype: type) -> None:
         got = _rank_of(scores, history, items, np.isfinite(scores))
         assert got.dtype == np.float64
         np.testing.assert_array_equal(got, plain_rank(scores, history, items))
+
+
+def test_ease_scores_the_same_before_and_after_widening() -> None:
+    """A loaded EASE channel keeps the published float16 weights until `widen` (serving widens in
+    the background): its scores are identical either way."""
+    from zerorec.recall.base import UserQuery
+    from zerorec.recall.channels import EASEChannel
+
+    rng = np.random.default_rng(3)
+    keep = np.sort(rng.choice(200, 150, replace=False))
+    weights = (rng.standard_normal((150, 150)) * 0.05).astype(np.float16)
+    ch = EASEChannel.from_state(
+        {"l2": 1.0, "min_count": 1}, {"keep": keep, "weights": weights, "n_items": np.array([200])}
+    )
+    ch.n_items = 200
+    ch._index()
+    queries = [rng.choice(200, k, replace=False) for k in (0, 1, 7, 60)]
+    narrow = [ch.score(UserQuery(user=None, history=h, times=np.zeros(len(h)))) for h in queries]
+    assert ch.weights.dtype == np.float16
+    ch.widen()
+    assert ch.weights.dtype == np.float32
+    for h, before in zip(queries, narrow, strict=True):
+        np.testing.assert_array_equal(
+            before, ch.score(UserQuery(user=None, history=h, times=np.zeros(len(h))))
+        )

@@ -97,6 +97,9 @@ class RecallChannel(ABC):
         items = top_n(scores, n, skip.astype(np.int64))
         return Candidates(items, scores[items].astype(np.float32), self.name)
 
+    def widen(self) -> None:  # noqa: B027 (a no-op default, not an abstract method)
+        """Expand weights `from_state` kept in their compact stored form (nothing, by default)."""
+
     @abstractmethod
     def params(self) -> dict[str, Any]:
         """Hyper-parameters, JSON-serialisable."""
