@@ -99,7 +99,16 @@ def _level(c: int, ms: list[float]) -> bs.LevelStats:
 def test_assemble_keys_and_targets() -> None:
     levels = [_level(1, [5.0] * 100), _level(8, [10.0] * 98 + [30.0, 40.0]), _level(32, [50.0] * 10)]
     rss = {"recommender": 100.0, "recall": 600.0, "ranking": 300.0, "reranking": 200.0, "user": 90.0}
-    cold = {"recall": 900.0, "ranking": 1200.0, "reranking": 500.0, "user": 400.0, "item": 300.0}
+    cold = {
+        name: {"cold_start_ms": ms, "cold_start_runs_ms": [ms] * 3, "model_load_ms": ms / 3}
+        for name, ms in {
+            "recall": 900.0,
+            "ranking": 1200.0,
+            "reranking": 500.0,
+            "user": 400.0,
+            "item": 300.0,
+        }.items()
+    }
     report = bs.assemble(levels, [0.004, 0.006], rss, cold, {"mode": "test", "n": 20, "candidates": 500})
     report = json.loads(json.dumps(report))  # what --json writes
     assert set(report["concurrency"]) == {"1", "8", "32"}
@@ -110,6 +119,7 @@ def test_assemble_keys_and_targets() -> None:
     assert set(report["functions"]) == set(bs.FUNCTIONS)
     for fig in report["functions"].values():
         assert {"rss_mb", "cold_start_ms"} <= set(fig)
+    assert report["functions"]["recall"]["cold_start_runs_ms"] == [900.0] * 3
     result = {t["target"]: t["result"] for t in report["targets"]}
     assert result["p99 at concurrency 8"] == "MISS"
     assert result["recall cold start"] == "PASS" and result["ranking cold start"] == "MISS"
