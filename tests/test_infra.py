@@ -90,18 +90,24 @@ def test_redis_answers(redis_server: str, namespace: str) -> None:
 
 @pytest.mark.integration
 def test_s3_bucket_exists_and_stores(s3_server: str, real_settings, namespace: str) -> None:
-    import boto3
+    import obstore  # the raw client, not zerorec's adapter: this checks the server and its bucket
+    from obstore.store import S3Store
 
-    s3 = boto3.client(
-        "s3", endpoint_url=s3_server, aws_access_key_id=real_settings.s3_access_key,
-        aws_secret_access_key=real_settings.s3_secret_key, region_name=real_settings.s3_region,
+    s3 = S3Store(
+        real_settings.s3_bucket,
+        endpoint=s3_server,
+        access_key_id=real_settings.s3_access_key,
+        secret_access_key=real_settings.s3_secret_key,
+        region=real_settings.s3_region,
+        virtual_hosted_style_request=False,
+        client_options={"allow_http": True},
     )
     key = f"infra/{namespace}.txt"
-    s3.put_object(Bucket=real_settings.s3_bucket, Key=key, Body=b"hello")
+    obstore.put(s3, key, b"hello")
     try:
-        assert s3.get_object(Bucket=real_settings.s3_bucket, Key=key)["Body"].read() == b"hello"
+        assert bytes(obstore.get(s3, key).bytes()) == b"hello"
     finally:
-        s3.delete_object(Bucket=real_settings.s3_bucket, Key=key)
+        obstore.delete(s3, key)
 
 
 def test_env_points_at_the_default_endpoints(tmp_path: Path) -> None:
