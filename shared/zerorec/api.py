@@ -139,11 +139,12 @@ class RecallCandidate(_Response):
     score: float
     channel: str
     channel_scores: dict[str, float] = Field(default_factory=dict)
-    signals: list[float] = Field(
-        default_factory=list,
-        description="two numbers per channel of the response's signal_channels: the channel's score for "
-        "the item (its lowest score where it has none) and the item's rank in it (how many items score "
-        "higher, history excluded); empty for items newer than the model. Ranking's channel features.",
+    signals: str = Field(
+        default="",
+        description="base64 of little-endian float32 pairs, one per channel of the response's "
+        "signal_channels: the channel's score for the item (its lowest score where it has none) and "
+        "the item's rank in it (how many items score higher, history excluded); empty for items newer "
+        "than the model. Ranking's channel features.",
     )
 
 
@@ -185,7 +186,7 @@ class CandidateIn(TypedDict):
     score: float
     channel: str
     channel_scores: NotRequired[dict[str, float]]
-    signals: NotRequired[Annotated[list[float], Field(max_length=2 * MAX_SIGNAL_CHANNELS)]]
+    signals: NotRequired[Annotated[str, StringConstraints(max_length=4 * (8 * MAX_SIGNAL_CHANNELS // 3 + 1))]]
 
 
 class RankingRequest(_Request):

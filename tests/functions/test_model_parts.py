@@ -20,9 +20,12 @@ from zerorec.online import (
     RecallStage,
     RerankStage,
     UserStage,
+    decode_signals,
+    encode_signals,
     load_model,
     stage_loader,
 )
+from zerorec.pipeline import CHANNEL_ORDER
 from zerorec.serving import json_response
 from zerorec.settings import Settings
 from zerorec.storage.kv_memory import MemoryKVStore
@@ -122,7 +125,7 @@ def test_ranking_with_recall_signals_scores_like_the_full_model(tiny: Tiny, tmp_
     for user in tiny.interactions.user_id.astype(str).unique()[:10]:
         wire = json_response(recall.recall(RecallRequest(user_id=user, n=80))).body
         doc = orjson.loads(wire)
-        assert doc["signal_channels"] and all(len(c["signals"]) == 12 for c in doc["candidates"])
+        assert doc["signal_channels"] and all(len(c["signals"]) == 64 for c in doc["candidates"])
         req = RankingRequest.model_validate(
             {"user_id": user, "candidates": doc["candidates"], "signal_channels": doc["signal_channels"]}
         )
@@ -143,3 +146,18 @@ def test_ranking_with_recall_signals_scores_like_the_full_model(tiny: Tiny, tmp_
     )
     with pytest.raises(InvalidInputError, match="signals"):
         RankingStage(ranking, kv).score(bad)
+
+
+def test_signals_round_trip_and_bad_signals_are_refused() -> None:
+    sig = np.array([[[0.5, 3.0], [np.float32(0.1), 0.0]], [[-1.25, 7.0], [2.0, 1.0]]])
+    wire = [{"item_id": f"i{k}", "signals": s} for k, s in enumerate(encode_signals(sig))]
+    got = decode_signals(wire, ["als", "ease"])  # the model's order is ease, als, ...
+    order = list(CHANNEL_ORDER)
+    np.testing.assert_array_equal(got[:, order.index("als")], sig[:, 0].astype(np.float32))
+    np.testing.assert_array_equal(got[:, order.index("ease")], sig[:, 1].astype(np.float32))
+    assert np.isnan(got[:, order.index("hot")]).all()  # not sent: absent
+    odd = encode_signals(np.array([[[np.inf, 1.0], [0.2, -4.0]]]))[0]
+    got = decode_signals([{"item_id": "x", "signals": odd}], ["als", "ease"])
+    assert np.isnan(got[0, order.index("als"), 0]) and np.isnan(got[0, order.index("ease")]).all()
+    with pytest.raises(InvalidInputError, match="not base64"):
+        decode_signals([{"item_id": "x", "signals": "not base64!"}], ["als", "ease"])
