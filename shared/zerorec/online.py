@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -90,8 +91,8 @@ class ServingModel:
 
     def index(self, item_ids: Sequence[str]) -> np.ndarray:
         """Vocabulary index of each id, -1 for ids the model does not know."""
-        lookup = self.rec.data.item_index
-        return np.fromiter((lookup.get(i, -1) for i in item_ids), dtype=np.int64, count=len(item_ids))
+        get = self.rec.data.item_index.get  # map() keeps the loop in C (hundreds of ids a request)
+        return np.fromiter(map(get, item_ids, repeat(-1)), dtype=np.int64, count=len(item_ids))
 
     def known(self, item_ids: Sequence[str]) -> np.ndarray:
         """Indices of the ids the model knows (unknown ids dropped, order kept)."""
@@ -192,28 +193,37 @@ def decode_signals(candidates: Sequence[dict[str, Any]], signal_channels: Sequen
     out = np.full((len(candidates), len(names), 2), np.nan)
     pairs = [(j, names.index(c)) for j, c in enumerate(signal_channels) if c in names]
     width = 8 * len(signal_channels)  # bytes: two float32 per channel
-    rows, blobs = [], []
-    for r, c in enumerate(candidates):
-        sig = c.get("signals")
-        if not sig:
-            continue
-        try:
-            blob = base64.b64decode(sig, validate=True)
-        except binascii.Error:
-            raise InvalidInputError(f"candidate {c['item_id']!r}: signals is not base64") from None
-        if len(blob) != width:
+    chars = 4 * -(-width // 3)  # its base64 length
+    sigs = [c.get("signals") for c in candidates]
+    rows = [r for r, s in enumerate(sigs) if s]
+    for r in rows:
+        if len(sigs[r]) != chars:
             raise InvalidInputError(
-                f"candidate {c['item_id']!r} has {len(blob) // 4} signals; signal_channels names "
-                f"{len(signal_channels)} channels (two float32 each)"
+                f"candidate {candidates[r]['item_id']!r}: its signals are not two float32 for each "
+                f"of the {len(signal_channels)} signal_channels"
             )
-        rows.append(r)
-        blobs.append(blob)
+    try:  # unpadded (a multiple of 3 bytes each): one decode for all; else one per candidate
+        if width % 3 == 0:
+            blob = base64.b64decode("".join(sigs[r] for r in rows), validate=True)
+        else:
+            blob = b"".join(base64.b64decode(sigs[r], validate=True) for r in rows)
+    except (binascii.Error, ValueError):
+        bad = next(r for r in rows if not _is_base64(sigs[r]))
+        raise InvalidInputError(f"candidate {candidates[bad]['item_id']!r}: signals is not base64") from None
     if rows and pairs:
-        values = np.frombuffer(b"".join(blobs), dtype="<f4").astype(np.float64).reshape(len(rows), -1, 2)
+        values = np.frombuffer(blob, dtype="<f4").astype(np.float64).reshape(len(rows), -1, 2)
         values[~np.isfinite(values) | (values[..., 1:2] < 0)] = np.nan  # a rank is never negative
         src, dst = (list(t) for t in zip(*pairs, strict=True))
         out[np.ix_(rows, dst)] = values[:, src]
     return out
+
+
+def _is_base64(text: str) -> bool:
+    try:
+        base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return True
 
 
 class RecallStage:

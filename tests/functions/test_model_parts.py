@@ -160,4 +160,11 @@ def test_signals_round_trip_and_bad_signals_are_refused() -> None:
     got = decode_signals([{"item_id": "x", "signals": odd}], ["als", "ease"])
     assert np.isnan(got[0, order.index("als"), 0]) and np.isnan(got[0, order.index("ease")]).all()
     with pytest.raises(InvalidInputError, match="not base64"):
-        decode_signals([{"item_id": "x", "signals": "not base64!"}], ["als", "ease"])
+        decode_signals([{"item_id": "x", "signals": "!" * len(odd)}], ["als", "ease"])
+    with pytest.raises(InvalidInputError, match="two float32 for each of the 3 signal_channels"):
+        decode_signals([{"item_id": "x", "signals": odd}], ["als", "ease", "hot"])
+    six = encode_signals(np.zeros((1, 6, 2)))[0]  # 48 bytes: the unpadded, decode-all-at-once path
+    with pytest.raises(InvalidInputError, match="'y': signals is not base64"):
+        decode_signals(
+            [{"item_id": "x", "signals": six}, {"item_id": "y", "signals": "?" * 64}], CHANNEL_ORDER
+        )
