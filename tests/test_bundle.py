@@ -179,3 +179,21 @@ def test_bad_names_and_params(store: LocalObjectStore) -> None:
         publish_bundle(store, "ranker", FILES, params={"f": object()})
     with pytest.raises(InvalidInputError):
         publish_bundle(store, "ranker", {"a.npy": "not bytes"})  # type: ignore[dict-item]
+
+
+def test_npy_view_reads_without_copying_and_refuses_object_arrays() -> None:
+    import io
+
+    import numpy as np
+    from zerorec.bundle import npy_view
+
+    for arr in (np.arange(12, dtype=np.float16).reshape(3, 4), np.asfortranarray(np.eye(3)), np.zeros(0)):
+        buf = io.BytesIO()
+        np.save(buf, arr, allow_pickle=False)
+        view = npy_view(buf.getvalue())
+        np.testing.assert_array_equal(view, arr)
+        assert view.dtype == arr.dtype and not view.flags.writeable  # a view of the bytes
+    buf = io.BytesIO()
+    np.save(buf, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="object arrays"):
+        npy_view(buf.getvalue())

@@ -66,6 +66,23 @@ def _file_problem(path: Any) -> str | None:
     return None
 
 
+def npy_view(data: bytes) -> np.ndarray:
+    """A `.npy` file's array as a read-only view of `data` (no copy: a model's largest matrix is
+    not duplicated at load). ValueError for object arrays (they would need pickle) or bad bytes."""
+    import numpy as np
+    from numpy.lib import format as npy
+
+    stream = io.BytesIO(data)
+    version = npy.read_magic(stream)
+    read_header = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+    shape, fortran_order, dtype = read_header(stream)
+    if dtype.hasobject:
+        raise ValueError("object arrays are refused (they need pickle)")
+    count = int(np.prod(shape, dtype=np.int64))
+    flat = np.frombuffer(data, dtype=dtype, count=count, offset=stream.tell())
+    return flat.reshape(shape, order="F" if fortran_order else "C")
+
+
 def _prefix(name: str, version: str) -> str:
     return f"models/{name}/{version}/"
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import numpy as np
 
+from zerorec.bundle import npy_view
 from zerorec.data.interactions import InteractionData
 from zerorec.errors import IntegrityError
 
@@ -152,7 +153,7 @@ class RecallChannel(ABC):
         for fname, data in files.items():
             stem, _, ext = fname.rpartition(".")
             if ext == "npy":
-                arrays[stem] = np.load(io.BytesIO(data), allow_pickle=False)
+                arrays[stem] = npy_view(data)  # read-only, no copy
             elif ext == "npz":
                 arrays[stem] = sp.load_npz(io.BytesIO(data)).tocsr()
             elif ext == "faiss":

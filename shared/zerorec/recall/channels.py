@@ -265,9 +265,11 @@ class ALSChannel(RecallChannel):
     @classmethod
     def from_state(cls, params: dict[str, Any], arrays: dict[str, Any]) -> Self:
         ch = cls(**params)
+        # Copies: loaded arrays are read-only views of the bundle, and implicit's Cython kernels
+        # (recalculate_user for a history the model has not seen) take writable buffers only.
         ch._loaded = (
-            np.ascontiguousarray(arrays["user_factors"], dtype=np.float32),
-            np.ascontiguousarray(arrays["item_factors"], dtype=np.float32),
+            np.array(arrays["user_factors"], dtype=np.float32, order="C"),
+            np.array(arrays["item_factors"], dtype=np.float32, order="C"),
         )
         return ch
 
