@@ -25,8 +25,7 @@ from zerorec.online import (
     ItemAdminRequest,
     ItemStage,
     default_kv,
-    latest_probe,
-    stage_loader,
+    stage_slot,
 )
 from zerorec.serving import HTTPError, ModelSlot, dispatch, offload, parse
 from zerorec.storage import event_bus
@@ -43,14 +42,8 @@ def _admin_instance() -> ItemAdmin:
     return _admin
 
 
-SLOT: ModelSlot[ItemStage] = ModelSlot(
-    _settings.model_name,
-    stage_loader(lambda m: ItemStage(m, _kv), _settings, DATA_ONLY, _bundle),
-    _settings.model_retry_s,
-    latest=latest_probe(_settings),
-    poll_s=_settings.model_poll_s,
-)
-SLOT.load()  # cold start: before the port opens
+# Cold start: the model loads here, before the port opens.
+SLOT: ModelSlot[ItemStage] = stage_slot(lambda m: ItemStage(m, _kv), DATA_ONLY, _settings, _bundle)
 
 
 async def _lookup(request: Request, stage: ItemStage) -> Response:

@@ -16,18 +16,12 @@ import functions_framework.aio
 from starlette.requests import Request
 from starlette.responses import Response
 from zerorec.api import MAX_BATCH_BODY_BYTES, RankingRequest
-from zerorec.online import RankingStage, default_kv, latest_probe, stage_loader
+from zerorec.online import RankingStage, default_kv, stage_slot
 from zerorec.serving import ModelSlot, dispatch, offload, parse
 
 _kv = default_kv(_settings)
-SLOT: ModelSlot[RankingStage] = ModelSlot(
-    _settings.model_name,
-    stage_loader(lambda m: RankingStage(m, _kv), _settings, RANKING_PARTS, _bundle),
-    _settings.model_retry_s,
-    latest=latest_probe(_settings),
-    poll_s=_settings.model_poll_s,
-)
-SLOT.load()  # cold start: before the port opens
+# Cold start: the model loads here, before the port opens.
+SLOT: ModelSlot[RankingStage] = stage_slot(lambda m: RankingStage(m, _kv), RANKING_PARTS, _settings, _bundle)
 
 
 async def _score(request: Request, stage: RankingStage) -> Response:

@@ -16,18 +16,12 @@ import functions_framework.aio
 from starlette.requests import Request
 from starlette.responses import Response
 from zerorec.api import HotRequest, RecallRequest
-from zerorec.online import RecallStage, default_kv, latest_probe, stage_loader
+from zerorec.online import RecallStage, default_kv, stage_slot
 from zerorec.serving import ModelSlot, dispatch, offload, parse
 
 _kv = default_kv(_settings)
-SLOT: ModelSlot[RecallStage] = ModelSlot(
-    _settings.model_name,
-    stage_loader(lambda m: RecallStage(m, _kv), _settings, RECALL_PARTS, _bundle),
-    _settings.model_retry_s,
-    latest=latest_probe(_settings),
-    poll_s=_settings.model_poll_s,
-)
-SLOT.load()  # cold start: before the port opens
+# Cold start: the model loads here, before the port opens.
+SLOT: ModelSlot[RecallStage] = stage_slot(lambda m: RecallStage(m, _kv), RECALL_PARTS, _settings, _bundle)
 
 
 async def _candidates(request: Request, stage: RecallStage) -> Response:

@@ -16,17 +16,13 @@ import functions_framework.aio
 from starlette.requests import Request
 from starlette.responses import Response
 from zerorec.api import MAX_BATCH_BODY_BYTES, RerankRequest
-from zerorec.online import RerankStage, latest_probe, stage_loader
+from zerorec.online import RerankStage, stage_slot
 from zerorec.serving import ModelSlot, dispatch, offload, parse
 
-SLOT: ModelSlot[RerankStage] = ModelSlot(
-    _settings.model_name,
-    stage_loader(lambda m: RerankStage(m, _settings.rerank_diversity), _settings, DATA_ONLY, _bundle),
-    _settings.model_retry_s,
-    latest=latest_probe(_settings),
-    poll_s=_settings.model_poll_s,
+# Cold start: the model loads here, before the port opens.
+SLOT: ModelSlot[RerankStage] = stage_slot(
+    lambda m: RerankStage(m, _settings.rerank_diversity), DATA_ONLY, _settings, _bundle
 )
-SLOT.load()  # cold start: before the port opens
 
 
 async def _rerank(request: Request, stage: RerankStage) -> Response:

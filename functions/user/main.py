@@ -16,18 +16,12 @@ import functions_framework.aio
 from starlette.requests import Request
 from starlette.responses import Response
 from zerorec.api import UserRequest
-from zerorec.online import UserStage, default_kv, latest_probe, stage_loader
+from zerorec.online import UserStage, default_kv, stage_slot
 from zerorec.serving import ModelSlot, dispatch, offload, parse
 
 _kv = default_kv(_settings)
-SLOT: ModelSlot[UserStage] = ModelSlot(
-    _settings.model_name,
-    stage_loader(lambda m: UserStage(m, _kv), _settings, DATA_ONLY, _bundle),
-    _settings.model_retry_s,
-    latest=latest_probe(_settings),
-    poll_s=_settings.model_poll_s,
-)
-SLOT.load()  # cold start: before the port opens
+# Cold start: the model loads here, before the port opens.
+SLOT: ModelSlot[UserStage] = stage_slot(lambda m: UserStage(m, _kv), DATA_ONLY, _settings, _bundle)
 
 
 async def _profile(request: Request, stage: UserStage) -> Response:

@@ -3,7 +3,7 @@
 A cold start is GIL-bound imports (numpy, scipy, faiss, onnxruntime, pydantic: about half a second)
 plus the bundle's download and checksums, which run without the GIL (obstore or file reads,
 hashlib). `prefetch` starts the second in a thread from the first lines of a function's main.py so
-the two overlap; `online.stage_loader(prefetched=...)` builds the first model from its result. This
+the two overlap; `online.stage_slot(..., prefetched)` builds the first model from its result. This
 module imports settings, storage and bundle only (no numpy), so the download starts early.
 """
 

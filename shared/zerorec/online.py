@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import repeat
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -68,11 +68,13 @@ from zerorec.realtime import (
     user_state_reads,
 )
 from zerorec.recall.merge import MergedCandidates
+from zerorec.serving import ModelSlot
 from zerorec.settings import Settings, get_settings
 from zerorec.storage import EventBus, KVStore, ObjectStore, kv_store, object_store
 from zerorec.storage.kv import HGetAll
 
 log = logging.getLogger("zerorec.online")
+T = TypeVar("T")
 
 # Items added since training: how many of the newest recall offers, and how many slots of a
 # list reranking keeps for them (the ranker cannot score what it has never seen).
@@ -474,6 +476,26 @@ def latest_probe(settings: Settings | None = None) -> Callable[[], str]:
     s = settings or get_settings()
     store = object_store(s)
     return lambda: latest_version(store, s.model_name)
+
+
+def stage_slot(
+    build: Callable[[ServingModel], T],
+    parts: ModelParts,
+    settings: Settings | None = None,
+    prefetched: Future[LoadedBundle] | None = None,
+) -> ModelSlot[T]:
+    """A serving function's model slot, loaded before it returns (the cold start: before the port
+    opens): `stage_loader` (from `prefetched` first), retries while nothing loads, LATEST polling."""
+    s = settings or get_settings()
+    slot = ModelSlot(
+        s.model_name,
+        stage_loader(build, s, parts, prefetched),
+        s.model_retry_s,
+        latest=latest_probe(s),
+        poll_s=s.model_poll_s,
+    )
+    slot.load()
+    return slot
 
 
 def default_kv(settings: Settings | None = None) -> KVStore:
