@@ -38,6 +38,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not args.target:
         parser.error("--target (or FUNCTION_TARGET) is required")
+    if not Path(args.source).is_file():
+        parser.error(f"--source {args.source}: no such file")
 
     import uvicorn
     from functions_framework.aio import create_asgi_app

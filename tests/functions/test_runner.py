@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -47,6 +48,18 @@ def test_serves_an_aio_function_in_one_process(tmp_path: Path) -> None:
         proc.wait(timeout=15)
 
 
-def test_a_missing_target_is_a_clear_error() -> None:
-    r = subprocess.run([sys.executable, "-m", "zerorec.runner"], capture_output=True, text=True, timeout=60)
+def test_a_missing_target_is_a_clear_error(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FUNCTION_")}
+    r = subprocess.run(
+        [sys.executable, "-m", "zerorec.runner"], capture_output=True, text=True, timeout=60, env=env
+    )
     assert r.returncode == 2 and "--target" in r.stderr
+    missing = str(tmp_path / "main.py")
+    r = subprocess.run(
+        [sys.executable, "-m", "zerorec.runner", "--target", "f", "--source", missing],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert r.returncode == 2 and f"--source {missing}: no such file" in r.stderr
