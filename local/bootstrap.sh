@@ -34,6 +34,12 @@ command -v redis-server >/dev/null || missing+=(redis-server)
 command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || missing+=(maven)
 command -v setsid >/dev/null || missing+=(util-linux)
+# Images and their tests (local/images.sh, tests/containers): podman with runc, a Debian base.
+command -v podman >/dev/null || missing+=(podman)
+command -v buildah >/dev/null || missing+=(buildah)
+command -v runc >/dev/null || missing+=(runc)
+command -v debootstrap >/dev/null || missing+=(debootstrap)
+command -v skopeo >/dev/null || missing+=(skopeo)
 if ((${#missing[@]})); then
   SUDO=()
   if ((EUID != 0)); then

@@ -243,6 +243,22 @@ def bench_serve(
     raise typer.Exit(main(real=real, json_path=json_out, duration_s=duration, max_requests=max_requests))
 
 
+@bench_app.command("containers")
+def bench_containers(
+    json_out: Annotated[Path | None, typer.Option("--json", help="also write the figures here")] = None,
+    runs: Annotated[int, typer.Option(help="cold starts per function (median reported)")] = 3,
+    cpu_sweep: Annotated[
+        str, typer.Option(help="recall/ranking cold start at these CPU limits, e.g. 0.2,1")
+    ] = "",
+) -> None:
+    """Each function's cold start in its image at its manifest's limits, RSS, image sizes, and the
+    whole environment at once (needs ./local/task images and local/infra.sh start)."""
+    from zerorec.bench_containers import main
+
+    sweep = [float(x) for x in cpu_sweep.split(",") if x.strip()]
+    raise typer.Exit(main(json_path=json_out, runs=runs, cpu_sweep=sweep))
+
+
 @bench_app.command("ingest", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def bench_ingest(ctx: typer.Context) -> None:
     """Ingest benchmark on the real servers (options: python -m zerorec.bench_ingest --help)."""
