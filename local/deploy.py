@@ -178,9 +178,10 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--out", type=Path, required=True)
     r.add_argument("--crds", type=Path, default=None, help="CRD folder (default: ../shared/knative-crds)")
     r.add_argument("--require-crds", action="store_true", help="fail when the CRD folder is missing")
+    r.add_argument("--knative", type=Path, default=KNATIVE, help="manifest tree (default: knative/)")
     args = parser.parse_args(argv)
     try:
-        files, images = render(args.registry, args.out, args.tag, args.phase, args.service)
+        files, images = render(args.registry, args.out, args.tag, args.phase, args.service, args.knative)
     except DeployError as exc:
         print(f"deploy: {exc}", file=sys.stderr)
         return 2
