@@ -6,9 +6,9 @@
 #   knative/kn-services.sh [-n NAMESPACE] [--registry REG] [--tag TAG] [--target DIR] [SERVICE...]
 #
 # Without --target, kn creates the Services in the cluster of the current kube context, replacing
-# any of the same name (--force). With --target DIR it writes DIR/<service>.yaml and needs no
-# cluster. SERVICE...: only these (default: all 14). KN: the kn binary (default: .venv/bin/kn, else
-# kn on PATH); KN_FLAGS: extra kn flags such as "--context prod".
+# any of the same name (--force), without waiting for them to be Ready. With --target DIR it writes
+# DIR/<service>.yaml and needs no cluster. SERVICE...: only these (default: all 14). KN: the kn
+# binary (default: .venv/bin/kn, else kn on PATH); KN_FLAGS: extra kn flags, e.g. "--context prod".
 # Images: zerorec-serve and zerorec-jobs, prefixed with --registry when given (`./local/task images`
 # builds them; `./local/task deploy` pushes them).
 #
@@ -23,7 +23,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 NS=zerorec REGISTRY= TAG=0.1.0 TARGET=
-usage() { sed -n '7,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '6,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 while (($#)); do
   case $1 in
     -n | --namespace) NS=${2:?}; shift 2 ;;
@@ -109,7 +109,9 @@ svc() {  # NAME PHASE IMAGE FUNCTION_TARGET [kn flags...]: one Service, unless S
   [[ $target == - ]] || function_env=(--env "FUNCTION_TARGET=$target" --env "FUNCTION_SOURCE=functions/$name/main.py")
   local out=()
   [[ -z $TARGET ]] || out=(--target "$TARGET/$name.yaml")
-  "${KN_CMD[@]}" service create "$name" -n "$NS" --force -f "$BASE" --image "$image" \
+  # --no-wait: on a fresh cluster the serving Services are not Ready before the init Job has
+  # published a model; `kn service list -n NS` shows them coming up.
+  "${KN_CMD[@]}" service create "$name" -n "$NS" --force --no-wait -f "$BASE" --image "$image" \
     --label "app.kubernetes.io/name=$name" --label-service app.kubernetes.io/part-of=zerorec \
     --label-service "zerorec.dev/phase=$phase" \
     "${function_env[@]}" --env WORKERS=1 "$@" "${out[@]}"

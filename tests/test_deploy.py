@@ -145,3 +145,22 @@ def test_overlay_renders_the_same_with_kustomize(tmp_path: Path) -> None:
     by_kustomize = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(built) if d}
     ours = {(d["kind"], d["metadata"]["name"]): d for d in rendered(tmp_path)}
     assert by_kustomize == ours
+
+
+def test_real_run_checks_the_cluster_before_building(tmp_path: Path) -> None:
+    """Without DRY_RUN, deploy asks the cluster (in CONTEXT) for the namespace first, and stops with
+    the fix when it is missing, before any build or push (kubectl and podman are stubs here)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "calls"
+    for tool, rc in (("kubectl", 1), ("podman", 0)):
+        stub = bin_dir / tool
+        stub.write_text(f'#!/bin/sh\necho "{tool} $*" >>"{log}"\nexit {rc}\n')
+        stub.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in ("DRY_RUN", "PHASE", "SERVICE")}
+    env.update(REGISTRY=REGISTRY, CONTEXT="prod", OUT=str(tmp_path / "out"), PYTHON=sys.executable,
+               PATH=f"{bin_dir}:{os.environ['PATH']}")  # fmt: skip
+    script = str(REPO / "local/deploy.sh")
+    run = subprocess.run([script], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0 and "kubectl create namespace zerorec" in run.stderr, run.stderr
+    assert log.read_text().splitlines() == ["kubectl --context prod get namespace zerorec"]
