@@ -17,12 +17,14 @@
 #   sets runAsNonRoot, allowPrivilegeEscalation: false and drops ALL capabilities), so the whole
 #   securityContext comes from a base Service given with -f (kn applies its flags on top of it);
 # - the KafkaSources, PingSources and the KafkaSink (knative/eventing/) and the init Job
-#   (knative/bootstrap/): kn v0.39 has no --target for sources (`kn source ping create` and
-#   `kn source kafka` need a cluster) and no command for Jobs: apply them with kubectl.
+#   (knative/bootstrap/): in kn v0.39 only `kn service` has --target (`kn source ping create`
+#   needs a cluster; KafkaSource and KafkaSink are a plugin's, not in kn), and kn has no Jobs:
+#   apply them with kubectl.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-NS=zerorec REGISTRY= TAG=0.1.0 TARGET=
+NS=zerorec REGISTRY= TARGET=
+TAG=$(sed -n 's/^version = "\(.*\)"/\1/p' "$ROOT/pyproject.toml")  # the project's version
 usage() { sed -n '6,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 while (($#)); do
   case $1 in
