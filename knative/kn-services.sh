@@ -68,9 +68,9 @@ spec:
 EOF
 
 # Read-only root: the one writable directory is an emptyDir at /var/tmp (Knative rejects a volume
-# at /tmp, a reserved path), and TMPDIR points there.
+# at /tmp, a reserved path); TMPDIR and HOME point there.
 scratch() {  # SIZE
-  echo --volume "scratch=ed:scratch:size=$1" --mount /var/tmp=scratch --env TMPDIR=/var/tmp
+  echo --volume "scratch=ed:scratch:size=$1" --mount /var/tmp=scratch --env TMPDIR=/var/tmp --env HOME=/var/tmp
 }
 # Stores and bus, as every function but the BFF sees them; keys from Secrets.
 BACKENDS=(

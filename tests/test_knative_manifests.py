@@ -159,7 +159,7 @@ def _assert_secure(pod: dict, where: str) -> None:
         # The one writable directory: an emptyDir, and TMPDIR says where it is.
         mounts = {m["mountPath"]: volumes[m["name"]] for m in c.get("volumeMounts", [])}
         tmpdir = _env(c)["TMPDIR"]
-        assert "emptyDir" in mounts[tmpdir], where
+        assert "emptyDir" in mounts[tmpdir] and _env(c)["HOME"] == tmpdir, where
         assert tmpdir != "/tmp", f"{where}: Knative rejects a volume at /tmp (reserved path)"
 
 
