@@ -3,7 +3,8 @@
 Each container gets what its Service in `knative/serving/<fn>.yaml` declares: the image (serve or
 jobs), FUNCTION_TARGET / FUNCTION_SOURCE or the command, the CPU and memory *limits* (podman
 `--cpus` / `--memory`, enforced: an over-limit process is OOM-killed), a read-only root filesystem
-with a small writable /tmp (the manifests' emptyDir), a non-root user, no capabilities. Backends are
+(writable only where the manifest mounts an emptyDir: a tmpfs of its size here), the image's
+non-root user, no capabilities. Backends are
 the real Kafka, Redis and S3 of `local/infra.sh env` (host network: the containers reach them on
 127.0.0.1, and each listens on its own PORT). Used by tests/containers and `zerorec bench containers`.
 
@@ -33,7 +34,6 @@ PODMAN = ("podman", "--runtime", "runc")
 ULIMITS = ("--ulimit", "nofile=4096:4096", "--ulimit", "nproc=4096:4096")
 SERVE_IMAGE, JOBS_IMAGE = "zerorec-serve", "zerorec-jobs"
 JOB_FUNCTIONS = ("model-training", "feature-engineering", "vector-generation", "flink-realtime")
-TMP_SIZE = "64m"  # the manifests' /tmp emptyDir (tmpfs pages count toward the memory limit)
 
 
 def available() -> str | None:
@@ -89,6 +89,7 @@ class ContainerSpec:
     memory_limit: str
     health_path: str | None  # None: a TCP probe (gRPC)
     container_port: int | None  # a fixed port the manifest names (gRPC's h2c), else PORT
+    scratch: tuple[tuple[str, str], ...] = ()  # (mount path, size) of each emptyDir: a tmpfs here
 
     @property
     def cpus(self) -> float:
@@ -126,6 +127,14 @@ def spec_for(name: str, serving_dir: Path = SERVING_DIR) -> ContainerSpec:
         env.update(FUNCTION_TARGET=target, FUNCTION_SOURCE=source or f"functions/{name}/main.py")
     probe = c.get("readinessProbe", {})
     ports = c.get("ports") or [{}]
+    empty_dirs = {
+        v["name"]: v["emptyDir"].get("sizeLimit", "64Mi")
+        for v in doc["spec"]["template"]["spec"].get("volumes", [])
+        if "emptyDir" in v
+    }
+    scratch = tuple(
+        (m["mountPath"], empty_dirs[m["name"]]) for m in c.get("volumeMounts", []) if m["name"] in empty_dirs
+    )
     return ContainerSpec(
         name=name,
         image=_image_for(name, c["image"]),
@@ -135,6 +144,7 @@ def spec_for(name: str, serving_dir: Path = SERVING_DIR) -> ContainerSpec:
         memory_limit=str(c["resources"]["limits"]["memory"]),
         health_path=probe.get("httpGet", {}).get("path") if "httpGet" in probe else None,
         container_port=ports[0].get("containerPort"),
+        scratch=scratch,
     )
 
 
@@ -212,9 +222,10 @@ def run_container(
         run_env["ZEROREC_GRPC_PORT"] = str(port)
     argv = [
         *PODMAN, "run", "-d", "--name", name, *ULIMITS, "--network", "host",
-        "--read-only", "--read-only-tmpfs=false", "--tmpfs", f"/tmp:rw,size={TMP_SIZE},mode=1777",
-        "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
+        "--read-only", "--read-only-tmpfs=false", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
     ]  # fmt: skip
+    for path, size in spec.scratch:  # emptyDir volumes: tmpfs pages count toward the memory limit, too
+        argv += ["--tmpfs", f"{path}:rw,size={memory_bytes(size)},mode=1777"]
     if limits:
         argv += ["--cpus", f"{spec.cpus:g}", "--memory", str(spec.memory), "--memory-swap", str(spec.memory)]
     for key, value in run_env.items():

@@ -24,9 +24,9 @@ RSS_SLACK = 0.9  # a healthy function stays under 90% of its memory limit after 
 
 
 def _in_image(image: str, *command: str) -> subprocess.CompletedProcess[str]:
-    """Run a command in `image` as the manifests do: read-only root, /tmp writable, no capabilities."""
+    """Run a command in `image` as the manifests do: read-only root, /var/tmp writable, no capabilities."""
     argv = [*ct.PODMAN, "run", "--rm", *ct.ULIMITS, "--read-only", "--read-only-tmpfs=false",
-            "--tmpfs", "/tmp:rw,size=64m", "--cap-drop", "ALL", "--network", "none",
+            "--tmpfs", "/var/tmp:rw,size=64m", "--cap-drop", "ALL", "--network", "none",
             image, *command]  # fmt: skip
     return subprocess.run(argv, capture_output=True, text=True, timeout=300)
 
