@@ -13,7 +13,7 @@ called as they are. Sync and CPU-bound: the functions call these through `asynci
 | RankingStage.score | 1 (user state) | query, rank with recall's signals (features + OnnxScorer) |
 | RerankStage.rerank | 0 (seen items come in the request) | query, rerank (MMR, freshness, seen) |
 | UserStage.profile | 1 (recent, seen, categories) | training history from the bundle |
-| ItemStage.lookup | 1 (one HGETALL per id, pipelined) | bundle metadata for ids the KV lacks |
+| ItemStage.lookup | 1 (one HGETALL per id, pipelined) | bundle metadata for ids the KV lacks (if a model) |
 | ItemAdmin.apply | 0 (produces item events; the consumer writes the KV) | - |
 
 A KV outage degrades a stage to the bundle alone (logged), it does not fail the request.
