@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
@@ -51,7 +51,6 @@ class InitReport:
     trained: bool
     dataset: str | None = None
     train_seconds: float | None = None
-    steps: list[str] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
