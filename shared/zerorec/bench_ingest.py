@@ -164,7 +164,8 @@ def infra_env(settings: Settings) -> dict[str, str]:
             "ZEROREC_S3_BUCKET": settings.s3_bucket,
             "ZEROREC_S3_ACCESS_KEY": settings.s3_access_key,
             "ZEROREC_S3_SECRET_KEY": settings.s3_secret_key,
-            "PYTHONPATH": str(REPO),
+            "PYTHONPATH": os.pathsep.join([str(REPO / "shared"), str(REPO)]),  # this checkout's zerorec
+            "ZEROREC_ALLOW_UNAUTHENTICATED": "1",  # loopback processes of a benchmark: no API key
         }
     )
     return env

@@ -49,30 +49,47 @@ def train(
     name: Annotated[str, typer.Option(help="model name in the object store")] = "recommender",
 ) -> None:
     """Train every channel and the DeepFM ranker, then publish a bundle to the object store."""
-    from threadpoolctl import threadpool_limits
-
-    from zerorec.bundle import publish_bundle
-    from zerorec.pipeline import train_recommender
+    from zerorec.cluster_init import train_and_publish
     from zerorec.settings import get_settings
     from zerorec.storage import object_store
 
     interactions, items = _load(dataset)
-    with threadpool_limits(2):
-        rec, info = train_recommender(interactions, items, progress=True, log=_log)
-    store = object_store(get_settings())
-    version = publish_bundle(
-        store,
-        name,
-        rec.to_files(),
-        params=info["config"],
-        metrics={
-            k: info[k] for k in ("validation_candidate_recall", "ranker_rows", "train_seconds") if k in info
-        },
-        data_window=info["data_window"],
-    )
+    version, info = train_and_publish(object_store(get_settings()), name, interactions, items, log=_log)
     typer.echo(
         json.dumps({"model": name, "version": version, "train_seconds": round(info["train_seconds"], 1)})
     )
+
+
+@app.command("init-cluster")
+def init_cluster_cmd(
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            help="first model's data: a path or s3://bucket/prefix of MovieLens-style CSVs "
+            "(default: ZEROREC_INIT_DATASET, else the synthetic set)"
+        ),
+    ] = None,
+    model_name: Annotated[
+        str | None, typer.Option(help="model to publish (default: ZEROREC_MODEL_NAME)")
+    ] = None,
+) -> None:
+    """Bring a new cluster's storage up: create the bucket if missing, then train and publish a first
+    model if none is published. Idempotent. Exit 0 done (or nothing to do), 2 bad dataset or name,
+    3 object store unreachable or refusing."""
+    from zerorec.cluster_init import init_cluster
+    from zerorec.errors import BackendUnavailableError, InvalidInputError, NotFoundError
+    from zerorec.settings import get_settings
+
+    try:
+        report = init_cluster(get_settings(), dataset=dataset, model_name=model_name, log=_log)
+    except (InvalidInputError, NotFoundError) as exc:
+        _log(f"init-cluster failed: {exc}")
+        raise typer.Exit(2) from None
+    except BackendUnavailableError as exc:
+        _log(f"init-cluster failed, object store unavailable: {exc}")
+        raise typer.Exit(3) from None
+    _log("init-cluster: done" if report.changed else "init-cluster: nothing to do (bucket and model exist)")
+    typer.echo(json.dumps(report.to_json()))
 
 
 @app.command()

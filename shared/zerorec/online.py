@@ -13,7 +13,7 @@ called as they are. Sync and CPU-bound: the functions call these through `asynci
 | RankingStage.score | 1 (user state) | query, rank with recall's signals (features + OnnxScorer) |
 | RerankStage.rerank | 0 (seen items come in the request) | query, rerank (MMR, freshness, seen) |
 | UserStage.profile | 1 (recent, seen, categories) | training history from the bundle |
-| ItemStage.lookup | 1 (one HGETALL per id, pipelined) | bundle metadata for ids the KV lacks |
+| ItemStage.lookup | 1 (one HGETALL per id, pipelined) | bundle metadata for ids the KV lacks (if a model) |
 | ItemAdmin.apply | 0 (produces item events; the consumer writes the KV) | - |
 
 A KV outage degrades a stage to the bundle alone (logged), it does not fail the request.
@@ -53,7 +53,7 @@ from zerorec.api import (
 )
 from zerorec.bundle import LoadedBundle, latest_version, load_bundle
 from zerorec.coldstart import ALL_PARTS, ModelParts
-from zerorec.errors import BackendUnavailableError, InvalidInputError
+from zerorec.errors import BackendUnavailableError, InvalidInputError, NotFoundError
 from zerorec.pipeline import CHANNEL_ORDER, Recommender
 from zerorec.realtime import (
     RECENT_MAX,
@@ -406,9 +406,11 @@ class UserStage:
 
 
 class ItemStage:
-    """Item metadata: the KV (catalogue updates) over the bundle (training catalogue)."""
+    """Item metadata: the KV (catalogue updates) over the bundle (training catalogue). Without a
+    model (a cluster before its first training) the KV alone answers: a catalogue imported through
+    `POST /admin/items` is there already."""
 
-    def __init__(self, model: ServingModel, kv: KVStore) -> None:
+    def __init__(self, model: ServingModel | None, kv: KVStore) -> None:
         self.model = model
         self.kv = kv
 
@@ -420,7 +422,7 @@ class ItemStage:
         except BackendUnavailableError as exc:
             log.warning("KV unavailable, item metadata from the bundle: %s", exc)
             hashes = [{}] * len(ids)
-        rec = self.model.rec
+        rec = self.model.rec if self.model is not None else None
         out: dict[str, ItemMeta] = {}
         for item_id, fields in zip(ids, hashes, strict=True):
             if fields:
@@ -432,7 +434,7 @@ class ItemStage:
                     attributes=dict(r.attributes),
                 )
                 continue
-            i = rec.data.item_index.get(item_id)
+            i = rec.data.item_index.get(item_id) if rec is not None else None
             if i is not None:
                 out[item_id] = ItemMeta(
                     categories=list(rec.data.item_categories[i]), created_at=_iso(rec.items.created[i])
@@ -462,13 +464,34 @@ def stage_loader(
     pending = [prefetched] if prefetched is not None else []
 
     def load(version: str) -> tuple[str, Any]:
-        if pending and version == "latest":
-            model = model_from_bundle(pending.pop().result())
-        else:
-            model = load_model(store, s.model_name, version, s.model_cache_dir, parts)
+        try:
+            if pending and version == "latest":
+                model = model_from_bundle(pending.pop().result())
+            else:
+                model = load_model(store, s.model_name, version, s.model_cache_dir, parts)
+        except NotFoundError as exc:
+            if version != "latest":
+                raise
+            raise NotFoundError(no_model_reason(s)) from exc
         return model.version, build(model)
 
     return load
+
+
+def model_location(settings: Settings) -> str:
+    """Where the serving functions look for bundles, in words (for error messages)."""
+    if settings.object_store == "s3":
+        return f"bucket {settings.s3_bucket!r} at {settings.s3_endpoint}"
+    return f"the local object store {settings.objects_dir}"
+
+
+def no_model_reason(settings: Settings) -> str:
+    """Why a serving function has no model to serve, and what brings the first one."""
+    return (
+        f"no bundle under models/{settings.model_name}/LATEST in {model_location(settings)} "
+        "(the bucket or the model does not exist yet): run the init job (`zerorec init-cluster`) "
+        "or publish a model (`zerorec train`, the model-training function); retrying"
+    )
 
 
 def latest_probe(settings: Settings | None = None) -> Callable[[], str]:
