@@ -33,7 +33,6 @@ SERVING_DIR = ROOT / "knative" / "serving"
 PODMAN = ("podman", "--runtime", "runc")
 ULIMITS = ("--ulimit", "nofile=4096:4096", "--ulimit", "nproc=4096:4096")
 SERVE_IMAGE, JOBS_IMAGE = "zerorec-serve", "zerorec-jobs"
-JOB_FUNCTIONS = ("model-training", "feature-engineering", "vector-generation", "flink-realtime")
 
 
 def available() -> str | None:
@@ -101,36 +100,29 @@ class ContainerSpec:
 
 
 def _image_for(name: str, declared: str) -> str:
-    """The local image for a manifest image: zerorec-serve / zerorec-jobs, whatever the registry."""
+    """The local build of a manifest's image (zerorec-serve or zerorec-jobs, whatever the registry)."""
     base = declared.rsplit("/", 1)[-1].split(":", 1)[0]
-    if base in (SERVE_IMAGE, JOBS_IMAGE):
-        return f"{base}:latest"
-    return f"{JOBS_IMAGE if name in JOB_FUNCTIONS else SERVE_IMAGE}:latest"
+    if base not in (SERVE_IMAGE, JOBS_IMAGE):
+        raise ValueError(f"{name}: image {declared!r} is neither {SERVE_IMAGE} nor {JOBS_IMAGE}")
+    return f"{base}:latest"
 
 
 def spec_for(name: str, serving_dir: Path = SERVING_DIR) -> ContainerSpec:
-    """The container spec of Service `name` from knative/serving/<name>.yaml."""
-    doc = next(
-        d
-        for d in yaml.safe_load_all((serving_dir / f"{name}.yaml").read_text())
-        if d and d["kind"] == "Service"
-    )
-    c = doc["spec"]["template"]["spec"]["containers"][0]
+    """The container spec of Knative Service `name` (knative/serving/<name>.yaml)."""
+    return spec_from_manifest(serving_dir / f"{name}.yaml", "Service", name)
+
+
+def spec_from_manifest(path: Path, kind: str, name: str) -> ContainerSpec:
+    """The spec of the first container of the `kind` object (a Service or a Job) in `path`: both
+    keep their pod template at spec.template.spec."""
+    doc = next(d for d in yaml.safe_load_all(path.read_text()) if d and d["kind"] == kind)
+    pod = doc["spec"]["template"]["spec"]
+    c = pod["containers"][0]
     env = {e["name"]: str(e["value"]) for e in c.get("env", []) if "value" in e}
-    target, source = env.get("FUNCTION_TARGET"), env.get("FUNCTION_SOURCE")
-    if not c.get("command") and not target:  # manifests from before the images: derive the convention
-        target, source = (
-            name.replace("-", "_") if name in JOB_FUNCTIONS else name,
-            f"functions/{name}/main.py",
-        )
-    if target:
-        env.update(FUNCTION_TARGET=target, FUNCTION_SOURCE=source or f"functions/{name}/main.py")
     probe = c.get("readinessProbe", {})
     ports = c.get("ports") or [{}]
     empty_dirs = {
-        v["name"]: v["emptyDir"].get("sizeLimit", "64Mi")
-        for v in doc["spec"]["template"]["spec"].get("volumes", [])
-        if "emptyDir" in v
+        v["name"]: v["emptyDir"].get("sizeLimit", "64Mi") for v in pod.get("volumes", []) if "emptyDir" in v
     }
     scratch = tuple(
         (m["mountPath"], empty_dirs[m["name"]]) for m in c.get("volumeMounts", []) if m["name"] in empty_dirs
@@ -142,7 +134,7 @@ def spec_for(name: str, serving_dir: Path = SERVING_DIR) -> ContainerSpec:
         env=env,
         cpu_limit=str(c["resources"]["limits"]["cpu"]),
         memory_limit=str(c["resources"]["limits"]["memory"]),
-        health_path=probe.get("httpGet", {}).get("path") if "httpGet" in probe else None,
+        health_path=probe["httpGet"].get("path") if "httpGet" in probe else None,
         container_port=ports[0].get("containerPort"),
         scratch=scratch,
     )

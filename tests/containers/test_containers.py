@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,7 +34,7 @@ def _in_image(image: str, *command: str) -> subprocess.CompletedProcess[str]:
 
 def test_serve_image_has_no_training_stack_and_runs_as_non_root(images: dict[str, str]) -> None:
     probe = (
-        "import importlib.util as u, os, shutil, zerorec.online;"
+        "import importlib.util as u, os, shutil, zerorec.online, implicit.cpu.als;"
         "heavy = [m for m in ('torch', 'pyspark', 'pyflink') if u.find_spec(m)];"
         "print(os.getuid(), heavy, shutil.which('java'))"
     )
@@ -46,7 +47,7 @@ def test_serve_image_has_no_training_stack_and_runs_as_non_root(images: dict[str
 
 def test_jobs_image_trains_on_cuda_spark_and_flink(images: dict[str, str]) -> None:
     probe = (
-        "import os, torch, pyspark, onnx;"
+        "import os, torch, pyspark, onnx, implicit.cpu.als, minio;"
         "print(os.getuid(), torch.__version__, torch.version.cuda, pyspark.__version__)"
     )
     r = _in_image(images["jobs"], "python", "-c", probe)
@@ -85,7 +86,7 @@ def test_recommendation_end_to_end_across_containers_at_manifest_limits(
 ) -> None:
     from zerorec.bench_serve import Probes
 
-    env = {"ZEROREC_MODEL_NAME": model_name}
+    env = {"ZEROREC_MODEL_NAME": model_name, "ZEROREC_ADMIN_API_KEY": uuid.uuid4().hex}  # item's admin key
     running = {name: _start(name, infra, env, started) for name in ONLINE}
     for name, c in running.items():
         assert ct.wait_health(c, timeout_s=120) is not None, f"{name} never ready:\n{c.logs()}"
@@ -173,3 +174,61 @@ def test_compute_functions_start_from_the_jobs_image(
     c = _start(name, infra, {}, started)
     assert c.spec.image.startswith(ct.JOBS_IMAGE)
     assert ct.wait_health(c, timeout_s=120) is not None, f"{name}:\n{c.logs()}"
+
+
+def test_a_cluster_comes_up_from_nothing(
+    images: dict[str, str], infra: dict[str, str], started: list[ct.Container], tmp_path: Path
+) -> None:
+    """A new bucket: a serving container waits and says why; the init Job's container (the jobs
+    image, its manifest's limits) creates the bucket and publishes a first model from an s3://
+    dataset; the serving container loads it without a restart."""
+    from zerorec.bench_serve import settings_from_env
+    from zerorec.cluster_init import ensure_bucket
+    from zerorec.data.synthetic import SyntheticConfig, generate
+    from zerorec.storage.objects_s3 import S3ObjectStore
+
+    run = uuid.uuid4().hex[:10]
+    cluster = {**infra, "ZEROREC_S3_BUCKET": f"cinit-{run}", "ZEROREC_MODEL_RETRY_S": "0.5"}
+    data = settings_from_env({**infra, "ZEROREC_S3_BUCKET": f"cinitds-{run}"})
+    assert ensure_bucket(data) == "created"
+    interactions, items = generate(SyntheticConfig(n_users=60, n_items=120, mean_interactions=12, seed=3))
+    dataset = S3ObjectStore.from_settings(data, prefix="datasets/tiny")
+    dataset.put("interactions.csv", interactions.to_csv(index=False).encode())
+    dataset.put(
+        "items.csv", items.assign(categories=items["categories"].str.join("|")).to_csv(index=False).encode()
+    )
+
+    user = _start("user", cluster, {}, started)
+    with httpx.Client(timeout=5) as client:
+        deadline = time.monotonic() + 90
+        while (h := _health(client, user)) is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert h is not None and h.status_code == 503, user.logs()
+        assert f"cinit-{run}" in h.json()["reason"], h.text
+
+        job = ct.spec_from_manifest(REPO / "knative" / "bootstrap" / "init-job.yaml", "Job", "init")
+        env = {
+            **ct.backend_env(cluster, job, {}),
+            "ZEROREC_INIT_DATASET": f"s3://cinitds-{run}/datasets/tiny",
+        }
+        init = ct.run_container(job, free_port(), env)
+        started.append(init)
+        deadline = time.monotonic() + 300
+        while (code := init.exit_code()) is None and time.monotonic() < deadline:
+            time.sleep(1)
+        assert code == 0, init.logs(80)
+        assert "published" in init.logs(80)
+
+        deadline = time.monotonic() + 60
+        while (
+            time.monotonic() < deadline and (h := _health(client, user)) is not None and h.status_code != 200
+        ):
+            time.sleep(0.3)
+        assert h is not None and h.status_code == 200, h.text if h is not None else user.logs()
+
+
+def _health(client: httpx.Client, c: ct.Container) -> httpx.Response | None:
+    try:
+        return client.get(c.url() + "/health")
+    except httpx.HTTPError:
+        return None
