@@ -95,6 +95,11 @@ ONE_THREAD=(--env OPENBLAS_NUM_THREADS=1 --env OMP_NUM_THREADS=1)
 HOT=(--scale-metric concurrency --scale 1..10 --annotation-revision autoscaling.knative.dev/scale-down-delay=2m)
 COLD=(--scale-metric concurrency --scale-window 60s)
 HTTP_PROBE=(--probe-readiness http:::/health)  # no port, no period: queue-proxy probes aggressively
+# CPU: the request is the seed's budget (what the scheduler reserves and the autoscaler sizes for);
+# the limit is one core, so a cold start's imports and model load (about one core-second) finish in
+# about a second instead of five at 200m (`zerorec bench containers --cpu-sweep`, README), and a
+# burst uses idle CPU instead of being throttled. Memory is not compressible: request = limit.
+BURST_CPU=1000m
 
 ALL=(recommender recommender-grpc recall ranking reranking user item behavior consumer worker
   model-training feature-engineering vector-generation flink-realtime)
@@ -122,43 +127,43 @@ svc() {  # NAME PHASE IMAGE FUNCTION_TARGET [kn flags...]: one Service, unless S
 # shellcheck disable=SC2046  # scratch prints flags: word splitting wanted
 # core: the recommendation path. The BFF is public (HTTP and gRPC); the stages are cluster-local.
 svc recommender core "$SERVE" recommender "${HOT[@]}" --concurrency-limit 32 --scale-target 22 \
-  --timeout 10 --request cpu=50m,memory=128Mi --limit cpu=100m,memory=128Mi "${BFF[@]}" $(scratch 16Mi) \
+  --timeout 10 --request cpu=50m,memory=128Mi --limit "cpu=$BURST_CPU,memory=128Mi" "${BFF[@]}" $(scratch 16Mi) \
   "${HTTP_PROBE[@]}"
 svc recommender-grpc core "$SERVE" - "${HOT[@]}" --concurrency-limit 32 --scale-target 22 \
-  --timeout 10 --request cpu=50m,memory=128Mi --limit cpu=100m,memory=128Mi "${BFF[@]}" $(scratch 16Mi) \
+  --timeout 10 --request cpu=50m,memory=128Mi --limit "cpu=$BURST_CPU,memory=128Mi" "${BFF[@]}" $(scratch 16Mi) \
   --env ZEROREC_GRPC_PORT=10072 --label-service zerorec.dev/budget-of=recommender \
   --port h2c:10072 --cmd python --arg functions/recommender/grpc_server.py --probe-readiness tcp::
 svc recall core "$SERVE" recall "${HOT[@]}" --concurrency-limit 8 --scale-target 6 --timeout 10 \
-  --request cpu=200m,memory=512Mi --limit cpu=200m,memory=512Mi "${ONE_THREAD[@]}" "${BACKENDS[@]}" \
+  --request cpu=200m,memory=512Mi --limit "cpu=$BURST_CPU,memory=512Mi" "${ONE_THREAD[@]}" "${BACKENDS[@]}" \
   $(scratch 64Mi) "${HTTP_PROBE[@]}" --cluster-local
 svc ranking core "$SERVE" ranking "${HOT[@]}" --concurrency-limit 4 --scale-target 3 --timeout 10 \
-  --request cpu=200m,memory=512Mi --limit cpu=200m,memory=512Mi "${ONE_THREAD[@]}" "${BACKENDS[@]}" \
+  --request cpu=200m,memory=512Mi --limit "cpu=$BURST_CPU,memory=512Mi" "${ONE_THREAD[@]}" "${BACKENDS[@]}" \
   $(scratch 64Mi) "${HTTP_PROBE[@]}" --cluster-local
 svc reranking core "$SERVE" reranking "${HOT[@]}" --concurrency-limit 8 --scale-target 6 --timeout 10 \
-  --request cpu=100m,memory=256Mi --limit cpu=100m,memory=256Mi "${ONE_THREAD[@]}" "${BACKENDS[@]}" \
+  --request cpu=100m,memory=256Mi --limit "cpu=$BURST_CPU,memory=256Mi" "${ONE_THREAD[@]}" "${BACKENDS[@]}" \
   $(scratch 64Mi) "${HTTP_PROBE[@]}" --cluster-local
 
 # data: profiles, catalogue, event intake and sync. behavior is public (clients POST /events with
 # the API key of the zerorec-api-keys Secret); item's admin endpoint takes the admin key.
 svc user data "$SERVE" user "${HOT[@]}" --concurrency-limit 32 --scale-target 22 --timeout 10 \
-  --request cpu=150m,memory=256Mi --limit cpu=150m,memory=256Mi "${ONE_THREAD[@]}" "${BACKENDS[@]}" \
+  --request cpu=150m,memory=256Mi --limit "cpu=$BURST_CPU,memory=256Mi" "${ONE_THREAD[@]}" "${BACKENDS[@]}" \
   $(scratch 64Mi) "${HTTP_PROBE[@]}" --cluster-local
 svc item data "$SERVE" item "${HOT[@]}" --concurrency-limit 32 --scale-target 22 --timeout 10 \
-  --request cpu=150m,memory=256Mi --limit cpu=150m,memory=256Mi "${ONE_THREAD[@]}" "${BACKENDS[@]}" \
+  --request cpu=150m,memory=256Mi --limit "cpu=$BURST_CPU,memory=256Mi" "${ONE_THREAD[@]}" "${BACKENDS[@]}" \
   --env-value-from ZEROREC_ADMIN_API_KEY=secret:zerorec-api-keys:admin \
   $(scratch 64Mi) "${HTTP_PROBE[@]}" --cluster-local
 svc behavior data "$SERVE" behavior "${COLD[@]}" --scale 0..5 --concurrency-limit 32 --scale-target 22 \
   --annotation-revision autoscaling.knative.dev/scale-to-zero-pod-retention-period=1m --timeout 10 \
-  --request cpu=150m,memory=256Mi --limit cpu=150m,memory=256Mi "${BACKENDS[@]}" \
+  --request cpu=150m,memory=256Mi --limit "cpu=$BURST_CPU,memory=256Mi" "${BACKENDS[@]}" \
   --env-value-from ZEROREC_BEHAVIOR_API_KEY=secret:zerorec-api-keys:behavior \
   $(scratch 64Mi) "${HTTP_PROBE[@]}" --no-cluster-local
 svc consumer data "$SERVE" consumer "${COLD[@]}" --scale 0..5 --concurrency-limit 8 --scale-target 6 \
   --annotation-revision autoscaling.knative.dev/scale-to-zero-pod-retention-period=1m --timeout 60 \
-  --request cpu=250m,memory=256Mi --limit cpu=250m,memory=256Mi "${BACKENDS[@]}" \
+  --request cpu=250m,memory=256Mi --limit "cpu=$BURST_CPU,memory=256Mi" "${BACKENDS[@]}" \
   $(scratch 64Mi) "${HTTP_PROBE[@]}" --cluster-local
 svc worker data "$SERVE" worker "${COLD[@]}" --scale 0..3 --concurrency-limit 1 --scale-target 1 \
   --annotation-revision autoscaling.knative.dev/scale-to-zero-pod-retention-period=1m --timeout 300 \
-  --request cpu=200m,memory=256Mi --limit cpu=200m,memory=256Mi "${BACKENDS[@]}" \
+  --request cpu=200m,memory=256Mi --limit "cpu=$BURST_CPU,memory=256Mi" "${BACKENDS[@]}" \
   $(scratch 256Mi) "${HTTP_PROBE[@]}" --cluster-local
 
 # compute: on demand, one job at a time, on the jobs image. CPU: limit = the seed's budget, request

@@ -347,6 +347,8 @@ def test_good_sample_passes(validators: dict) -> None:
     scratch = MOUNT.format("s", "/var/tmp") + VOLUME.format("{name: s, emptyDir: {}}")
     assert _errors(GOOD.replace("{path: /health}", "{path: /health, port: 0}"), validators) == []
     assert _errors(GOOD.replace(PROBE, PROBE + scratch), validators) == []
+    # CPU may burst to one core above a smaller budget; the request stays within it.
+    assert _errors(GOOD.replace("limits: {cpu: 200m", "limits: {cpu: '1'"), validators) == []
 
 
 @pytest.mark.parametrize(
@@ -366,6 +368,8 @@ def test_good_sample_passes(validators: dict) -> None:
         ('min-scale: "1"', "min-scale: 1", "must be a string"),
         ("{path: /health}", "{path: /health, port: 9000}", "must be absent or equal"),
         ("memory: 512Mi}", "memory: 1Gi}", "exceeds the seed budget"),
+        ("limits: {cpu: 200m", "limits: {cpu: 1500m", "limits.cpu 1500m exceeds the seed budget"),
+        ("requests: {cpu: 100m", "requests: {cpu: 300m", "requests.cpu 300m exceeds the seed budget"),
         ("name: recall,", "name: nosuchsvc,", "no seed budget"),
         (PROBE, PROBE + MOUNT.format("s", "/tmp") + VOLUME.format("{name: s, emptyDir: {}}"),
          "reserved path"),
@@ -376,7 +380,8 @@ def test_good_sample_passes(validators: dict) -> None:
         (PROBE, PROBE + "\n          securityContext: {privileged: true}", "allows only false"),
     ],
     ids=["typo-field", "wrong-type", "typo-probe", "annotation-on-service-metadata", "window",
-         "metric", "min>max", "int-annotation", "probe-port", "over-budget", "unknown-service",
+         "metric", "min>max", "int-annotation", "probe-port", "over-budget", "cpu-burst-over-a-core",
+         "cpu-request-over-budget", "unknown-service",
          "mount-on-tmp", "mount-without-volume", "writable-configmap", "reserved-env", "privileged"],
 )
 @needs_crds
