@@ -75,3 +75,5 @@ case ${1:-all} in
   all) build serve && build jobs ;;
   *) die "usage: local/images.sh [serve|jobs|all]" ;;
 esac
+# Rebuilt tags leave their old images dangling (GBs for the jobs image): drop them.
+"${PODMAN[@]}" image prune -f >/dev/null
