@@ -76,7 +76,13 @@ class Bench:
         self.ct, self.lf = _local()
         self.log = log
         self.infra = self.lf.infra_env()
-        self.env = {**self.infra, "ZEROREC_RECALL_CANDIDATES": str(CANDIDATES)}
+        # API keys as a cluster's Secrets would give them (behavior and item refuse to start without)
+        self.env = {
+            **self.infra,
+            "ZEROREC_RECALL_CANDIDATES": str(CANDIDATES),
+            "ZEROREC_BEHAVIOR_API_KEY": "bench-behavior-key",
+            "ZEROREC_ADMIN_API_KEY": "bench-admin-key",
+        }
         self.running: dict[str, Any] = {}
 
     def ensure_model(self) -> str:
@@ -118,8 +124,6 @@ def first_answer(c: Any, probes: Probes, urls: _Urls, timeout_s: float = 60.0) -
 def cold_start(bench: Bench, name: str, probes: Probes | None, cpus: float | None = None) -> dict[str, Any]:
     """One cold start of `name`'s container: ready_ms, cold_start_ms (first real answer), rss_mb."""
     extra = bench.urls() if name == "recommender" else {}
-    if name == "behavior":
-        extra["ZEROREC_BEHAVIOR_API_KEY"] = "bench-key"
     c = bench.start(name, cpus, extra)
     ready = bench.ct.wait_health(c, timeout_s=120, tcp=c.spec.health_path is None)
     first = ready
