@@ -32,7 +32,8 @@ KEYS = {"behavior": "ZEROREC_BEHAVIOR_API_KEY", "item": "ZEROREC_ADMIN_API_KEY"}
     ],
 )
 def test_require_api_key_matrix(backends: dict, key: str, open_: bool, refused: bool) -> None:
-    s = Settings(allow_unauthenticated=open_, **backends)
+    embedded = {"object_store": "local", "kv_store": "sqlite", "event_bus": "sqlite"}
+    s = Settings(allow_unauthenticated=open_, **{**embedded, **backends})  # not the process's env
     if not refused:
         require_api_key(s, key, "ZEROREC_BEHAVIOR_API_KEY", "behavior")
         return
