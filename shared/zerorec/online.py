@@ -8,7 +8,7 @@ called as they are. Sync and CPU-bound: the functions call these through `asynci
 
 | stage | KV round trips | pipeline calls |
 |---|---|---|
-| RecallStage.recall | 1 (user state) unless the request has recent_items | vectors, candidates, signals |
+| RecallStage.recall | 1 (user state) unless the request has recent_items | retrieve, candidates, signals |
 | RecallStage.hot | 1 (hot zset); the bundle's hot list when the KV has none | hot |
 | RankingStage.score | 1 (user state) | query, rank with recall's signals (features + OnnxScorer) |
 | RerankStage.rerank | 0 (seen items come in the request) | query, rerank (MMR, freshness, seen) |
@@ -257,10 +257,10 @@ class RecallStage:
             recent, categories = state.recent_items, state.category_affinity
         query = rec.query(req.user_id, recent)
         query.categories = categories
-        vectors = rec.score_vectors(query)
         exclude = self.model.known([*req.exclude, *deleted])
-        merged = rec.candidates(query, req.n, exclude, vectors, fill=True)  # n as asked
-        out = _candidate_dicts(rec.data.item_ids, merged, rec.signals(query, merged, vectors))
+        lists = rec.retrieve(query, req.n, exclude)  # each channel's index answer, n deep
+        merged = rec.candidates(query, req.n, exclude, lists, fill=True)  # n as asked
+        out = _candidate_dicts(rec.data.item_ids, merged, rec.signals(query, merged, lists))
         skip = {*req.exclude, *deleted, *recent}
         unknown = [i for i in fresh if i not in rec.data.item_index and i not in skip]
         out += [{"item_id": i, "score": 0.0, "channel": "fresh", "channel_scores": {}} for i in unknown]

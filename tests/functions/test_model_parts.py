@@ -132,7 +132,7 @@ def test_ranking_with_recall_signals_scores_like_the_full_model(tiny: Tiny, tmp_
         got = RankingStage(ranking, kv).score(req).scores
         rec = full.rec
         query = rec.query(user)
-        merged = rec.candidates(query, 80, np.zeros(0, np.int64), rec.score_vectors(query), fill=True)
+        merged = rec.candidates(query, 80, np.zeros(0, np.int64), fill=True)
         assert [c["item_id"] for c in doc["candidates"]] == rec.data.item_ids[merged.items].tolist()
         np.testing.assert_array_equal(np.asarray(got, np.float32), rec.rank(query, merged))
 
