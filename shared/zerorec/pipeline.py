@@ -48,7 +48,9 @@ class PipelineConfig:
 
     ease_l2: float = 200.0
     ease_min_count: int = 3
-    ease_max_items: int = 20_000  # EASE's closed form on the most popular items only
+    # EASE's closed form on the most popular items only: B is head x head (5k: 50 MB as float16),
+    # dense, as it wins on ml-latest-small (docs/evaluation: top-k rows lose 0.004-0.01 NDCG@10)
+    ease_max_items: int = 5_000
     ease_topk: int = 0  # > 0: serve B's rows as top-k neighbour lists (0: dense head x head)
     als_factors: int = 64
     als_regularization: float = 0.05
@@ -63,6 +65,7 @@ class PipelineConfig:
     )
     n_candidates: int = 500
     hard_negatives: int = 60
+    ranker_max_users: int | None = None  # ranker rows from a seeded sample of this many users
     random_negatives: int = 20
     ranker_epochs: int = 8
     ranker_embed_dim: int = 8
@@ -378,11 +381,13 @@ class Recommender:
         meta = {
             "config": self.config.to_json(),
             "item_ids": self.data.item_ids.tolist(),
-            "user_ids": self.data.user_ids.tolist(),
             "item_categories": self.data.item_categories,
             "dense_features": dense_names(CHANNEL_ORDER),
+            "n_users": self.data.n_users,
+            "max_time": self.data.max_time(),
         }
         files["meta.json"] = json.dumps(meta).encode()
+        files["users.json"] = json.dumps(self.data.user_ids.tolist()).encode()
         files["history.npz"] = _npz(self.data.times)
         files["weights.npz"] = _npz(self.data.matrix)
         for key, value in self.items.arrays().items():
@@ -394,8 +399,15 @@ class Recommender:
         return files
 
     @classmethod
-    def from_files(cls, files: Mapping[str, bytes], widen: bool = True) -> Recommender:
+    def from_files(
+        cls, files: Mapping[str, bytes], widen: bool = True, max_users: int | None = None
+    ) -> Recommender:
         """Inverse of to_files (no torch import); IntegrityError on a missing or foreign file.
+
+        ``max_users``: a bundle of more users loads without their training histories (users.json,
+        history.npz, weights.npz: user-sized arrays that do not belong in a serving pod at scale);
+        every user is then unknown to the model, and their history is what the request or the KV's
+        real-time state gives.
 
         Without channel files and ranker (a data-only function's files: reranking, user, item) the
         sparse matrices are read as `CSRArrays` with numpy alone: histories, vocabulary and item
@@ -413,8 +425,15 @@ class Recommender:
 
         try:
             meta = json.loads(files["meta.json"])
-            times = load_csr(files["history.npz"])
-            weights = load_csr(files["weights.npz"])
+            n_users = int(meta.get("n_users", len(meta.get("user_ids", []))))
+            with_users = max_users is None or n_users <= max_users
+            if with_users:
+                times = load_csr(files["history.npz"])
+                weights = load_csr(files["weights.npz"])
+                user_ids = meta["user_ids"] if "user_ids" in meta else json.loads(files["users.json"])
+            else:
+                empty = _empty_csr(len(meta["item_ids"]), data_only)
+                times, weights, user_ids = empty, empty, []
         except (KeyError, ValueError) as exc:
             raise IntegrityError(f"recommender bundle is incomplete: {exc}") from exc
         config = PipelineConfig.from_json(meta["config"])
@@ -426,14 +445,17 @@ class Recommender:
                     load_csr(v) if ext == "npz" else np.load(io.BytesIO(v), allow_pickle=False)
                 )
         items = ItemFeatures.from_arrays(item_arrays)
-        data = InteractionData(
-            np.array(meta["user_ids"], dtype=object),
+        data_cls = InteractionData if with_users else CatalogueData
+        data = data_cls(
+            np.array(user_ids, dtype=object),
             np.array(meta["item_ids"], dtype=object),
             weights,
             times,
             [list(c) for c in meta["item_categories"]],
             items.created.astype(np.int64),
         )
+        if isinstance(data, CatalogueData):
+            data.newest = float(meta.get("max_time", float(items.created.max()) if len(items.created) else 0))
         channels: dict[str, RecallChannel] = {}
         if not data_only:
             from zerorec.recall.channels import CHANNELS
@@ -452,6 +474,26 @@ class Recommender:
         """Expand weights kept compact since loading (EASE's float16) to their serving precision."""
         for ch in self.channels.values():
             ch.widen()
+
+
+@dataclass
+class CatalogueData(InteractionData):
+    """The item side of `InteractionData` without users (a serving load of a bundle of more users
+    than `Recommender.from_files`'s ``max_users``): no user is known, the newest training time is
+    the bundle's."""
+
+    newest: float = 0.0
+
+    def max_time(self) -> float:
+        return self.newest
+
+
+def _empty_csr(n_items: int, data_only: bool) -> Any:
+    if data_only:
+        return CSRArrays(np.zeros(0, np.float64), np.zeros(0, np.int32), np.zeros(1, np.int32), (0, n_items))
+    import scipy.sparse as sp
+
+    return sp.csr_matrix((0, n_items), dtype=np.float64)
 
 
 def _npy(arr: np.ndarray) -> bytes:
@@ -613,6 +655,11 @@ def train_recommender(
             for u, g in held.groupby("user_id")["item_id"]
             if u in inner_data.user_index
         }
+        if config.ranker_max_users is not None and len(labels) > config.ranker_max_users:
+            pick = np.random.default_rng(config.seed).choice(
+                sorted(labels), config.ranker_max_users, replace=False
+            )
+            labels = {int(u): labels[int(u)] for u in pick}
         say("building ranker training data")
         it = (lambda x: tqdm(x, desc="ranker data", leave=False)) if progress else (lambda x: x)
         rd, cand_recall = ranker_training_data(inner_data, inner_channels, config, labels, it)

@@ -42,7 +42,8 @@ def plain_rank(scores: np.ndarray, history: np.ndarray, items: np.ndarray) -> np
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_signal_ranks_count_the_listed_items_scoring_strictly_higher(dtype: type) -> None:
     """A candidate's rank in a channel is how many items of the channel's top list score strictly
-    higher (with the list the exact top, what a whole-catalogue count gives); NaN off the list."""
+    higher (with the list the exact top, what a whole-catalogue count gives); off the list, the
+    list's length (it ranks at least that deep)."""
     rng = np.random.default_rng(1)
     for _ in range(50):
         n = int(rng.integers(1, 400))
@@ -57,7 +58,7 @@ def test_signal_ranks_count_the_listed_items_scoring_strictly_higher(dtype: type
         on_list = np.isin(items, order)
         want = plain_rank(scores, np.zeros(0, np.int64), items)
         np.testing.assert_array_equal(got[on_list, 0, 1], want[on_list])
-        assert np.isnan(got[~on_list, 0, 1]).all()
+        assert (got[~on_list, 0, 1] == depth).all()
 
 
 def test_ease_scores_the_same_before_and_after_widening() -> None:

@@ -119,7 +119,9 @@ class EASEChannel(RecallChannel):
 
     name: ClassVar[str] = "ease"
 
-    def __init__(self, l2: float = 200.0, min_count: int = 3, max_items: int = 20_000, topk: int = 0) -> None:
+    def __init__(
+        self, l2: float = 200.0, min_count: int = 3, max_items: int | None = 5_000, topk: int = 0
+    ) -> None:
         self.l2 = l2
         self.min_count = min_count
         self.max_items = max_items
