@@ -112,14 +112,15 @@ def load_model(
     """Fetch and verify bundle `name`/`version` (IntegrityError on any mismatch) and build the
     `parts` of it a stage uses: the files of other parts are not even fetched (reranking, user and
     item never download the channel matrices)."""
-    return model_from_bundle(load_bundle(store, name, version, cache_dir=cache_dir, select=parts.wants))
+    bundle = load_bundle(store, name, version, cache_dir=cache_dir, select=parts.wants)
+    return model_from_bundle(bundle, parts.max_users)
 
 
-def model_from_bundle(bundle: LoadedBundle) -> ServingModel:
+def model_from_bundle(bundle: LoadedBundle, max_users: int | None = None) -> ServingModel:
     """Build the pipeline from a verified bundle (whatever parts of it were fetched). Weights stored
     compact (EASE's float16) are widened in a background thread: the model serves at once, with
     the same scores, and gets faster when the thread is done."""
-    rec = Recommender.from_files(bundle.files, widen=False)
+    rec = Recommender.from_files(bundle.files, widen=False, max_users=max_users)
     threading.Thread(target=rec.widen, name=f"widen-{bundle.version}", daemon=True).start()
     return ServingModel(bundle.name, bundle.version, rec, bundle.manifest)
 
@@ -463,7 +464,7 @@ def stage_loader(
 
     def load(version: str) -> tuple[str, Any]:
         if pending and version == "latest":
-            model = model_from_bundle(pending.pop().result())
+            model = model_from_bundle(pending.pop().result(), parts.max_users)
         else:
             model = load_model(store, s.model_name, version, s.model_cache_dir, parts)
         return model.version, build(model)
