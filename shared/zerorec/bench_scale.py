@@ -44,6 +44,7 @@ REQUEST_USERS = 300
 RECALL_REQUESTS = 400
 RECOMMEND_REQUESTS = 200
 CANDIDATES = 500
+RECENT = 20  # the request users' newest training items written to the KV as their real-time state
 RSS_BUDGET_MB = 512
 TRAIN_COMMAND = [sys.executable, "-m", "zerorec.bench_scale"]  # the training process
 
@@ -135,6 +136,10 @@ def train_size(size: str, out: Path, progress: bool = True) -> dict[str, Any]:
         offline_ms_per_user=round(runs.wall["full"] * 1000 / max(len(users), 1), 2),
     )
     figures["request_users"] = [str(rec.data.user_ids[u]) for u in users[:REQUEST_USERS].tolist()]
+    figures["request_recent"] = {  # what the KV holds for them in production: their newest items
+        str(rec.data.user_ids[u]): [str(rec.data.item_ids[i]) for i in rec.data.history(int(u))[0][-RECENT:]]
+        for u in users[:REQUEST_USERS].tolist()
+    }
     steps.update()
     steps.close()
     out.write_text(json.dumps(figures))
@@ -151,6 +156,7 @@ def serve_size(
 
     stack = bs.make_stack(False, env_dir / "logs", _env(size, env_dir))
     users = figures["request_users"]
+    _write_user_state(bs.settings_from_env(stack.env), figures["request_recent"])
     out: dict[str, Any] = {}
     try:
         took = stack.start(bs.FUNCTIONS, timeout_s=900)
@@ -179,6 +185,20 @@ def serve_size(
     return out
 
 
+def _write_user_state(settings: Any, recent: dict[str, list[str]]) -> None:
+    """The users' real-time state in the KV, as the consumer writes it from their events: above
+    `coldstart.SERVING_MAX_USERS` recall and ranking know a user from it alone."""
+    from zerorec.realtime import BehaviorEvent, behavior_writes
+    from zerorec.storage import kv_store
+
+    kv = kv_store(settings)
+    for user, items in recent.items():
+        ops = []
+        for k, item in enumerate(items):
+            ops += behavior_writes(BehaviorEvent(user, item, "click", 1_700_000_000.0 + k), ())
+        kv.write(ops)
+
+
 def _env(size: str, env_dir: Path) -> dict[str, str]:
     return {"ZEROREC_DATA_DIR": str(env_dir), "ZEROREC_MODEL_NAME": f"scale-{size.lower()}"}
 
@@ -200,6 +220,7 @@ def run_size(size: str, work: Path, log: Callable[[str], None], progress: bool =
     figures = json.loads(result.read_text())
     figures.update(serve_size(size, env_dir, figures, log))
     figures.pop("request_users", None)
+    figures.pop("request_recent", None)
     return figures
 
 

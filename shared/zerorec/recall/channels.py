@@ -507,6 +507,9 @@ class ItemCFChannel(RecallChannel):
         return ch
 
 
+HOT_MARGIN = 200
+
+
 class HotChannel(RecallChannel):
     """Time-decayed popularity around a reference time, overall and per category.
 
@@ -523,7 +526,7 @@ class HotChannel(RecallChannel):
     name: ClassVar[str] = "hot"
 
     def __init__(
-        self, tau_days: float = 20.0, bin_days: float = 1.0, anchor_days: float = 7.0, list_len: int = 2000
+        self, tau_days: float = 20.0, bin_days: float = 1.0, anchor_days: float = 7.0, list_len: int = 1000
     ) -> None:
         self.tau_days = tau_days
         self.bin_days = bin_days
@@ -537,6 +540,7 @@ class HotChannel(RecallChannel):
         self.anchor_items = np.zeros((0, 0), dtype=np.int32)  # [anchors, list_len], -1 pads
         self.category_top = np.zeros((0, 0), dtype=np.int32)  # [categories, list_len] at default_now
         self._centers: tuple[tuple[float, float, int], np.ndarray] | None = None  # bin centre times
+        self._last: tuple[tuple[float, int], np.ndarray, np.ndarray] | None = None  # `_hot_at`
 
     def fit(self, data: InteractionData) -> Self:
         coo = data.times.tocoo()
@@ -564,6 +568,7 @@ class HotChannel(RecallChannel):
 
     def _build_lists(self) -> None:
         """The anchor lists and the per-category lists (training time: whole-catalogue sums)."""
+        self._last = None
         step = self.anchor_days * 86_400
         end = max(self.default_now, self.origin)
         self.anchors = np.append(np.arange(self.origin, end, step, dtype=np.float64), end)
@@ -612,25 +617,35 @@ class HotChannel(RecallChannel):
     def score(self, query: UserQuery) -> np.ndarray:
         return self.popularity_at(query.reference_time(self.default_now)).astype(np.float32)
 
-    def _listed(self, now: float) -> np.ndarray:
-        """The items of the anchor lists around ``now`` (the hot items there, to rescore)."""
+    def _listed(self, now: float, depth: int | None = None) -> np.ndarray:
+        """The items of the anchor lists around ``now`` (the hot items there, to rescore), the
+        first ``depth`` of each list when given."""
         if not len(self.anchors):
             return EMPTY_ITEMS
         hi = int(np.clip(np.searchsorted(self.anchors, now), 0, len(self.anchors) - 1))
         lo = max(hi - 1, 0)
-        items = np.unique(self.anchor_items[[lo, hi]])
+        items = np.unique(self.anchor_items[[lo, hi], :depth])
         return items[items >= 0].astype(np.int64)
 
+    def _hot_at(self, now: float, depth: int) -> tuple[np.ndarray, np.ndarray]:
+        """(items, scores) of the first ``depth`` of the anchor lists around ``now``, rescored at
+        ``now``; the last answer is kept: live requests share one time (the newest training
+        time)."""
+        cached = self._last
+        if cached is not None and cached[0] == (now, depth):
+            return cached[1], cached[2]
+        items = self._listed(now, depth)
+        scores = self.popularity_at(now, items=items).astype(np.float32)
+        self._last = ((now, depth), items, scores)
+        return items, scores
+
     def recall(self, query: UserQuery, n: int, exclude: np.ndarray | None = None) -> Candidates:
-        now = query.reference_time(self.default_now)
-        items = self._listed(now)
-        return _answer(
-            self.name,
-            items,
-            self.popularity_at(now, items=items).astype(np.float32),
-            n,
-            _skip(query, exclude),
-        )
+        skip = _skip(query, exclude)
+        # as deep as the answer could reach in either list (+ a margin for the order to shift
+        # between the anchors), rounded up so that a few depths share the cached answer
+        depth = -(-(n + len(skip) + HOT_MARGIN) // 256) * 256
+        items, scores = self._hot_at(query.reference_time(self.default_now), depth)
+        return _answer(self.name, items, scores, n, skip)
 
     def score_items(self, query: UserQuery, items: np.ndarray) -> np.ndarray:
         now = query.reference_time(self.default_now)
