@@ -54,7 +54,7 @@ from zerorec.api import (
 from zerorec.bundle import LoadedBundle, latest_version, load_bundle
 from zerorec.coldstart import ALL_PARTS, ModelParts
 from zerorec.errors import BackendUnavailableError, InvalidInputError
-from zerorec.pipeline import CHANNEL_ORDER, Recommender
+from zerorec.pipeline import CHANNEL_ORDER, USER_FILES, Recommender
 from zerorec.realtime import (
     RECENT_MAX,
     SEEN_MAX,
@@ -121,6 +121,9 @@ def model_from_bundle(bundle: LoadedBundle, max_users: int | None = None) -> Ser
     compact (EASE's float16) are widened in a background thread: the model serves at once, with
     the same scores, and gets faster when the thread is done."""
     rec = Recommender.from_files(bundle.files, widen=False, max_users=max_users)
+    if rec.data.n_users == 0:  # histories left out: let their bytes go (a prefetch future holds them)
+        for name in USER_FILES:
+            bundle.files.pop(name, None)
     threading.Thread(target=rec.widen, name=f"widen-{bundle.version}", daemon=True).start()
     return ServingModel(bundle.name, bundle.version, rec, bundle.manifest)
 

@@ -39,6 +39,7 @@ if TYPE_CHECKING:  # training only: serving never imports pandas
 # of cold start).
 
 CHANNEL_ORDER = ("ease", "als", "itemcf", "vector", "hot", "fresh")
+USER_FILES = ("users.json", "history.npz", "weights.npz")  # the user-sized files of a bundle
 Progress = Callable[[str], None]
 
 
