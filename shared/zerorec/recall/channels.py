@@ -1,7 +1,21 @@
 """The recall channels: EASE, ALS, item-CF, hot, vector (faiss) and fresh.
 
 Each is backed by the library the field uses (implicit for ALS and cosine item-KNN, faiss for the
-vector index, numpy/scipy for EASE's closed form) and honours ``RecallChannel``.
+vector index, numpy/scipy for EASE's closed form) and honours ``RecallChannel``: a request reads
+its answer from a structure built at training time, never a catalogue-sized array.
+
+Bundle files, under ``channels/<name>/`` (any trainer can write them: ``params.json`` holds
+``{"channel", "n_items", "default_now", "params"}``, arrays are plain ``.npy``, sparse ones scipy's
+``save_npz`` CSR; item indices are positions in ``meta.json``'s ``item_ids``):
+
+- ease: keep int64 [H]; weights float16 [H, H] (dense B) or neighbours int32 and
+  neighbour_weights float32 [H, k] (B's rows as lists)
+- als: item_factors float16 [n, f]; yty float64 [f, f] (of the float16 factors); idf float32 [n]
+- itemcf: neighbours int32 [n, k] (-1 pads); weights float32 [n, k], best first
+- vector: embeddings float16 [n, f] (L2-normalised); index.faiss only when HNSW (large catalogues)
+- hot: counts.npz items x day bins; category_items.npz items x categories; origin [1];
+  category_names; anchors float64 [A]; anchor_items int32 [A, L]; category_top int32 [C, L]
+- fresh: created float64 [n]; order int32 [n] (newest first)
 """
 
 from __future__ import annotations
