@@ -243,7 +243,9 @@ def recommend_batch(
 
 # ------------------------------------------------------------------ benchmarks and the demo
 
-bench_app = typer.Typer(help="Benchmarks: serve (POST /recommend) and ingest (behavior -> Redis).")
+bench_app = typer.Typer(
+    help="Benchmarks: serve (POST /recommend), scale (synthetic catalogues), ingest (behavior -> Redis)."
+)
 app.add_typer(bench_app, name="bench")
 
 
@@ -274,6 +276,19 @@ def bench_containers(
 
     sweep = [float(x) for x in cpu_sweep.split(",") if x.strip()]
     raise typer.Exit(main(json_path=json_out, runs=runs, cpu_sweep=sweep))
+
+
+@bench_app.command("scale")
+def bench_scale(
+    sizes: Annotated[str, typer.Option(help="comma-separated sizes: S (10k items), M (100k), L (1M)")] = "S",
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="also write the figures here, by size")
+    ] = None,
+) -> None:
+    """Synthetic catalogues at each size: train, publish, serve; time, memory, quality per size."""
+    from zerorec.bench_scale import main
+
+    raise typer.Exit(main([s.strip().upper() for s in sizes.split(",") if s.strip()], json_out))
 
 
 @bench_app.command("ingest", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

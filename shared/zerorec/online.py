@@ -8,7 +8,7 @@ called as they are. Sync and CPU-bound: the functions call these through `asynci
 
 | stage | KV round trips | pipeline calls |
 |---|---|---|
-| RecallStage.recall | 1 (user state) unless the request has recent_items | vectors, candidates, signals |
+| RecallStage.recall | 1 (user state) unless the request has recent_items | retrieve, candidates, signals |
 | RecallStage.hot | 1 (hot zset); the bundle's hot list when the KV has none | hot |
 | RankingStage.score | 1 (user state) | query, rank with recall's signals (features + OnnxScorer) |
 | RerankStage.rerank | 0 (seen items come in the request) | query, rerank (MMR, freshness, seen) |
@@ -54,7 +54,7 @@ from zerorec.api import (
 from zerorec.bundle import LoadedBundle, latest_version, load_bundle
 from zerorec.coldstart import ALL_PARTS, ModelParts
 from zerorec.errors import BackendUnavailableError, InvalidInputError, NotFoundError
-from zerorec.pipeline import CHANNEL_ORDER, Recommender
+from zerorec.pipeline import CHANNEL_ORDER, USER_FILES, Recommender
 from zerorec.realtime import (
     RECENT_MAX,
     SEEN_MAX,
@@ -112,14 +112,18 @@ def load_model(
     """Fetch and verify bundle `name`/`version` (IntegrityError on any mismatch) and build the
     `parts` of it a stage uses: the files of other parts are not even fetched (reranking, user and
     item never download the channel matrices)."""
-    return model_from_bundle(load_bundle(store, name, version, cache_dir=cache_dir, select=parts.wants))
+    bundle = load_bundle(store, name, version, cache_dir=cache_dir, select=parts.wants)
+    return model_from_bundle(bundle, parts.max_users)
 
 
-def model_from_bundle(bundle: LoadedBundle) -> ServingModel:
+def model_from_bundle(bundle: LoadedBundle, max_users: int | None = None) -> ServingModel:
     """Build the pipeline from a verified bundle (whatever parts of it were fetched). Weights stored
     compact (EASE's float16) are widened in a background thread: the model serves at once, with
     the same scores, and gets faster when the thread is done."""
-    rec = Recommender.from_files(bundle.files, widen=False)
+    rec = Recommender.from_files(bundle.files, widen=False, max_users=max_users)
+    if rec.data.n_users == 0:  # histories left out: let their bytes go (a prefetch future holds them)
+        for name in USER_FILES:
+            bundle.files.pop(name, None)
     threading.Thread(target=rec.widen, name=f"widen-{bundle.version}", daemon=True).start()
     return ServingModel(bundle.name, bundle.version, rec, bundle.manifest)
 
@@ -257,10 +261,10 @@ class RecallStage:
             recent, categories = state.recent_items, state.category_affinity
         query = rec.query(req.user_id, recent)
         query.categories = categories
-        vectors = rec.score_vectors(query)
         exclude = self.model.known([*req.exclude, *deleted])
-        merged = rec.candidates(query, req.n, exclude, vectors, fill=True)  # n as asked
-        out = _candidate_dicts(rec.data.item_ids, merged, rec.signals(query, merged, vectors))
+        lists = rec.retrieve(query, req.n, exclude)  # each channel's index answer, n deep
+        merged = rec.candidates(query, req.n, exclude, lists, fill=True)  # n as asked
+        out = _candidate_dicts(rec.data.item_ids, merged, rec.signals(query, merged, lists))
         skip = {*req.exclude, *deleted, *recent}
         unknown = [i for i in fresh if i not in rec.data.item_index and i not in skip]
         out += [{"item_id": i, "score": 0.0, "channel": "fresh", "channel_scores": {}} for i in unknown]
@@ -466,7 +470,7 @@ def stage_loader(
     def load(version: str) -> tuple[str, Any]:
         try:
             if pending and version == "latest":
-                model = model_from_bundle(pending.pop().result())
+                model = model_from_bundle(pending.pop().result(), parts.max_users)
             else:
                 model = load_model(store, s.model_name, version, s.model_cache_dir, parts)
         except NotFoundError as exc:
