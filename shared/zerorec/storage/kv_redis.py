@@ -15,7 +15,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, RedisClusterException
 from redis.retry import Retry
 
 from zerorec.errors import BackendUnavailableError, InvalidInputError
@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     from zerorec.settings import Settings
 
 CLUSTER_SCHEME = "redis-cluster://"
+_ERRORS = (redis.RedisError, RedisClusterException)  # the latter is no RedisError
 
 # One script serves `write`, `apply_once` and `apply_many`. ARGV[1] = token TTL (for record tokens:
 # the dedupe window), ARGV[2] = JSON list of [token index into KEYS (0: no token), ops, fingerprint
@@ -417,7 +418,7 @@ class RedisKVStore(KVStore):
                 if self._r is None:
                     try:
                         self._r = RedisCluster(startup_nodes=self._nodes, **self._options)
-                    except redis.RedisError as exc:
+                    except _ERRORS as exc:
                         raise self._fail("cluster discovery", exc) from exc
         if self._script is None:
             self._script = self._r.register_script(_APPLY_LUA)  # EVALSHA, loaded on first use
@@ -434,7 +435,7 @@ class RedisKVStore(KVStore):
     def read(self, ops: Sequence[ReadOp]) -> list:
         try:
             pipe = self._client().pipeline()
-        except redis.RedisError as exc:
+        except _ERRORS as exc:
             raise self._fail("read", exc) from exc
         post: list[Any] = []  # per op: a constant result, or a function of the next reply
         queued = 0
@@ -478,7 +479,7 @@ class RedisKVStore(KVStore):
             queued += 1
         try:
             replies = iter(pipe.execute()) if queued else iter(())
-        except redis.RedisError as exc:
+        except _ERRORS as exc:
             raise self._fail("read", exc) from exc
         out: list = []
         for p in post:
@@ -506,7 +507,9 @@ class RedisKVStore(KVStore):
             else:
                 pipe = client.pipeline()
                 for i in todo:
-                    pipe.evalsha(self._script.sha, len(encoded[i][0]), *encoded[i][0], *args[i])
+                    # execute_command: ClusterPipeline blocks its evalsha method, not the command
+                    keys = encoded[i][0]
+                    pipe.execute_command("EVALSHA", self._script.sha, len(keys), *keys, *args[i])
                 replies = pipe.execute(raise_on_error=False)
                 for n, i in enumerate(todo):
                     if isinstance(replies[n], NoScriptError):  # not run: load it and run it now
@@ -514,7 +517,7 @@ class RedisKVStore(KVStore):
                 errors = [r for r in replies if isinstance(r, Exception)]
                 if errors:
                     raise errors[0]
-        except redis.RedisError as exc:
+        except _ERRORS as exc:
             raise self._fail(what, exc) from exc
         for n, i in enumerate(todo):
             out[i] = [bool(r) for r in replies[n]]
