@@ -66,7 +66,7 @@ from zerorec.storage.kv import (
 HISTORY_MAX = 50  # distinct items a user's record keeps (~7-10 bytes each)
 RECENT_MAX = 50  # of them, the recent items that feed item-CF and the other channels
 SEEN_MAX = 1000  # seen items a user profile shows (real-time history first, then the trained one)
-CATEGORIES_MAX = 16  # category affinities a user's record keeps (the largest)
+CATEGORIES_MAX = 8  # category affinities a user's record keeps (the largest: the profile's top 8)
 USER_STATE_TTL_S = 30 * 24 * 3600
 DEDUPE_WINDOW_S = 3600
 HISTORY, CATEGORIES = "h", "c"  # sections of the user's record

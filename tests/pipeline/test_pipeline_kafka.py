@@ -198,6 +198,7 @@ def test_malformed_records_go_to_dead_letters_and_the_stream_goes_on(pipeline: P
     )
     good = to_kafka_record(new_event("dev.zerorec.behavior.v1", click(user, item), source="/x"), key=user)
     pipeline.bus.publish(pipeline.topic, [malformed, foreign, bad_data, good])
+    pipeline.user_of[_id(good)] = user
     pipeline.wait_applied([_id(good)], [user], timeout_s=30)
     letters = pipeline.dead_letters(f"{pipeline.category}-check-dlq")
     mine = [from_kafka_record(r, raw_data=True) for r in letters if r.key == user.encode()]
