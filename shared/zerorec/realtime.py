@@ -19,9 +19,9 @@ slot, so one user's reads and the consumer's atomic script stay on one shard):
                      dedupe window, in the slot of the fresh / deleted markers it guards
 
 Why one record per user: measured with `zerorec bench state`, the old layout (a recent list, a seen
-list, a category hash and one `evt:<id>` key per event for 7 days) took ~1,590 bytes per user at 5
-events per user and ~4,000 at 20, most of it per-key overhead and per-event keys; see
-docs/state.md for the figures of this layout.
+list, a category hash and one `evt:<id>` key per event for 7 days) took ~1,370 bytes per user at 5
+events per user and ~3,680 at 20, most of it per-key overhead and per-event keys; this one takes
+~310 and ~600 (docs/state.md has the figures).
 
 Exactly once: a behavior event is applied with `kv.apply_once(behavior_token(user, id), ...)`, a
 token in the user's own record (same slot, same atomic script as the user's writes). Its window
@@ -31,9 +31,9 @@ last committed offset), and clients re-post a batch within minutes (uuid5 ids: t
 has the same id). An id is kept at least a window and until the user's record has had writes in
 two windows since, so a redelivery after an outage of any length, which precedes the user's newer
 events in the partition (the KafkaSource delivers in order per user key), is still caught.
-Chosen over per-partition offsets (they need the partition and offset of each event, which a
-KafkaSource passes on only for records that are no CloudEvents, and they miss duplicates produced
-twice) and over a global filter (no exact check without a per-event key again). Cost: 10 bytes per
+Chosen over per-partition offsets (the consumer gets no partition and offset with an event today:
+they would have to travel as CloudEvent extensions; and offsets miss an event produced twice) and
+over a global filter (no exact check without a per-event key again). Cost: 10 bytes per
 event in the window (a 60-bit fingerprint; a new event is mistaken for a duplicate with probability
 ids-in-window / 2**60).
 """
