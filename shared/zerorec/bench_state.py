@@ -222,6 +222,26 @@ def _breakdown(client: redis.Redis, users: int, samples: int, rng_seed: int) -> 
     return out
 
 
+def _record_sections(client: redis.Redis, samples: int) -> dict[str, float]:
+    """Mean bytes of each section of the users' records (history, categories, dedupe window, and
+    the record's separators), from a random sample; empty for a layout without records."""
+    sizes: Counter[str] = Counter()
+    found = 0
+    names = {"lh": "history", "mc": "categories", "d": "dedupe window"}
+    for _ in range(samples):
+        key = client.randomkey()
+        if key is None or key_kind(key.decode()) != "u:{<user>}":
+            continue
+        raw = client.get(key)
+        if not raw:
+            continue
+        found += 1
+        for section in raw.decode().split("\x1e"):
+            head = section[: section.find("\x1d")] if "\x1d" in section else section[:1]
+            sizes[names.get(head, "other sections")] += len(section.encode()) + 1  # + separator
+    return {name: round(total / found, 1) for name, total in sizes.most_common()} if found else {}
+
+
 def run_state_benchmark(
     users: int,
     events_per_user: int = 5,
@@ -272,6 +292,7 @@ def run_state_benchmark(
         kv.close()
         after, catalogue_after = _settled_memory(client), _catalogue_bytes(client)
         per_kind = _breakdown(client, users, samples, seed)
+        sections = _record_sections(client, min(samples, 1000))
         catalogue_growth = catalogue_after - catalogue_before
         bytes_per_user = (after - before) / users
         info = client.info("server")
@@ -291,6 +312,7 @@ def run_state_benchmark(
         "target_gib_per_million_users": TARGET_GIB_PER_MILLION,
         "meets_target": bytes_per_user * 1e6 / 2**30 <= TARGET_GIB_PER_MILLION,
         "per_kind": per_kind,
+        "record_section_bytes": sections,
         "keyspace_overhead_bytes_per_user": round(bytes_per_user - attributed, 1),
         "wall_s": round(wall, 1),
         "events_per_s": round(total / wall, 1) if wall else None,
@@ -315,6 +337,8 @@ def _print(report: dict[str, Any]) -> None:
     print(f"{'key kind':<28}{'keys':>12}{'B/key':>9}{'B/user':>9}")
     for kind, row in report["per_kind"].items():
         print(f"{kind:<28}{row['keys']:>12,}{row['bytes_per_key']:>9.1f}{row['bytes_per_user']:>9.1f}")
+    for name, size in report["record_section_bytes"].items():
+        print(f"  {'in the record: ' + name:<36}{size:>17.1f}")
     print(f"{'keyspace tables (rest)':<28}{'':>12}{'':>9}{report['keyspace_overhead_bytes_per_user']:>9.1f}")
     print(
         f"(of which the hot lists and catalogue markers: {report['catalogue_growth_bytes_per_user']:+.1f} "
