@@ -166,8 +166,7 @@ def infra_env(settings: Settings) -> dict[str, str]:
             "ZEROREC_S3_BUCKET": settings.s3_bucket,
             "ZEROREC_S3_ACCESS_KEY": settings.s3_access_key,
             "ZEROREC_S3_SECRET_KEY": settings.s3_secret_key,
-            # this checkout's library first, as in the parent (a worktree's, not the installed one)
-            "PYTHONPATH": os.pathsep.join((str(REPO / "shared"), str(REPO))),
+            "PYTHONPATH": str(REPO),
         }
     )
     return env
