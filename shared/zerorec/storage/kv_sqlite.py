@@ -277,7 +277,9 @@ class SqliteKVStore(KVStore):
             conn.execute("DELETE FROM keys WHERE expires_at IS NOT NULL AND expires_at <= ?", (now,))
 
     def _transaction(self, what: str, conn_body: Callable[[sqlite3.Connection], Any]) -> Any:
-        """One BEGIN IMMEDIATE transaction: `conn_body`, then the deferred Expires of the call."""
+        """One BEGIN IMMEDIATE transaction: `conn_body`, then the deferred Expires of the call
+        (`self._expires` is safe to share: a process runs one transaction at a time, under the
+        file's lock)."""
 
         def tx(conn: sqlite3.Connection) -> Any:
             self._expires = []
