@@ -375,9 +375,9 @@ class RedisKVStore(KVStore):
     pipeline (one round trip per node), and a write call runs one script per slot: first, per
     token slot, the token checks with the ops in that slot (exactly once, atomic); then the ops of
     other slots of the applied entries, one script per slot. Keys of one user share a hash tag, so
-    a user's state and its dedupe window are one slot; hot lists and other global keys apply right
-    after: should the process die in between, they miss that event (the worker's rebuild repairs
-    them) but are never counted twice.
+    a user's state and its dedupe window are one slot; the rest (the hot lists; an item event's
+    metadata hash) applies right after: should that second step fail, they miss that event (the
+    worker's rebuild repairs hot lists, the item's next upsert its hash) but never count it twice.
     """
 
     def __init__(self, url: str, *, connect_timeout_s: float = 3.0, request_timeout_s: float = 5.0) -> None:
