@@ -38,7 +38,11 @@ from zerorec.storage import kv_store
 
 log = logging.getLogger("zerorec.consumer")
 _settings = get_settings()
-_applier = EventApplier(kv_store(_settings), category_cache_s=_settings.consumer_category_cache_s)
+_applier = EventApplier(
+    kv_store(_settings),
+    category_cache_s=_settings.consumer_category_cache_s,
+    dedupe_window_s=_settings.dedupe_window_s,
+)
 
 
 def _json(doc: object, status: int) -> Response:

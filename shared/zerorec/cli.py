@@ -299,5 +299,13 @@ def bench_ingest(ctx: typer.Context) -> None:
     raise typer.Exit(main(list(ctx.args)))
 
 
+@bench_app.command("state", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def bench_state(ctx: typer.Context) -> None:
+    """Redis bytes per user of the real-time state (--users N [--events-per-user K] [--json FILE])."""
+    from zerorec.bench_state import main
+
+    raise typer.Exit(main(list(ctx.args)))
+
+
 if __name__ == "__main__":
     app()

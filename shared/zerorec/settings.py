@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     behavior_max_batch: int = Field(default=1000, ge=1, le=10000, description="events per request")
     behavior_max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024, description="request body limit")
     consumer_category_cache_s: float = Field(default=10.0, ge=0, description="item-category cache TTL")
+    dedupe_window_s: int = Field(
+        default=3600, gt=0, description="how long the consumer remembers an applied event id (at least)"
+    )
     export_group: str = Field(default="zerorec-export-events", description="export task consumer group")
     consumer_max_batch_bytes: int = Field(
         default=16 * 1024 * 1024, ge=1024, description="body limit of one batched delivery to the consumer"
