@@ -4,8 +4,10 @@ exactly-once application of redelivered behavior and item events, through EventA
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
 from zerorec.cloudevents_io import new_event
 from zerorec.consumer import BEHAVIOR_TYPE, DELETE_TYPE, UPSERT_TYPE, EventApplier
 from zerorec.realtime import (
@@ -28,7 +30,23 @@ def _click(user: str, item: str, event_id: str) -> Any:
     return new_event(BEHAVIOR_TYPE, data, source="/test", event_id=event_id)
 
 
+_UPSERTED: list[str] = []
+
+
+@pytest.fixture(autouse=True)
+def _forget_items(kv: KVStore) -> Iterator[None]:
+    """Delete the items a test put in the catalogue: its fresh list is shared (one key per catalogue,
+    not per test), and an item left there without its hash would be offered to later tests'
+    recommendations as a new item with no metadata."""
+    yield
+    applier = EventApplier(kv, category_cache_s=0)
+    while _UPSERTED:
+        item = _UPSERTED.pop()
+        applier.apply(new_event(DELETE_TYPE, {"item_id": item}, source="/test", event_id=f"forget-{item}"))
+
+
 def _upsert(item: str, *cats: str, event_id: str) -> Any:
+    _UPSERTED.append(item)
     data = {
         "item_id": item,
         "title": item,
