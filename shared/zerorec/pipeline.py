@@ -580,6 +580,9 @@ def train_recommender(
     t0 = time.perf_counter()
     if len(interactions) == 0:
         raise InvalidInputError("no interactions to train on")
+    from zerorec.resources import check_training_memory
+
+    check_training_memory(interactions, items, config)  # refuse before native code can crash
     names = set(interactions["item_id"].unique().tolist())
     if items is not None:
         names |= set(items["item_id"].tolist())

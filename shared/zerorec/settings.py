@@ -90,6 +90,17 @@ class Settings(BaseSettings):
     consumer_category_cache_s: float = Field(default=10.0, ge=0, description="item-category cache TTL")
     export_group: str = Field(default="zerorec-export-events", description="export task consumer group")
 
+    # --- model training: engine, Spark, memory guard ----------------------------------------------
+    train_engine: Literal["local", "spark"] = Field(
+        default="local", description="local: one process (small data); spark: Spark MLlib + torch"
+    )
+    spark_master: str = Field(default="local[*]", description="Spark master of the spark training engine")
+    spark_driver_memory: str = Field(default="2g", description="spark.driver.memory of the training engine")
+    train_device: str = Field(default="cpu", description="torch device of the ranker: cpu, cuda or cuda:N")
+    train_memory_fraction: float = Field(
+        default=0.8, gt=0, le=1, description="share of the available memory a local training may plan to use"
+    )
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

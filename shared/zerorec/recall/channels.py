@@ -98,6 +98,9 @@ class EASEChannel(RecallChannel):
         x = _binary(data)
         counts = np.asarray(x.sum(axis=0)).ravel()
         self.keep = np.flatnonzero(counts >= self.min_count).astype(np.int64)
+        from zerorec.resources import ease_fit_bytes, require_memory
+
+        require_memory("EASE fit", ease_fit_bytes(len(self.keep)), f"{len(self.keep):,} items, dense")
         xk = x[:, self.keep]
         gram = _gram(xk)
         gram[np.diag_indices_from(gram)] += self.l2
