@@ -119,6 +119,30 @@ def _train(dataset: Path | None, engine: str, master: str | None, device: str | 
         return train_recommender(interactions, items, progress=True, log=log)
 
 
+def _trainer(engine: str, master: str | None):  # type: ignore[no-untyped-def]
+    """train_recommender's signature for `engine` (None: the local engine itself)."""
+    if engine == "local":
+        if master:
+            raise typer.BadParameter("--master applies to --engine spark")
+        return None
+    if engine != "spark":
+        raise typer.BadParameter(f"--engine must be local or spark, not {engine!r}")
+    from zerorec.settings import get_settings
+    from zerorec.training.spark import SparkTrainConfig, train_spark
+
+    settings = get_settings()
+    cfg = SparkTrainConfig(
+        master=master or settings.spark_master,
+        driver_memory=settings.spark_driver_memory,
+        device=settings.train_device,
+    )
+
+    def train(interactions, items, config=None, progress=False, log=None):  # type: ignore[no-untyped-def]
+        return train_spark(interactions, items, config, cfg, log=log)
+
+    return train
+
+
 def _publish(rec, info, name: str) -> str:  # type: ignore[no-untyped-def]
     from zerorec.bundle import publish_bundle
     from zerorec.settings import get_settings
@@ -143,16 +167,23 @@ def evaluate(
         Path | None, typer.Option(help="dataset dir or interactions file (default: synthetic)")
     ] = None,
     out: Annotated[Path, typer.Option(help="folder for report.json and report.png")] = Path("out/evaluation"),
+    engine: Annotated[str, typer.Option(help="training engine: local or spark")] = "local",
+    master: Annotated[str | None, typer.Option(help="Spark master (spark engine)")] = None,
 ) -> None:
     """The temporal-user-20 protocol (EVALUATION.md): one row per channel, merged, ranked, full."""
     from threadpoolctl import threadpool_limits
 
     from zerorec.pipeline import evaluate_protocol
+    from zerorec.training.progress import StageLog
 
     interactions, items = _load(dataset)
+    log = StageLog(lambda line: typer.echo(line, err=True))
     with threadpool_limits(2):
-        report = evaluate_protocol(interactions, items, progress=True, log=_log)
+        report = evaluate_protocol(
+            interactions, items, progress=True, log=log, trainer=_trainer(engine, master)
+        )
     report["dataset"] = dataset.name if dataset else "synthetic"  # a name, not a machine path
+    report["engine"] = engine
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=2))
     typer.echo(

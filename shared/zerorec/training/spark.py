@@ -498,7 +498,9 @@ def _no_interactions(data: InteractionData) -> InteractionData:
 _WORKER_MODELS: dict[str, Any] = {}  # model key -> Recommender, one load per Python worker
 
 
-def _ranker_rows_udf(files_bc: Any, key: str, seed: int) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
+def _ranker_rows_udf(
+    files_bc: Any, key: str, seed: int
+) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
     """A mapInPandas function: (u, pos) per labelled user -> (u, hit, n, sparse, dense, labels), the
     rows as raw little-endian bytes (one row per user: few, large Arrow cells)."""
 
@@ -569,7 +571,9 @@ def spark_ranker_rows(
     bc = spark.sparkContext.broadcast(rec_files)
     parts = max(spark.sparkContext.defaultParallelism * 2, 2)
     schema = "u int, hit double, n long, sparse binary, dense binary, labels binary"
-    built = labels.repartition(parts, "u").mapInPandas(_ranker_rows_udf(bc, uuid.uuid4().hex, config.seed), schema)
+    built = labels.repartition(parts, "u").mapInPandas(
+        _ranker_rows_udf(bc, uuid.uuid4().hex, config.seed), schema
+    )
     local = built.toPandas().sort_values("u", kind="stable")
     bc.unpersist()
     n_sparse, n_dense = 3 + GENRE_SLOTS, len(dense_names(CHANNEL_ORDER))
