@@ -87,7 +87,7 @@ def test_training_is_refused_before_any_fit(monkeypatch):
     """A 10 MiB budget: train_recommender refuses before EASE (or anything native) runs."""
     monkeypatch.setattr(resources, "available_memory", lambda: MemoryBudget(10 * MIB, "test limit 10 MiB"))
 
-    def must_not_run(self, data):  # noqa: ANN001
+    def must_not_run(self, data):
         raise AssertionError("EASE was fitted although the guard should have refused")
 
     monkeypatch.setattr(EASEChannel, "fit", must_not_run)

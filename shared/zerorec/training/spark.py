@@ -615,8 +615,13 @@ def train_spark(
     say = log or StageLog()
     t0 = time.perf_counter()
     say(f"starting Spark ({spark_config.master})")
+    if spark is None:  # a session already running in this process is reused, and left running
+        from pyspark.sql import SparkSession
+
+        spark = SparkSession.getActiveSession()
     own = spark is None
     session = spark or spark_session(spark_config)
+    session.conf.set("spark.sql.execution.arrow.pyspark.enabled", "true")
     emit = getattr(say, "emit", None) or (lambda line: say(line))
     try:
         with SparkProgress(session.sparkContext, emit, spark_config.progress_period_s):
