@@ -23,7 +23,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -90,12 +90,17 @@ def spark_session(config: SparkTrainConfig) -> SparkSession:
     return session
 
 
+HADOOP_AWS = "org.apache.hadoop:hadoop-aws:3.4.2"  # the Hadoop client pyspark 4.1.1 bundles
+
+
 def s3a_conf() -> dict[str, str]:
-    """Hadoop s3a settings for the configured S3 endpoint (needs hadoop-aws on Spark's classpath)."""
+    """Spark settings to read `s3a://` from the configured S3 endpoint: hadoop-aws (from Maven,
+    once, through spark.jars.packages) and the endpoint's credentials."""
     from zerorec.settings import get_settings
 
     s = get_settings()
     return {
+        "spark.jars.packages": HADOOP_AWS,
         "spark.hadoop.fs.s3a.endpoint": s.s3_endpoint,
         "spark.hadoop.fs.s3a.access.key": s.s3_access_key,
         "spark.hadoop.fs.s3a.secret.key": s.s3_secret_key,
@@ -620,6 +625,8 @@ def train_spark(
 
         spark = SparkSession.getActiveSession()
     own = spark is None
+    if own and isinstance(source, str) and source.startswith("s3a://"):
+        spark_config = replace(spark_config, conf={**s3a_conf(), **spark_config.conf})
     session = spark or spark_session(spark_config)
     session.conf.set("spark.sql.execution.arrow.pyspark.enabled", "true")
     emit = getattr(say, "emit", None) or (lambda line: say(line))
