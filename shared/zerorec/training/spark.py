@@ -54,7 +54,7 @@ class SparkTrainConfig:
     itemcf_max_user_items: int = 500
     # Users whose held-out items label the ranker's rows (a seeded sample beyond this): bounds the
     # rows the driver holds for torch (about 90 rows of 180 bytes per user).
-    ranker_max_users: int = 50_000
+    ranker_max_users: int = 20_000
     device: str = "cpu"
     progress_period_s: float = 10.0
     conf: dict[str, str] = field(default_factory=dict)
