@@ -343,6 +343,9 @@ def spark_als(
         ratingCol="c",
         seed=config.seed,
         nonnegative=False,
+        # One block per core: MLlib's default of 10 costs scheduling overhead on a small cluster.
+        numUserBlocks=max(2, frame.sparkSession.sparkContext.defaultParallelism),
+        numItemBlocks=max(2, frame.sparkSession.sparkContext.defaultParallelism),
     )
     model = als.fit(ratings)
     return (
