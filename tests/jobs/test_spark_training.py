@@ -172,3 +172,39 @@ def test_cli_train_engine_spark_publishes_a_bundle(spark, tiny, tmp_path, monkey
         assert Recommender.from_files(bundle.files).recommend("u1", 3)
     finally:
         get_settings.cache_clear()
+
+
+def test_model_training_on_spark_reads_the_parquet_export(spark, tiny, tmp_path):
+    """ZEROREC_TRAIN_ENGINE=spark in the model-training function: the worker's export (with a
+    repeated event, as after a crash) -> Spark -> a published bundle."""
+    import io
+
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from zerorec.tasks import EXPORT_SCHEMA
+
+    from jobs.train.main import train_events_spark
+
+    interactions, _ = tiny
+    rows = interactions.assign(
+        event_id=[f"e{k}" for k in range(len(interactions))],
+        source="test",
+        kind="click",
+        timestamp=pd.to_datetime(interactions["timestamp"], unit="s", utc=True),
+        value=None,
+        context=None,
+        topic="zerorec.behavior",
+        partition=0,
+        offset=range(len(interactions)),
+    )
+    rows = pd.concat([rows, rows.iloc[:5]])  # the same events exported twice
+    table = pa.Table.from_pandas(rows[EXPORT_SCHEMA.names], schema=EXPORT_SCHEMA, preserve_index=False)
+    store = LocalObjectStore(tmp_path / "objects")
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    store.put("exports/events/2024-01-01/part-a-000000000000.parquet", buf.getvalue())
+    report = train_events_spark(store, "exports/events", name="from-export", sinks=[])
+    assert report["interactions"] == len(interactions)  # the repeated events count once
+    served = Recommender.from_files(load_bundle(store, "from-export").files)
+    assert len(served.recommend(interactions["user_id"].iloc[0], 5)) == 5
