@@ -15,7 +15,10 @@ Backends: embedded by default: models in a directory (ZEROREC_DATA_DIR, default 
 where `zerorec train` publishes), KV and bus in SQLite files there when zerorec.storage offers them (separate
 processes then share them), else in-process memory (each process has its own KV and bus: clicks
 do not reach the serving functions, and the dispatcher sees no events). `--real` takes Kafka, Redis
-and S3 from `local/infra.sh env` (start them with `local/infra.sh start`).
+and S3 from `local/infra.sh env` (start them with `local/infra.sh start`); behavior and item admin then
+take the API keys ZEROREC_BEHAVIOR_API_KEY / ZEROREC_ADMIN_API_KEY from the environment, and without
+them run open on purpose (ZEROREC_ALLOW_UNAUTHENTICATED=1: every process listens on 127.0.0.1 only),
+where a cluster's functions refuse to start.
 
 When the object store holds no model yet, `start` trains and publishes one with `zerorec train`
 (synthetic data) unless `--no-train`.
@@ -173,6 +176,9 @@ def function_env(
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     if real:
         env.update(infra_env())
+        # Loopback-only processes on a developer's machine: open unless keys are given (in a
+        # cluster, behavior and item admin refuse to start without their keys).
+        env.setdefault("ZEROREC_ALLOW_UNAUTHENTICATED", "1")
     else:
         kind = _embedded_kind()
         env.update(ZEROREC_OBJECT_STORE="local", ZEROREC_KV_STORE=kind, ZEROREC_EVENT_BUS=kind)
@@ -332,6 +338,13 @@ def start(real: bool, timeout_s: float, train: bool, only: Iterable[str] = ()) -
         else f"embedded ({env['ZEROREC_KV_STORE']} KV/bus, {env['ZEROREC_DATA_DIR']})"
     )
     print(f"functions: backends {mode}")
+    if real and env.get("ZEROREC_ALLOW_UNAUTHENTICATED") == "1":
+        missing = [k for k in ("ZEROREC_BEHAVIOR_API_KEY", "ZEROREC_ADMIN_API_KEY") if not env.get(k)]
+        if missing:
+            print(
+                f"functions: note: no {' / '.join(missing)}: behavior and item admin run without "
+                "authentication (ZEROREC_ALLOW_UNAUTHENTICATED=1, loopback only); set the keys to need them"
+            )
     if env["ZEROREC_KV_STORE"] == "memory":
         print(
             "functions: note: the in-memory KV and bus are per process: behavior events will not reach "

@@ -106,7 +106,8 @@ def send_events(base: str, user: str, item: str) -> None:
     """A view then a click on `item`, through the behavior function."""
     now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
     events = [{"kind": k, "user_id": user, "item_id": item, "timestamp": now} for k in ("view", "click")]
-    r = httpx.post(f"{base}/events", json=events, timeout=30)
+    key = os.environ.get("ZEROREC_BEHAVIOR_API_KEY", "")
+    r = httpx.post(f"{base}/events", json=events, headers={"X-API-Key": key} if key else {}, timeout=30)
     say(f"POST /events (view + click on {item}): {r.status_code} {r.text[:160]}")
     r.raise_for_status()
 
@@ -210,11 +211,12 @@ def main(argv: list[str] | None = None) -> int:
     say(f"clicked item {clicked} {'is gone from' if gone else 'is STILL IN'} the next recommendation")
     rec_port, ev_port = p["recommender"], p["behavior"]
     ts = "2024-05-01T12:00:00Z"
+    key = " -H \"X-API-Key: $ZEROREC_BEHAVIOR_API_KEY\"" if os.environ.get("ZEROREC_BEHAVIOR_API_KEY") else ""
     print(
         "\nThe system keeps serving. Get more:\n"
         f"  curl -s localhost:{rec_port}/recommend -H 'content-type: application/json' "
         f"""-d '{{"user_id": "{user}", "n": 10}}'\n"""
-        f"  curl -s localhost:{ev_port}/events -H 'content-type: application/json' "
+        f"  curl -s localhost:{ev_port}/events -H 'content-type: application/json'{key} "
         f"""-d '{{"kind": "click", "user_id": "{user}", "item_id": "{clicked}", "timestamp": "{ts}"}}'\n"""
         f"  curl -s localhost:{rec_port}/openapi.json   # the API;  gRPC on {p['recommender-grpc']}\n"
         "  .venv/bin/python local/functions.py status   # what runs; logs in .local-infra/functions/\n"

@@ -2,6 +2,8 @@
 
 Answers 202 with per-event results only after Kafka acknowledged every accepted event; 400/413 for
 bad input (with reasons), 401 for a wrong X-API-Key, 503 when the broker did not acknowledge in time.
+With a real backend and no ZEROREC_BEHAVIOR_API_KEY it refuses to start (exit 1) unless
+ZEROREC_ALLOW_UNAUTHENTICATED=1.
 Run: `python -m zerorec.runner --target behavior --source functions/behavior/main.py --port 8086`.
 Logic: zerorec.ingest.
 """
@@ -18,11 +20,13 @@ from starlette.responses import Response
 from zerorec.cloudevents_io import from_http
 from zerorec.errors import BackendUnavailableError, DeliveryError, InvalidInputError
 from zerorec.ingest import BatchTooLargeError, BehaviorIngest, IngestResult, check_api_key
-from zerorec.settings import get_settings
+from zerorec.request_body import BodyTooLarge, read_limited
+from zerorec.settings import get_settings, require_api_key
 from zerorec.storage import event_bus
 
 log = logging.getLogger("zerorec.behavior")
 _settings = get_settings()
+require_api_key(_settings, _settings.behavior_api_key, "ZEROREC_BEHAVIOR_API_KEY", "behavior (POST /events)")
 _ingest = BehaviorIngest(
     event_bus(_settings), _settings.topic_behavior, max_batch=_settings.behavior_max_batch
 )
@@ -34,23 +38,6 @@ def _json(doc: object, status: int) -> Response:
 
 def _error(reason: str, status: int) -> Response:
     return _json({"error": reason}, status)
-
-
-class _TooLarge(Exception):
-    pass
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _TooLarge
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _TooLarge
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _is_cloudevent(request: Request) -> bool:
@@ -72,9 +59,9 @@ async def behavior(request: Request) -> Response:
         return _error("missing or wrong X-API-Key", 401)
     limit = _settings.behavior_max_body_bytes
     try:
-        body = await _read_body(request, limit)
-    except _TooLarge:
-        return _error(f"body larger than {limit} bytes", 413)
+        body = await read_limited(request, limit)
+    except BodyTooLarge as exc:
+        return _error(exc.reason, 413)
     except ClientDisconnect:
         return _error("client disconnected", 400)
     try:

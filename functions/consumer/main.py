@@ -11,6 +11,9 @@ event in order, each with its own status (200 applied or duplicate, 400 refused,
 batch's behavior events are applied in ONE KV round trip, exactly once per event id. 400 for a body
 that is no batch at all, 503 when the KV is unreachable for every event.
 
+Bodies are read with a limit (413 past it, never buffered whole): one CloudEvent's maximum size,
+or ZEROREC_CONSUMER_MAX_BATCH_BYTES for a batch.
+
 The work is short and CPU-bound (a KV round trip of well under a millisecond), so it runs on the event
 loop: no per-request thread hand-off.
 Run: `python -m zerorec.runner --target consumer --source functions/consumer/main.py --port 8087`.
@@ -26,15 +29,20 @@ import functions_framework.aio
 import orjson
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
-from zerorec.cloudevents_io import BATCH, from_http, from_http_batch
+from zerorec.cloudevents_io import BATCH, MAX_BODY_BYTES, from_http, from_http_batch
 from zerorec.consumer import EventApplier
 from zerorec.errors import BackendUnavailableError, InvalidInputError
+from zerorec.request_body import BodyTooLarge, read_limited
 from zerorec.settings import get_settings
 from zerorec.storage import kv_store
 
 log = logging.getLogger("zerorec.consumer")
 _settings = get_settings()
-_applier = EventApplier(kv_store(_settings), category_cache_s=_settings.consumer_category_cache_s)
+_applier = EventApplier(
+    kv_store(_settings),
+    category_cache_s=_settings.consumer_category_cache_s,
+    dedupe_window_s=_settings.dedupe_window_s,
+)
 
 
 def _json(doc: object, status: int) -> Response:
@@ -52,15 +60,18 @@ async def consumer(request: Request) -> Response:
         return _json({"status": "ok", "loop": _loop_name()}, 200)
     if request.method != "POST":
         return _json({"error": "POST a CloudEvent"}, 405)
+    batched = request.headers.get("content-type", "").lower().startswith(BATCH)
     try:
-        body = await request.body()
-        if request.headers.get("content-type", "").lower().startswith(BATCH):
+        body = await read_limited(request, _settings.consumer_max_batch_bytes if batched else MAX_BODY_BYTES)
+        if batched:
             results = _applier.apply_batch(from_http_batch(body))
             if results and all(r["status"] == 503 for r in results):
                 return _json({"error": results[0]["error"], "results": results}, 503)
             return _json({"results": results}, 200)
         event = from_http(request.headers, body)
         applied = _applier.apply(event)
+    except BodyTooLarge as exc:
+        return _json({"error": exc.reason}, 413)
     except ClientDisconnect:
         return _json({"error": "client disconnected"}, 400)
     except InvalidInputError as exc:

@@ -6,9 +6,9 @@
                  checkpoint_s); 200 with its status ("started": false when one already runs)
   POST /stop     stop it (SIGTERM to its process group, SIGKILL after a grace period)
 
-400 for bad options; 422 when the Flink interpreter or the connector jar is missing. The job runs in
-its own interpreter (ZEROREC_FLINK_PYTHON) and stops with this function (atexit); with
-ZEROREC_FLINK_AUTOSTART=1 it starts with the function, default options.
+400 for bad options; 413 for a body over 16 KiB; 422 when the Flink interpreter or the connector
+jar is missing. The job runs in its own interpreter (ZEROREC_FLINK_PYTHON) and stops with this
+function (atexit); with ZEROREC_FLINK_AUTOSTART=1 it starts with the function, default options.
 Run: `python -m zerorec.runner --target flink_realtime --source functions/flink-realtime/main.py --port 8094`.
 """
 
@@ -26,12 +26,14 @@ import orjson
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from zerorec.errors import InvalidInputError, NotFoundError
+from zerorec.request_body import BodyTooLarge, read_limited
 from zerorec.settings import get_settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root, for jobs.*
 from jobs.flink_realtime.control import FlinkJobController, JobOptions
 
 log = logging.getLogger("zerorec.flink_realtime")
+MAX_OPTIONS_BYTES = 16 * 1024  # a handful of options: anything bigger is refused unread
 _controller = FlinkJobController(get_settings())
 atexit.register(_controller.stop)
 if os.environ.get("ZEROREC_FLINK_AUTOSTART") == "1":
@@ -46,7 +48,7 @@ def _json(doc: object, status: int) -> Response:
 
 
 async def _options(request: Request) -> JobOptions:
-    body = await request.body()
+    body = await read_limited(request, MAX_OPTIONS_BYTES)
     if not body.strip():
         return JobOptions()
     try:
@@ -72,6 +74,8 @@ async def flink_realtime(request: Request) -> Response:
             return _json(await asyncio.to_thread(_controller.start, opts), 200)
         if path == "/stop" and request.method == "POST":
             return _json(await asyncio.to_thread(_controller.stop), 200)
+    except BodyTooLarge as exc:
+        return _json({"error": exc.reason}, 413)
     except ClientDisconnect:
         return _json({"error": "client disconnected"}, 400)
     except InvalidInputError as exc:

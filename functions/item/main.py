@@ -2,16 +2,23 @@
 
 The admin endpoint produces `item.upserted.v1` / `item.deleted.v1` CloudEvents to the items topic
 (zerorec.catalog); the consumer applies them to the KV, which `POST /` reads. X-API-Key when
-ZEROREC_ADMIN_API_KEY is set. Also `GET /health` and `POST /events/model-published` (reload).
+ZEROREC_ADMIN_API_KEY is set; with a real backend and no key the function refuses to start (exit 1)
+unless ZEROREC_ALLOW_UNAUTHENTICATED=1. Also `GET /health` and `POST /events/model-published` (reload).
+
+Neither route needs a model: before the first model is published (a new cluster) the admin route
+takes a catalogue, the lookup answers from the KV alone, and `/health` is 200 with status 'degraded'
+and the reason, so Knative routes the catalogue import to the pod. With a model, the lookup adds the
+bundle's metadata for ids the KV lacks.
 Run: `python -m zerorec.runner --target item --source functions/item/main.py --port 8085`.
 """
 
 from __future__ import annotations
 
 from zerorec.coldstart import DATA_ONLY, prefetch
-from zerorec.settings import get_settings
+from zerorec.settings import get_settings, require_api_key
 
 _settings = get_settings()
+require_api_key(_settings, _settings.admin_api_key, "ZEROREC_ADMIN_API_KEY", "item (POST /admin/items)")
 _bundle = prefetch(DATA_ONLY, _settings)  # downloads and verifies the model while the imports below run
 
 import functions_framework.aio
@@ -46,12 +53,16 @@ def _admin_instance() -> ItemAdmin:
 SLOT: ModelSlot[ItemStage] = stage_slot(lambda m: ItemStage(m, _kv), DATA_ONLY, _settings, _bundle)
 
 
-async def _lookup(request: Request, stage: ItemStage) -> Response:
+_kv_only = ItemStage(None, _kv)  # the lookup before the first model: the KV alone
+
+
+async def _lookup(request: Request) -> Response:
     req = await parse(request, ItemRequest)
-    return await offload(stage.lookup, req.item_ids)
+    loaded = SLOT.current
+    return await offload((loaded.value if loaded else _kv_only).lookup, req.item_ids)
 
 
-async def _admin_items(request: Request, _stage: ItemStage) -> Response:
+async def _admin_items(request: Request) -> Response:
     if not check_api_key(_settings.admin_api_key, request.headers.get("x-api-key")):
         raise HTTPError(401, "missing or wrong X-API-Key")
     req = await parse(request, ItemAdminRequest, limit=1024 * 1024)
@@ -63,7 +74,7 @@ async def _admin_items(request: Request, _stage: ItemStage) -> Response:
     return response
 
 
-_handle = dispatch(SLOT, {"/": _lookup, "/admin/items": _admin_items})
+_handle = dispatch(SLOT, {}, {"/": _lookup, "/admin/items": _admin_items})
 
 
 @functions_framework.aio.http

@@ -5,7 +5,9 @@ Takes `dev.zerorec.task.train.v1` over HTTP, or the same task from the PingSourc
 request while one runs gets 409. The bundle goes to `models/<name>/<version>/` and LATEST moves; a
 `dev.zerorec.model.published.v1` event then goes to `$K_SINK` and every URL in
 `ZEROREC_PUBLISHED_SINKS` (comma-separated, e.g. the serving functions' /events/model-published).
-Status codes: zerorec.task_function. Logic: jobs/train/main.py over zerorec.pipeline.
+It publishes only under ZEROREC_MODEL_NAME: a task naming another model is refused (400), so a task
+can never replace another model's LATEST. Status codes: zerorec.task_function.
+Logic: jobs/train/main.py over zerorec.pipeline.
 Run: `python -m zerorec.runner --target model_training --source functions/model-training/main.py --port 8091`.
 """
 
@@ -20,6 +22,7 @@ from typing import Any
 import functions_framework.aio
 from starlette.requests import Request
 from starlette.responses import Response
+from zerorec.errors import InvalidInputError
 from zerorec.settings import get_settings
 from zerorec.storage import object_store
 from zerorec.task_function import TaskBusyError, task_handler
@@ -38,13 +41,23 @@ def _sinks() -> list[str]:
     return [s.strip() for s in [os.environ.get("K_SINK", ""), *listed] if s.strip()]
 
 
+def _model_name(data: dict[str, Any]) -> str:
+    """The bundle this task publishes: the configured model, whatever the task's data asks for."""
+    name = data.get("name", _settings.model_name)
+    if name != _settings.model_name:
+        raise InvalidInputError(
+            f"model-training publishes only {_settings.model_name!r} (ZEROREC_MODEL_NAME), not {name!r}"
+        )
+    return name
+
+
 def _run(_kind: str, data: dict[str, Any]) -> dict[str, Any]:
+    name = _model_name(data)  # before the lock and the data: a refused task costs nothing
     if not _busy.acquire(blocking=False):
         raise TaskBusyError("a training is already running")
     try:
         prefix = data.get("events_prefix", "exports/events")
         items = read_items(_objects, data["items_key"]) if data.get("items_key") else None
-        name = data.get("name", _settings.model_name)
         if _settings.train_engine == "spark":  # ZEROREC_TRAIN_ENGINE: Spark reads the export itself
             return train_events_spark(_objects, prefix, items, name=name, sinks=_sinks())
         interactions = read_event_log(_objects, prefix)

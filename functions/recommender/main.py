@@ -15,6 +15,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from zerorec.api import MAX_BODY_BYTES, RecommendRequest, is_json_error, openapi_json, validation_reason
 from zerorec.bff import Recommender
+from zerorec.request_body import BodyTooLarge, read_limited
 
 log = logging.getLogger("zerorec.recommender")
 _recommender: Recommender | None = None
@@ -36,24 +37,6 @@ def _error(reason: str, status: int) -> Response:
     return _json(orjson.dumps({"error": reason}), status)
 
 
-class _TooLarge(Exception):
-    pass
-
-
-async def _read_body(request: Request) -> bytes:
-    """The request body, refusing more than MAX_BODY_BYTES without reading it all."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise _TooLarge
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise _TooLarge
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 @functions_framework.aio.http
 async def recommender(request: Request) -> Response:
     """Route on path: POST /recommend, GET /health, GET /openapi.json."""
@@ -73,9 +56,9 @@ async def recommender(request: Request) -> Response:
         return _error("use POST /recommend with a JSON body", 405)
 
     try:
-        body = await _read_body(request)
-    except _TooLarge:
-        return _error(f"body larger than {MAX_BODY_BYTES} bytes", 413)
+        body = await read_limited(request, MAX_BODY_BYTES)
+    except BodyTooLarge as exc:
+        return _error(exc.reason, 413)
     except ClientDisconnect:
         return _error("client disconnected", 400)
     try:

@@ -1,7 +1,9 @@
 """vector-generation, CloudEvents: item embeddings -> a faiss bundle (jobs.vector_generation), `GET /health`.
 
 Takes `dev.zerorec.task.vector-generation.v1` over HTTP (or from a PingSource with `zerorectype`),
-publishes the vectors bundle and a `dev.zerorec.model.published.v1` event on the bus. 200 with the
+publishes the vectors bundle and a `dev.zerorec.model.published.v1` event on the bus. It publishes
+only under its own bundle name ("vectors"): a task naming another bundle (the recommender's, say)
+is refused with 400, so it can never move another model's LATEST. 200 with the
 report; 400 for an invalid event; 422 when the source model or export does not exist; 503 when a
 store or the bus is unreachable.
 Run: `python -m zerorec.runner --target vector_generation --source functions/vector-generation/main.py \
@@ -17,6 +19,7 @@ from typing import Any
 import functions_framework.aio
 from starlette.requests import Request
 from starlette.responses import Response
+from zerorec.errors import InvalidInputError
 from zerorec.settings import get_settings
 from zerorec.storage import event_bus, object_store
 from zerorec.task_function import task_handler
@@ -28,6 +31,16 @@ _settings = get_settings()
 _objects, _bus = object_store(_settings), event_bus(_settings)
 
 
+def _bundle_name(data: dict[str, Any]) -> str:
+    """The bundle this task publishes: always the vectors bundle, never another model's."""
+    name = data.get("name", DEFAULT_NAME)
+    if name != DEFAULT_NAME:
+        raise InvalidInputError(
+            f"vector-generation publishes only its own bundle {DEFAULT_NAME!r}, not {name!r}"
+        )
+    return name
+
+
 def _run(_kind: str, data: dict[str, Any]) -> dict[str, Any]:
     return run_vectors(
         _objects,
@@ -35,7 +48,7 @@ def _run(_kind: str, data: dict[str, Any]) -> dict[str, Any]:
         source=data.get("source", "bundle"),
         model=data.get("model", _settings.model_name),
         events_prefix=data.get("events_prefix", "exports/events"),
-        name=data.get("name", DEFAULT_NAME),
+        name=_bundle_name(data),
         factors=data.get("factors", 64),
     )
 

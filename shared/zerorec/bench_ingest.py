@@ -7,8 +7,9 @@ click events over a few keep-alive connections at `--rate` events/s (0 = as fast
 probe event per batch on a user of its own to time POST -> visible in the user's recent list.
 
 Counting is exact: every event is a click (weight 1) on an item of one category, so the sum of the
-users' `user:{u}:cats` counters is the number of applications; `applied` is the number of accepted
-ids whose idempotency token exists; lost = accepted - applied; duplicated = applications - applied.
+users' affinity counters for it is the number of applications; `applied` is the number of accepted
+ids whose idempotency token is in the user's dedupe window; lost = accepted - applied; duplicated =
+applications - applied.
 CPU seconds of every process (behavior, consumer, dispatcher, Kafka, Redis, load generator) are
 read from /proc to say where the time goes per event.
 
@@ -41,17 +42,18 @@ import httpx
 import yaml
 
 from zerorec.realtime import (
+    CATEGORIES,
     ItemRecord,
+    behavior_token,
     decayed_increment,
-    event_token,
     hot_key,
     item_upsert_writes,
-    user_categories_key,
-    user_recent_key,
+    user_state_from,
+    user_state_reads,
 )
 from zerorec.runner import command as runner_command
 from zerorec.settings import Settings
-from zerorec.storage.kv import Get, HMGet, KVStore, ListRange, ZTop
+from zerorec.storage.kv import KVStore, Record, TokenSeen, ZTop
 
 REPO = Path(__file__).resolve().parents[2]
 KAFKA_SOURCES = REPO / "knative" / "eventing" / "kafka-sources.yaml"
@@ -164,7 +166,8 @@ def infra_env(settings: Settings) -> dict[str, str]:
             "ZEROREC_S3_BUCKET": settings.s3_bucket,
             "ZEROREC_S3_ACCESS_KEY": settings.s3_access_key,
             "ZEROREC_S3_SECRET_KEY": settings.s3_secret_key,
-            "PYTHONPATH": str(REPO),
+            "PYTHONPATH": os.pathsep.join([str(REPO / "shared"), str(REPO)]),  # this checkout's zerorec
+            "ZEROREC_ALLOW_UNAUTHENTICATED": "1",  # loopback processes of a benchmark: no API key
         }
     )
     return env
@@ -274,11 +277,11 @@ class _Probes:
             with self.lock:
                 users = list(self.pending)
             if users:
-                found = self.kv.read([ListRange(user_recent_key(u), 0, 0) for u in users])
+                found = self.kv.read([op for u in users for op in user_state_reads(u)])
                 now = time.monotonic()
                 with self.lock:
-                    for user, recent in zip(users, found, strict=True):
-                        if recent:
+                    for user, result in zip(users, found, strict=True):
+                        if user_state_from(user, [result]).recent_items:
                             self.lags_ms.append((now - self.pending.pop(user)) * 1000)
             self.stop.wait(0.02)
 
@@ -295,15 +298,17 @@ def _applications(kv: KVStore, users: Sequence[str], category: str) -> int:
     total = 0.0
     for i in range(0, len(users), 5000):
         part = users[i : i + 5000]
-        for (value,) in kv.read([HMGet(user_categories_key(u), (category,)) for u in part]):
-            total += float(value or 0)
+        records: list[Record] = kv.read([op for u in part for op in user_state_reads(u)])
+        total += sum(r.counters.get(CATEGORIES, {}).get(category, 0.0) for r in records)
     return round(total)
 
 
-def _tokens(kv: KVStore, ids: Sequence[str]) -> int:
+def _tokens(kv: KVStore, accepted: Sequence[tuple[str, str]]) -> int:
+    """How many of the accepted (user, event id) pairs are in their user's dedupe window."""
     found = 0
-    for i in range(0, len(ids), 5000):
-        found += sum(v is not None for v in kv.read([Get(event_token(e)) for e in ids[i : i + 5000]]))
+    for i in range(0, len(accepted), 5000):
+        ops = [TokenSeen(behavior_token(u, e)) for u, e in accepted[i : i + 5000]]
+        found += sum(bool(v) for v in kv.read(ops))
     return found
 
 
@@ -364,7 +369,7 @@ def run_ingest_benchmark(
 
         probes = _Probes(kv)
         probe_users: list[str] = []
-        accepted_ids: list[str] = []
+        accepted_ids: list[tuple[str, str]] = []  # (user, event id)
         counters = {"rejected": 0, "post_errors": 0}
         lock = threading.Lock()
         rng = random.Random(run)
@@ -403,7 +408,9 @@ def run_ingest_benchmark(
                 return
             doc = r.json()
             with lock:
-                accepted_ids.extend(i for i in doc["ids"] if i is not None)
+                accepted_ids.extend(
+                    (e["user_id"], i) for e, i in zip(body, doc["ids"], strict=True) if i is not None
+                )
                 counters["rejected"] += doc["rejected"]
                 probe_users.append(probe)
             if probe_lag and doc["ids"][-1] is not None:

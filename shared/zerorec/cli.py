@@ -161,6 +161,38 @@ def _publish(rec, info, name: str) -> str:  # type: ignore[no-untyped-def]
     )
 
 
+@app.command("init-cluster")
+def init_cluster_cmd(
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            help="first model's data: a path or s3://bucket/prefix of MovieLens-style CSVs "
+            "(default: ZEROREC_INIT_DATASET, else the synthetic set)"
+        ),
+    ] = None,
+    model_name: Annotated[
+        str | None, typer.Option(help="model to publish (default: ZEROREC_MODEL_NAME)")
+    ] = None,
+) -> None:
+    """Bring a new cluster's storage up: create the bucket if missing, then train and publish a first
+    model if none is published. Idempotent. Exit 0 done (or nothing to do), 2 bad dataset or name,
+    3 object store unreachable or refusing."""
+    from zerorec.cluster_init import init_cluster
+    from zerorec.errors import BackendUnavailableError, InvalidInputError, NotFoundError
+    from zerorec.settings import get_settings
+
+    try:
+        report = init_cluster(get_settings(), dataset=dataset, model_name=model_name, log=_log)
+    except (InvalidInputError, NotFoundError) as exc:
+        _log(f"init-cluster failed: {exc}")
+        raise typer.Exit(2) from None
+    except BackendUnavailableError as exc:
+        _log(f"init-cluster failed, object store unavailable: {exc}")
+        raise typer.Exit(3) from None
+    _log("init-cluster: done" if report.changed else "init-cluster: nothing to do (bucket and model exist)")
+    typer.echo(json.dumps(report.to_json()))
+
+
 @app.command()
 def evaluate(
     dataset: Annotated[
@@ -319,7 +351,9 @@ def recommend_batch(
 
 # ------------------------------------------------------------------ benchmarks and the demo
 
-bench_app = typer.Typer(help="Benchmarks: serve (POST /recommend) and ingest (behavior -> Redis).")
+bench_app = typer.Typer(
+    help="Benchmarks: serve (POST /recommend), scale (synthetic catalogues), ingest (behavior -> Redis)."
+)
 app.add_typer(bench_app, name="bench")
 
 
@@ -336,10 +370,47 @@ def bench_serve(
     raise typer.Exit(main(real=real, json_path=json_out, duration_s=duration, max_requests=max_requests))
 
 
+@bench_app.command("containers")
+def bench_containers(
+    json_out: Annotated[Path | None, typer.Option("--json", help="also write the figures here")] = None,
+    runs: Annotated[int, typer.Option(help="cold starts per function (median reported)")] = 3,
+    cpu_sweep: Annotated[
+        str, typer.Option(help="recall/ranking cold start at these CPU limits, e.g. 0.2,1")
+    ] = "",
+) -> None:
+    """Each function's cold start in its image at its manifest's limits, RSS, image sizes, and the
+    whole environment at once (needs ./local/task images and local/infra.sh start)."""
+    from zerorec.bench_containers import main
+
+    sweep = [float(x) for x in cpu_sweep.split(",") if x.strip()]
+    raise typer.Exit(main(json_path=json_out, runs=runs, cpu_sweep=sweep))
+
+
+@bench_app.command("scale")
+def bench_scale(
+    sizes: Annotated[str, typer.Option(help="comma-separated sizes: S (10k items), M (100k), L (1M)")] = "S",
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="also write the figures here, by size")
+    ] = None,
+) -> None:
+    """Synthetic catalogues at each size: train, publish, serve; time, memory, quality per size."""
+    from zerorec.bench_scale import main
+
+    raise typer.Exit(main([s.strip().upper() for s in sizes.split(",") if s.strip()], json_out))
+
+
 @bench_app.command("ingest", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def bench_ingest(ctx: typer.Context) -> None:
     """Ingest benchmark on the real servers (options: python -m zerorec.bench_ingest --help)."""
     from zerorec.bench_ingest import main
+
+    raise typer.Exit(main(list(ctx.args)))
+
+
+@bench_app.command("state", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def bench_state(ctx: typer.Context) -> None:
+    """Redis bytes per user of the real-time state (--users N [--events-per-user K] [--json FILE])."""
+    from zerorec.bench_state import main
 
     raise typer.Exit(main(list(ctx.args)))
 

@@ -23,6 +23,7 @@ class ModelParts:
 
     channels: frozenset[str] | None = None  # the recall channels to build (None: all of them)
     ranker: bool = True  # the DeepFM ONNX session
+    max_users: int | None = None  # no training histories from a bundle of more users (None: any)
 
     def wants(self, path: str) -> bool:
         """Whether bundle file `path` belongs to a part this stage builds."""
@@ -31,10 +32,13 @@ class ModelParts:
         return self.ranker or path != "ranker.onnx"
 
 
+# Above this many users a bundle's training histories stay out of recall and ranking (user-sized
+# arrays: 10M users' histories are GBs): users' histories come from the request or the KV.
+SERVING_MAX_USERS = 200_000
 ALL_PARTS = ModelParts()
-RECALL_PARTS = ModelParts(ranker=False)
+RECALL_PARTS = ModelParts(ranker=False, max_users=SERVING_MAX_USERS)
 # Ranking takes the other channels' features from recall's signals; hot gives its popularity ones.
-RANKING_PARTS = ModelParts(channels=frozenset({"hot"}))
+RANKING_PARTS = ModelParts(channels=frozenset({"hot"}), max_users=SERVING_MAX_USERS)
 DATA_ONLY = ModelParts(channels=frozenset(), ranker=False)  # reranking, user, item: vocabulary + items
 
 

@@ -2,9 +2,12 @@
 
 `EventApplier.apply(event)` validates the event against its schema (InvalidInputError: the sink
 answers 4xx, the KafkaSource dead-letters it without retrying), turns it into the writes of
-`zerorec.realtime` and runs them with `kv.apply_once(event_token(id), ...)`: a redelivered event is a
-no-op, so at-least-once delivery never double counts. A KV outage raises BackendUnavailableError
-(the sink answers 5xx and the KafkaSource retries).
+`zerorec.realtime` and runs them with `kv.apply_once(token, ...)`: a redelivered event is a no-op,
+so at-least-once delivery never double counts. A behavior event's token lives in the dedupe window
+of the user's own record (`realtime.behavior_token`: same key, same atomic script, ~10 bytes per
+event for `dedupe_window_s`; `zerorec.realtime` says why this and not offsets); an item event's is a
+key of its own kept for the window (`realtime.item_event_token`). A KV outage raises
+BackendUnavailableError (the sink answers 5xx and the KafkaSource retries).
 
 Behavior events need the clicked item's categories (hot-per-category, user affinities): they come from
 the item hash, behind a small TTL cache (`category_cache_s`), because one extra KV round trip per
@@ -28,17 +31,19 @@ from zerorec.cloudevents_io import CloudEvent, effective_type, event_data, valid
 from zerorec.errors import BackendUnavailableError, InvalidInputError
 from zerorec.event_schemas import SchemaCatalogue, catalogue, parse_timestamp
 from zerorec.realtime import (
+    DEDUPE_WINDOW_S,
     BehaviorEvent,
     ItemRecord,
+    behavior_token,
     behavior_writes,
     categories_from,
-    event_token,
     hot_key,
     item_categories_read,
     item_delete_writes,
+    item_event_token,
     item_upsert_writes,
 )
-from zerorec.storage.kv import KVStore, WriteOp, ZRem
+from zerorec.storage.kv import KVStore, Token, WriteOp, ZRem
 
 BEHAVIOR_TYPE = "dev.zerorec.behavior.v1"
 UPSERT_TYPE = "dev.zerorec.item.upserted.v1"
@@ -117,11 +122,15 @@ class EventApplier:
         kv: KVStore,
         *,
         category_cache_s: float = 10.0,
+        dedupe_window_s: int = DEDUPE_WINDOW_S,
         catalogue_: SchemaCatalogue | None = None,
     ) -> None:
+        if dedupe_window_s <= 0:
+            raise InvalidInputError(f"dedupe_window_s must be positive, got {dedupe_window_s}")
         self.kv = kv
         self.catalogue = catalogue_ or catalogue()
         self.categories = CategoryCache(category_cache_s)
+        self.window_s = int(dedupe_window_s)
 
     def item_categories(self, item_id: str, *, cached: bool = True) -> tuple[str, ...]:
         """The item's categories from the KV item hash (cached for behavior events)."""
@@ -137,9 +146,11 @@ class EventApplier:
         event_type = handled_type(event)
         validate(event, self.catalogue)
         data = event_data(event)
+        token: Token = item_event_token(str(event["id"]))
         if event_type == BEHAVIOR_TYPE:
             behavior = behavior_from(data)
             ops = behavior_writes(behavior, self.item_categories(behavior.item_id))
+            token = behavior_token(behavior.user_id, str(event["id"]))
         elif event_type == UPSERT_TYPE:
             item = item_from(data)
             old = self.item_categories(item.item_id, cached=False)
@@ -149,27 +160,28 @@ class EventApplier:
             item_id = data["item_id"]
             ops = item_delete_writes(item_id, self.item_categories(item_id, cached=False))
             self.categories.drop(item_id)
-        applied = self.kv.apply_once(event_token(str(event["id"])), ops)
+        applied = self.kv.apply_once(token, ops, self.window_s)
         return Applied(str(event["id"]), event_type, applied)
 
-    def _behavior_ops(self, event: CloudEvent) -> list[WriteOp]:
+    def _behavior_ops(self, event: CloudEvent) -> tuple[Token, list[WriteOp]]:
         validate(event, self.catalogue)
         behavior = behavior_from(event_data(event))
-        return behavior_writes(behavior, self.item_categories(behavior.item_id))
+        token = behavior_token(behavior.user_id, str(event["id"]))
+        return token, behavior_writes(behavior, self.item_categories(behavior.item_id))
 
     def apply_batch(self, events: Sequence[CloudEvent | InvalidInputError]) -> list[dict[str, Any]]:
         """One result per event, in order: `{"id", "type", "status": 200, "applied"}` or
         `{"status": 400|503|500, "error"}` (400: refused, dead-letter it; 503/500: retry it).
         An InvalidInputError in `events` stands for an entry that could not be decoded (400)."""
         results: list[dict[str, Any]] = [{} for _ in events]
-        group: list[tuple[int, str, list[WriteOp]]] = []  # (position, event id, ops) of behavior events
+        group: list[_Pending] = []  # the behavior events since the last item event
         for position, event in enumerate(events):
             try:
                 if isinstance(event, InvalidInputError):
                     raise event
                 event_type = handled_type(event)
                 if event_type == BEHAVIOR_TYPE:
-                    group.append((position, str(event["id"]), self._behavior_ops(event)))
+                    group.append(_Pending(position, str(event["id"]), *self._behavior_ops(event)))
                     continue
                 self._flush(group, results)  # an item event reads state: what came before goes first
                 group = []
@@ -181,30 +193,40 @@ class EventApplier:
         self._flush(group, results)
         return results
 
-    def _flush(self, group: list[tuple[int, str, list[WriteOp]]], results: list[dict[str, Any]]) -> None:
+    def _flush(self, group: list[_Pending], results: list[dict[str, Any]]) -> None:
         if not group:
             return
         try:
-            applied = self.kv.apply_many([(event_token(event_id), ops) for _, event_id, ops in group])
+            applied = self.kv.apply_many([(p.token, p.ops) for p in group], self.window_s)
         except BackendUnavailableError as exc:
-            for position, _, _ in group:
-                results[position] = {"status": 503, "error": f"key-value store unavailable: {exc}"}
+            for p in group:
+                results[p.position] = {"status": 503, "error": f"key-value store unavailable: {exc}"}
             return
         except InvalidInputError:
             applied = None  # one entry is refused by the KV (wrong type): find it, one by one
-        for index, (position, event_id, ops) in enumerate(group):
+        for index, p in enumerate(group):
             if applied is not None:
                 ok = applied[index]
             else:
                 try:
-                    ok = self.kv.apply_once(event_token(event_id), ops)
+                    ok = self.kv.apply_once(p.token, p.ops, self.window_s)
                 except InvalidInputError as exc:
-                    results[position] = {"status": 400, "error": str(exc)}
+                    results[p.position] = {"status": 400, "error": str(exc)}
                     continue
                 except BackendUnavailableError as exc:
-                    results[position] = {"status": 503, "error": f"key-value store unavailable: {exc}"}
+                    results[p.position] = {"status": 503, "error": f"key-value store unavailable: {exc}"}
                     continue
-            results[position] = {"status": 200, **Applied(event_id, BEHAVIOR_TYPE, ok).to_json()}
+            results[p.position] = {"status": 200, **Applied(p.event_id, BEHAVIOR_TYPE, ok).to_json()}
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """A behavior event of a batch, ready to apply."""
+
+    position: int
+    event_id: str
+    token: Token
+    ops: list[WriteOp]
 
 
 def handled_type(event: CloudEvent) -> str:

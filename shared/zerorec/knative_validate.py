@@ -24,8 +24,13 @@ import jsonschema
 import yaml
 
 AUTOSCALING = "autoscaling.knative.dev/"
-# Kinds we can't check against a CRD here but which are legitimate in knative/ (built-ins, kustomize).
+# Kinds we can't check against a CRD here but which are legitimate in knative/ (built-ins, kustomize):
+# linted only (metadata; a batch/v1 Job's pod template gets a basic shape check, see _lint_job).
 SKIPPED_GROUPS = {"v1", "apps/v1", "batch/v1", "rbac.authorization.k8s.io/v1"}
+# What Knative's webhook refuses in a revision's pod spec (serving pkg/apis/serving/k8s_validation.go,
+# v0.39 = Knative 1.12): mounts on these paths, and these env names (Knative sets them).
+RESERVED_MOUNT_PATHS = {"/", "/dev", "/dev/log", "/tmp", "/var", "/var/log"}
+RESERVED_ENV = {"PORT", "K_SERVICE", "K_CONFIGURATION", "K_REVISION"}
 KUSTOMIZE_GROUP = "kustomize.config.k8s.io"
 
 # The seed's resource budget (seed/services-v2.md): service -> (cpu millicores, memory bytes).
@@ -46,6 +51,8 @@ SEED_BUDGET: dict[str, tuple[int, int]] = {
     "vector-generation": (300, 512 * Mi),
     "flink-realtime": (500, 1024 * Mi),
 }
+# The most a CPU limit may burst above a budget under one core (the request stays the budget).
+BURST_CPU_MILLIS = 1000
 # A Service whose budget is another's (same image, other port): label zerorec.dev/budget-of.
 BUDGET_LABEL = "zerorec.dev/budget-of"
 
@@ -262,6 +269,7 @@ def _lint_service(doc: dict[str, Any]) -> list[str]:
     containers = tspec.get("containers") or []
     if len(containers) > 1 and sum(1 for c in containers if c.get("ports")) != 1:
         errs.append("with several containers exactly one must declare a port")
+    errs += _lint_volumes(tspec, "spec.template.spec", knative=True)
     budget_key = (meta.get("labels") or {}).get(BUDGET_LABEL, name)
     budget = SEED_BUDGET.get(budget_key)
     if budget is None:
@@ -270,6 +278,61 @@ def _lint_service(doc: dict[str, Any]) -> list[str]:
         where = f"spec.template.spec.containers[{i}]"
         errs += _lint_container(c, where, budget, budget_key)
     return errs
+
+
+def _lint_volumes(pod: dict[str, Any], where: str, knative: bool) -> list[str]:
+    """Mounts name a volume of the pod; Knative: no reserved paths or env, read-only unless emptyDir."""
+    errs: list[str] = []
+    volumes = {v.get("name"): v for v in pod.get("volumes") or [] if isinstance(v, dict)}
+    for ci, c in enumerate(pod.get("containers") or []):
+        if not isinstance(c, dict):
+            continue
+        cw = f"{where}.containers[{ci}]"
+        for mi, m in enumerate(c.get("volumeMounts") or []):
+            mw, name, mount_path = f"{cw}.volumeMounts[{mi}]", m.get("name"), str(m.get("mountPath", ""))
+            if name not in volumes:
+                errs.append(f"{mw}: volumeMount {name!r} has no matching volume")
+                continue
+            if not knative:
+                continue
+            if mount_path.rstrip("/") in RESERVED_MOUNT_PATHS or mount_path == "/":
+                errs.append(f"{mw}: mountPath {mount_path!r} is a reserved path in Knative")
+            writable_kinds = ("emptyDir", "persistentVolumeClaim")
+            if not any(k in volumes[name] for k in writable_kinds) and not m.get("readOnly"):
+                errs.append(f"{mw}: volume mount should be readOnly for this type of volume")
+        if knative:
+            errs += [f"{cw}.env: {e.get('name')} is a reserved environment variable in Knative"
+                     for e in c.get("env") or [] if e.get("name") in RESERVED_ENV]  # fmt: skip
+            if (c.get("securityContext") or {}).get("privileged"):
+                errs.append(f"{cw}.securityContext.privileged: Knative allows only false")
+    return errs
+
+
+def _lint_job(doc: dict[str, Any]) -> list[str]:
+    """A batch/v1 Job's basic shape (no schema here): a pod template with named, imaged containers."""
+    spec = doc.get("spec")
+    if not isinstance(spec, dict):
+        return ["spec: a Job needs a spec"]
+    pod = ((spec.get("template") or {}).get("spec")) if isinstance(spec.get("template"), dict) else None
+    if not isinstance(pod, dict):
+        return ["spec.template.spec: a Job needs a pod template"]
+    errs: list[str] = []
+    containers = pod.get("containers")
+    if not isinstance(containers, list) or not containers:
+        errs.append("spec.template.spec.containers: at least one container is required")
+        containers = []
+    for i, c in enumerate(containers):
+        if not isinstance(c, dict) or not c.get("name") or not c.get("image"):
+            errs.append(f"spec.template.spec.containers[{i}]: name and image are required")
+    restart = pod.get("restartPolicy")
+    if restart not in ("Never", "OnFailure"):
+        errs.append(f"spec.template.spec.restartPolicy: {restart!r}: a Job's must be Never or OnFailure")
+    if spec.get("podFailurePolicy") and restart != "Never":
+        errs.append("spec.podFailurePolicy needs restartPolicy Never")
+    for key in ("backoffLimit", "activeDeadlineSeconds", "ttlSecondsAfterFinished"):
+        if key in spec and (not isinstance(spec[key], int) or spec[key] < 0):
+            errs.append(f"spec.{key} must be a non-negative integer")
+    return errs + _lint_volumes(pod, "spec.template.spec", knative=False)
 
 
 def _lint_container(c: dict[str, Any], where: str, budget: tuple[int, int] | None, key: str) -> list[str]:
@@ -283,7 +346,8 @@ def _lint_container(c: dict[str, Any], where: str, budget: tuple[int, int] | Non
             continue
         for handler in ("httpGet", "tcpSocket", "grpc"):
             h = probe.get(handler)
-            if isinstance(h, dict) and "port" in h:
+            # Port 0 or "" is the unset IntOrString (what `kn --probe-readiness http:::/health` writes).
+            if isinstance(h, dict) and h.get("port") not in (None, 0, ""):
                 expected = ports[0] if ports else 8080
                 if h["port"] != expected:
                     errs.append(f"{where}.{probe_name}.{handler}.port {h['port']} must be absent or "
@@ -297,9 +361,13 @@ def _lint_container(c: dict[str, Any], where: str, budget: tuple[int, int] | Non
             if budget is None:
                 continue
             cap = budget[0] if res == "cpu" else budget[1]
+            # Memory is a hard cap: its limit is the budget. CPU is compressible: the request (what
+            # the scheduler reserves) is the budget, the limit may burst to one core so a cold
+            # start's imports are not throttled five-fold (knative/README.md, "Resources").
+            lim_cap = max(cap, BURST_CPU_MILLIS) if res == "cpu" else cap
             if res not in lim:
                 errs.append(f"{where}.resources.limits.{res} missing (seed budget for {key})")
-            elif parse(lim[res]) > cap:
+            elif parse(lim[res]) > lim_cap:
                 errs.append(f"{where}.resources.limits.{res} {lim[res]} exceeds the seed budget for {key}")
             if res in req and parse(req[res]) > cap:
                 errs.append(f"{where}.resources.requests.{res} {req[res]} exceeds the seed budget for {key}")
@@ -313,6 +381,8 @@ def lint(doc: dict[str, Any]) -> list[str]:
     errs = _lint_metadata(doc.get("metadata"), "metadata")
     if doc.get("kind") == "Service" and str(doc.get("apiVersion", "")).startswith("serving.knative.dev/"):
         errs += _lint_service(doc)
+    if doc.get("kind") == "Job" and doc.get("apiVersion") == "batch/v1":
+        errs += _lint_job(doc)
     return errs
 
 
@@ -341,7 +411,8 @@ def validate_document(
     if group == KUSTOMIZE_GROUP:
         return [], "kustomization (not a cluster object)"
     if api_version in SKIPPED_GROUPS:
-        return lint(doc), f"built-in kind {api_version} {kind}: no CRD schema here, lint only"
+        shape = " and Job shape" if (api_version, kind) == ("batch/v1", "Job") else ""
+        return lint(doc), f"built-in kind {api_version} {kind}: no CRD schema here, metadata lint{shape} only"
     validator = validators.get((group, version, kind))
     if validator is None:
         return [f"no CRD schema for {api_version} {kind}"], None

@@ -8,12 +8,12 @@ called as they are. Sync and CPU-bound: the functions call these through `asynci
 
 | stage | KV round trips | pipeline calls |
 |---|---|---|
-| RecallStage.recall | 1 (user state) unless the request has recent_items | vectors, candidates, signals |
+| RecallStage.recall | 1 (user state) unless the request has recent_items | retrieve, candidates, signals |
 | RecallStage.hot | 1 (hot zset); the bundle's hot list when the KV has none | hot |
 | RankingStage.score | 1 (user state) | query, rank with recall's signals (features + OnnxScorer) |
 | RerankStage.rerank | 0 (seen items come in the request) | query, rerank (MMR, freshness, seen) |
 | UserStage.profile | 1 (recent, seen, categories) | training history from the bundle |
-| ItemStage.lookup | 1 (one HGETALL per id, pipelined) | bundle metadata for ids the KV lacks |
+| ItemStage.lookup | 1 (one HGETALL per id, pipelined) | bundle metadata for ids the KV lacks (if a model) |
 | ItemAdmin.apply | 0 (produces item events; the consumer writes the KV) | - |
 
 A KV outage degrades a stage to the bundle alone (logged), it does not fail the request.
@@ -53,8 +53,8 @@ from zerorec.api import (
 )
 from zerorec.bundle import LoadedBundle, latest_version, load_bundle
 from zerorec.coldstart import ALL_PARTS, ModelParts
-from zerorec.errors import BackendUnavailableError, InvalidInputError
-from zerorec.pipeline import CHANNEL_ORDER, Recommender
+from zerorec.errors import BackendUnavailableError, InvalidInputError, NotFoundError
+from zerorec.pipeline import CHANNEL_ORDER, USER_FILES, Recommender
 from zerorec.realtime import (
     RECENT_MAX,
     SEEN_MAX,
@@ -112,14 +112,18 @@ def load_model(
     """Fetch and verify bundle `name`/`version` (IntegrityError on any mismatch) and build the
     `parts` of it a stage uses: the files of other parts are not even fetched (reranking, user and
     item never download the channel matrices)."""
-    return model_from_bundle(load_bundle(store, name, version, cache_dir=cache_dir, select=parts.wants))
+    bundle = load_bundle(store, name, version, cache_dir=cache_dir, select=parts.wants)
+    return model_from_bundle(bundle, parts.max_users)
 
 
-def model_from_bundle(bundle: LoadedBundle) -> ServingModel:
+def model_from_bundle(bundle: LoadedBundle, max_users: int | None = None) -> ServingModel:
     """Build the pipeline from a verified bundle (whatever parts of it were fetched). Weights stored
     compact (EASE's float16) are widened in a background thread: the model serves at once, with
     the same scores, and gets faster when the thread is done."""
-    rec = Recommender.from_files(bundle.files, widen=False)
+    rec = Recommender.from_files(bundle.files, widen=False, max_users=max_users)
+    if rec.data.n_users == 0:  # histories left out: let their bytes go (a prefetch future holds them)
+        for name in USER_FILES:
+            bundle.files.pop(name, None)
     threading.Thread(target=rec.widen, name=f"widen-{bundle.version}", daemon=True).start()
     return ServingModel(bundle.name, bundle.version, rec, bundle.manifest)
 
@@ -257,10 +261,10 @@ class RecallStage:
             recent, categories = state.recent_items, state.category_affinity
         query = rec.query(req.user_id, recent)
         query.categories = categories
-        vectors = rec.score_vectors(query)
         exclude = self.model.known([*req.exclude, *deleted])
-        merged = rec.candidates(query, req.n, exclude, vectors, fill=True)  # n as asked
-        out = _candidate_dicts(rec.data.item_ids, merged, rec.signals(query, merged, vectors))
+        lists = rec.retrieve(query, req.n, exclude)  # each channel's index answer, n deep
+        merged = rec.candidates(query, req.n, exclude, lists, fill=True)  # n as asked
+        out = _candidate_dicts(rec.data.item_ids, merged, rec.signals(query, merged, lists))
         skip = {*req.exclude, *deleted, *recent}
         unknown = [i for i in fresh if i not in rec.data.item_index and i not in skip]
         out += [{"item_id": i, "score": 0.0, "channel": "fresh", "channel_scores": {}} for i in unknown]
@@ -406,9 +410,11 @@ class UserStage:
 
 
 class ItemStage:
-    """Item metadata: the KV (catalogue updates) over the bundle (training catalogue)."""
+    """Item metadata: the KV (catalogue updates) over the bundle (training catalogue). Without a
+    model (a cluster before its first training) the KV alone answers: a catalogue imported through
+    `POST /admin/items` is there already."""
 
-    def __init__(self, model: ServingModel, kv: KVStore) -> None:
+    def __init__(self, model: ServingModel | None, kv: KVStore) -> None:
         self.model = model
         self.kv = kv
 
@@ -420,7 +426,7 @@ class ItemStage:
         except BackendUnavailableError as exc:
             log.warning("KV unavailable, item metadata from the bundle: %s", exc)
             hashes = [{}] * len(ids)
-        rec = self.model.rec
+        rec = self.model.rec if self.model is not None else None
         out: dict[str, ItemMeta] = {}
         for item_id, fields in zip(ids, hashes, strict=True):
             if fields:
@@ -432,7 +438,7 @@ class ItemStage:
                     attributes=dict(r.attributes),
                 )
                 continue
-            i = rec.data.item_index.get(item_id)
+            i = rec.data.item_index.get(item_id) if rec is not None else None
             if i is not None:
                 out[item_id] = ItemMeta(
                     categories=list(rec.data.item_categories[i]), created_at=_iso(rec.items.created[i])
@@ -462,13 +468,34 @@ def stage_loader(
     pending = [prefetched] if prefetched is not None else []
 
     def load(version: str) -> tuple[str, Any]:
-        if pending and version == "latest":
-            model = model_from_bundle(pending.pop().result())
-        else:
-            model = load_model(store, s.model_name, version, s.model_cache_dir, parts)
+        try:
+            if pending and version == "latest":
+                model = model_from_bundle(pending.pop().result(), parts.max_users)
+            else:
+                model = load_model(store, s.model_name, version, s.model_cache_dir, parts)
+        except NotFoundError as exc:
+            if version != "latest":
+                raise
+            raise NotFoundError(no_model_reason(s)) from exc
         return model.version, build(model)
 
     return load
+
+
+def model_location(settings: Settings) -> str:
+    """Where the serving functions look for bundles, in words (for error messages)."""
+    if settings.object_store == "s3":
+        return f"bucket {settings.s3_bucket!r} at {settings.s3_endpoint}"
+    return f"the local object store {settings.objects_dir}"
+
+
+def no_model_reason(settings: Settings) -> str:
+    """Why a serving function has no model to serve, and what brings the first one."""
+    return (
+        f"no bundle under models/{settings.model_name}/LATEST in {model_location(settings)} "
+        "(the bucket or the model does not exist yet): run the init job (`zerorec init-cluster`) "
+        "or publish a model (`zerorec train`, the model-training function); retrying"
+    )
 
 
 def latest_probe(settings: Settings | None = None) -> Callable[[], str]:

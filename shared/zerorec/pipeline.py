@@ -25,7 +25,7 @@ from zerorec.features import (
     dense_names,
     sparse_cardinalities,
 )
-from zerorec.recall.base import Candidates, RecallChannel, UserQuery, top_n
+from zerorec.recall.base import Candidates, RecallChannel, UserQuery
 from zerorec.recall.merge import MergedCandidates, merge
 from zerorec.recall.merge import fill as fill_merged
 from zerorec.rerank import RerankConfig, rerank
@@ -39,6 +39,7 @@ if TYPE_CHECKING:  # training only: serving never imports pandas
 # of cold start).
 
 CHANNEL_ORDER = ("ease", "als", "itemcf", "vector", "hot", "fresh")
+USER_FILES = ("users.json", "history.npz", "weights.npz")  # the user-sized files of a bundle
 Progress = Callable[[str], None]
 
 
@@ -48,6 +49,10 @@ class PipelineConfig:
 
     ease_l2: float = 200.0
     ease_min_count: int = 3
+    # EASE's closed form on the most popular items only: B is head x head (5k: 50 MB as float16),
+    # dense, as it wins on ml-latest-small (docs/evaluation: top-k rows lose 0.004-0.01 NDCG@10)
+    ease_max_items: int = 5_000
+    ease_topk: int = 0  # > 0: serve B's rows as top-k neighbour lists (0: dense head x head)
     als_factors: int = 64
     als_regularization: float = 0.05
     als_iterations: int = 15
@@ -61,6 +66,7 @@ class PipelineConfig:
     )
     n_candidates: int = 500
     hard_negatives: int = 60
+    ranker_max_users: int | None = None  # ranker rows from a seeded sample of this many users
     random_negatives: int = 20
     ranker_epochs: int = 8
     ranker_embed_dim: int = 8
@@ -107,7 +113,7 @@ def make_channels(config: PipelineConfig) -> dict[str, RecallChannel]:
     )
 
     return {
-        "ease": EASEChannel(config.ease_l2, config.ease_min_count),
+        "ease": EASEChannel(config.ease_l2, config.ease_min_count, config.ease_max_items, config.ease_topk),
         "als": ALSChannel(
             config.als_factors,
             config.als_regularization,
@@ -186,66 +192,75 @@ class Recommender:
         return UserQuery(user=user, history=hist, times=times, now=now)
 
     def score_vectors(self, query: UserQuery) -> dict[str, np.ndarray]:
+        """Every channel's scores over the whole catalogue: the brute-force reference of
+        `retrieve` (tests, analysis). Serving and evaluation never call it."""
         return {name: ch.score(query) for name, ch in self.channels.items()}
+
+    def retrieve(
+        self, query: UserQuery, n: int | None = None, exclude: np.ndarray | None = None
+    ) -> dict[str, Candidates]:
+        """Each channel's top list from its index (never a history or excluded item), at least
+        ``n_candidates`` deep whatever ``n``: the lists the merge takes its quotas from, `fill`
+        tops up from, and the ranker's ranks come from. A cold-start query (no history) asks hot
+        and fresh only."""
+        depth = max(n or 0, self.config.n_candidates)  # the ranks' depth is the same for any n
+        cold = len(query.history) == 0
+        out: dict[str, Candidates] = {}
+        for name in CHANNEL_ORDER:
+            channel = self.channels.get(name)
+            if channel is None or (cold and name not in ("hot", "fresh")):
+                continue
+            out[name] = channel.recall(query, depth, exclude)
+        return out
 
     def candidates(
         self,
         query: UserQuery,
         n: int | None = None,
         exclude: np.ndarray | None = None,
-        vectors: Mapping[str, np.ndarray] | None = None,
+        lists: Mapping[str, Candidates] | None = None,
         fill: bool = False,
     ) -> MergedCandidates:
         """Merged recall (quotas, de-dup, provenance), never a history or excluded item.
 
-        ``fill``: when overlapping quotas leave fewer than ``n`` items, top the list up from the
-        channels' next-best items (serving asks for n; training and evaluation use the quotas)."""
+        ``lists``: `retrieve`'s answer for the same ``n`` and ``exclude`` (computed when not
+        given). ``fill``: when overlapping quotas leave fewer than ``n`` items, top the list up from
+        the channels' next-best items (serving asks for n; training and evaluation use the quotas)."""
         n = n or self.config.n_candidates
-        vectors = vectors or self.score_vectors(query)
-        skip = query.history if exclude is None else np.concatenate([query.history, exclude])
-        skip = skip.astype(np.int64)
+        lists = lists if lists is not None else self.retrieve(query, n, exclude)
         answers = []
         cold = len(query.history) == 0
         for name in CHANNEL_ORDER:
-            if name not in self.channels:
+            if name not in lists:
                 continue
             quota = self.config.quotas.get(name, 0)
             if cold and name in ("hot", "fresh"):
                 quota = n  # cold start: hot + fresh fill the list
             if quota <= 0:
                 continue
-            vec = vectors[name]
-            if cold and name in ("ease", "als", "itemcf", "vector"):
-                continue
-            idx = top_n(vec, quota, skip)
-            answers.append(Candidates(idx, vec[idx].astype(np.float32), name))
+            ans = lists[name]
+            answers.append(Candidates(ans.items[:quota], ans.scores[:quota], name))
         if cold and query.categories and "hot" in self.channels:
             from zerorec.recall.channels import HotChannel
 
             hot = self.channels["hot"]
             assert isinstance(hot, HotChannel)
-            boost = np.zeros(self.data.n_items, np.float32)
-            for cat, weight in query.categories.items():
-                member = np.isfinite(hot.category_scores(cat))
-                boost[member] += float(weight)
-            vec = np.log1p(np.maximum(vectors["hot"], 0)) * (1.0 + boost)
-            idx = top_n(vec, n, skip)
-            answers.insert(0, Candidates(idx, vec[idx].astype(np.float32), "hot"))
+            answers.insert(0, hot.boosted(query, query.categories, n, exclude))
         merged = merge(answers, limit=n)
         if fill and not cold and len(merged) < n:
-            deep = []
-            for ans in answers:
-                vec = vectors[ans.channel]
-                idx = top_n(vec, n, skip)
-                deep.append(Candidates(idx, vec[idx].astype(np.float32), ans.channel))
-            merged = fill_merged(merged, deep, n)
+            merged = fill_merged(merged, [lists[a.channel] for a in answers], n)
         return merged
 
+    def candidate_scores(self, query: UserQuery, items: np.ndarray) -> dict[str, np.ndarray]:
+        """Every channel's score of ``items`` alone (-inf: the channel has none for an item)."""
+        return {name: ch.score_items(query, items) for name, ch in self.channels.items()}
+
     def signals(
-        self, query: UserQuery, merged: MergedCandidates, vectors: Mapping[str, np.ndarray]
+        self, query: UserQuery, merged: MergedCandidates, lists: Mapping[str, Candidates]
     ) -> np.ndarray:
-        """The ranker's per-channel inputs for the candidates (`features.channel_signals`)."""
-        return channel_signals(vectors, query.history, merged.items, CHANNEL_ORDER)
+        """The ranker's per-channel inputs for the candidates (`features.channel_signals`): their
+        scores, and their ranks in the channels' `retrieve` lists."""
+        return channel_signals(lists, self.candidate_scores(query, merged.items), merged.items, CHANNEL_ORDER)
 
     def features(
         self, query: UserQuery, merged: MergedCandidates, signals: np.ndarray
@@ -268,19 +283,20 @@ class Recommender:
         self,
         query: UserQuery,
         merged: MergedCandidates,
-        vectors: Mapping[str, np.ndarray] | None = None,
+        lists: Mapping[str, Candidates] | None = None,
         signals: np.ndarray | None = None,
     ) -> np.ndarray:
         """Ranker scores for the merged candidates (DeepFM via ONNX; fallback: EASE then hot).
 
-        With ``signals`` (recall's, see `signals`) the channels are not scored here: the ranking
-        function holds no channel but hot."""
+        With ``signals`` (recall's, see `signals`) the channels are not asked here: the ranking
+        function holds no channel but hot. ``lists``: `retrieve`'s answer (computed if needed)."""
         if len(merged) == 0:
             return np.zeros(0, np.float32)
         if self.scorer is None:
-            return fallback_scores(merged, vectors or self.score_vectors(query))
+            return fallback_scores(merged, self.candidate_scores(query, merged.items))
         if signals is None:
-            signals = self.signals(query, merged, vectors or self.score_vectors(query))
+            lists = lists if lists is not None else self.retrieve(query)
+            signals = self.signals(query, merged, lists)
         sparse, dense = self.features(query, merged, signals)
         return self.scorer.score(sparse, dense)
 
@@ -337,9 +353,9 @@ class Recommender:
         if categories:
             query.categories = dict(categories)
         excl = np.array([self.data.item_index[i] for i in exclude if i in self.data.item_index], np.int64)
-        vectors = self.score_vectors(query)
-        merged = self.candidates(query, exclude=excl, vectors=vectors)
-        scores = self.rank(query, merged, vectors)
+        lists = self.retrieve(query, exclude=excl)
+        merged = self.candidates(query, exclude=excl, lists=lists)
+        scores = self.rank(query, merged, lists)
         return self.rerank(query, merged, scores, k, seen=excl.tolist())
 
     def hot(self, n: int, category: str | None = None) -> list[Recommendation]:
@@ -348,9 +364,11 @@ class Recommender:
 
         hot = self.channels["hot"]
         assert isinstance(hot, HotChannel)
-        vec = hot.category_scores(category) if category else hot.score(UserQuery())
-        idx = top_n(vec, n)
-        return [Recommendation(str(self.data.item_ids[i]), float(vec[i]), "hot") for i in idx]
+        top = hot.top_category(category, n) if category else hot.recall(UserQuery(), n)
+        return [
+            Recommendation(str(self.data.item_ids[i]), float(s), "hot")
+            for i, s in zip(top.items.tolist(), top.scores.tolist(), strict=True)
+        ]
 
     # ---- persistence ------------------------------------------------------------------------
     def to_files(self) -> dict[str, bytes]:
@@ -364,11 +382,13 @@ class Recommender:
         meta = {
             "config": self.config.to_json(),
             "item_ids": self.data.item_ids.tolist(),
-            "user_ids": self.data.user_ids.tolist(),
             "item_categories": self.data.item_categories,
             "dense_features": dense_names(CHANNEL_ORDER),
+            "n_users": self.data.n_users,
+            "max_time": self.data.max_time(),
         }
         files["meta.json"] = json.dumps(meta).encode()
+        files["users.json"] = json.dumps(self.data.user_ids.tolist()).encode()
         files["history.npz"] = _npz(self.data.times)
         files["weights.npz"] = _npz(self.data.matrix)
         for key, value in self.items.arrays().items():
@@ -380,8 +400,15 @@ class Recommender:
         return files
 
     @classmethod
-    def from_files(cls, files: Mapping[str, bytes], widen: bool = True) -> Recommender:
+    def from_files(
+        cls, files: Mapping[str, bytes], widen: bool = True, max_users: int | None = None
+    ) -> Recommender:
         """Inverse of to_files (no torch import); IntegrityError on a missing or foreign file.
+
+        ``max_users``: a bundle of more users loads without their training histories (users.json,
+        history.npz, weights.npz: user-sized arrays that do not belong in a serving pod at scale);
+        every user is then unknown to the model, and their history is what the request or the KV's
+        real-time state gives.
 
         Without channel files and ranker (a data-only function's files: reranking, user, item) the
         sparse matrices are read as `CSRArrays` with numpy alone: histories, vocabulary and item
@@ -399,8 +426,15 @@ class Recommender:
 
         try:
             meta = json.loads(files["meta.json"])
-            times = load_csr(files["history.npz"])
-            weights = load_csr(files["weights.npz"])
+            n_users = int(meta.get("n_users", len(meta.get("user_ids", []))))
+            with_users = max_users is None or n_users <= max_users
+            if with_users:
+                times = load_csr(files["history.npz"])
+                weights = load_csr(files["weights.npz"])
+                user_ids = meta["user_ids"] if "user_ids" in meta else json.loads(files["users.json"])
+            else:
+                empty = _empty_csr(len(meta["item_ids"]), data_only)
+                times, weights, user_ids = empty, empty, []
         except (KeyError, ValueError) as exc:
             raise IntegrityError(f"recommender bundle is incomplete: {exc}") from exc
         config = PipelineConfig.from_json(meta["config"])
@@ -412,14 +446,17 @@ class Recommender:
                     load_csr(v) if ext == "npz" else np.load(io.BytesIO(v), allow_pickle=False)
                 )
         items = ItemFeatures.from_arrays(item_arrays)
-        data = InteractionData(
-            np.array(meta["user_ids"], dtype=object),
+        data_cls = InteractionData if with_users else CatalogueData
+        data = data_cls(
+            np.array(user_ids, dtype=object),
             np.array(meta["item_ids"], dtype=object),
             weights,
             times,
             [list(c) for c in meta["item_categories"]],
             items.created.astype(np.int64),
         )
+        if isinstance(data, CatalogueData):
+            data.newest = float(meta.get("max_time", float(items.created.max()) if len(items.created) else 0))
         channels: dict[str, RecallChannel] = {}
         if not data_only:
             from zerorec.recall.channels import CHANNELS
@@ -438,6 +475,26 @@ class Recommender:
         """Expand weights kept compact since loading (EASE's float16) to their serving precision."""
         for ch in self.channels.values():
             ch.widen()
+
+
+@dataclass
+class CatalogueData(InteractionData):
+    """The item side of `InteractionData` without users (a serving load of a bundle of more users
+    than `Recommender.from_files`'s ``max_users``): no user is known, the newest training time is
+    the bundle's."""
+
+    newest: float = 0.0
+
+    def max_time(self) -> float:
+        return self.newest
+
+
+def _empty_csr(n_items: int, data_only: bool) -> Any:
+    if data_only:
+        return CSRArrays(np.zeros(0, np.float64), np.zeros(0, np.int32), np.zeros(1, np.int32), (0, n_items))
+    import scipy.sparse as sp
+
+    return sp.csr_matrix((0, n_items), dtype=np.float64)
 
 
 def _npy(arr: np.ndarray) -> bytes:
@@ -483,17 +540,18 @@ def _npz(mat: sp.spmatrix) -> bytes:
     return buf.getvalue()
 
 
-def fallback_scores(merged: MergedCandidates, vectors: Mapping[str, np.ndarray]) -> np.ndarray:
-    """Without a ranker: EASE score, hot popularity as a small tie-breaker."""
-    ease = vectors.get("ease")
-    hot = vectors.get("hot")
+def fallback_scores(merged: MergedCandidates, scores: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Without a ranker: EASE score, hot popularity as a small tie-breaker (``scores``: each
+    channel's scores of the merged items, `Recommender.candidate_scores`)."""
+    ease = scores.get("ease")
+    hot = scores.get("hot")
     base = np.zeros(len(merged), np.float64)
     if ease is not None:
-        e = ease[merged.items].astype(np.float64)
+        e = ease.astype(np.float64)
         base = np.where(np.isfinite(e), e, np.nanmin(np.where(np.isfinite(e), e, np.nan)) - 1.0)
         base = np.nan_to_num(base, nan=0.0)
     if hot is not None:
-        base = base + 1e-3 * np.log1p(np.maximum(hot[merged.items], 0))
+        base = base + 1e-3 * np.log1p(np.maximum(hot, 0))
     return base.astype(np.float32)
 
 
@@ -537,8 +595,8 @@ def _user_ranker_rows(
     """One user's rows (positives, sampled hard and random negatives) and candidate recall."""
     data, config = rec.data, rec.config
     query = UserQuery.from_data(data, user)
-    vectors = rec.score_vectors(query)
-    merged = rec.candidates(query, vectors=vectors)
+    lists = rec.retrieve(query)
+    merged = rec.candidates(query, lists=lists)
     is_pos = np.isin(merged.items, pos)
     hit = float(is_pos.sum() / max(len(pos), 1))
     neg_idx = np.flatnonzero(~is_pos)
@@ -559,7 +617,7 @@ def _user_ranker_rows(
     )
     if len(both) == 0:
         return hit, None
-    s, d = rec.features(query, both, rec.signals(query, both, vectors))
+    s, d = rec.features(query, both, rec.signals(query, both, lists))
     return hit, (s, d, np.isin(both.items, pos).astype(np.float32), np.full(len(both), user))
 
 
@@ -601,6 +659,11 @@ def train_recommender(
             for u, g in held.groupby("user_id")["item_id"]
             if u in inner_data.user_index
         }
+        if config.ranker_max_users is not None and len(labels) > config.ranker_max_users:
+            pick = np.random.default_rng(config.seed).choice(
+                sorted(labels), config.ranker_max_users, replace=False
+            )
+            labels = {int(u): labels[int(u)] for u in pick}
         say("building ranker training data")
         it = (lambda x: tqdm(x, desc="ranker data", leave=False)) if progress else (lambda x: x)
         rd, cand_recall = ranker_training_data(inner_data, inner_channels, config, labels, it)
@@ -687,8 +750,8 @@ def _run_users(
 ) -> _UserRuns:
     """Run every stage once per user; each entry of ``reranks`` reranks the same ranked list.
 
-    Wall times are cumulative per row: a channel row pays its share of scoring plus its top-k,
-    ``merged`` scoring + merge, ``ranked`` adds DeepFM, a rerank row adds its rerank."""
+    Wall times are cumulative per row: a channel row pays its index answer, ``merged`` every
+    channel's answer + merge, ``ranked`` adds DeepFM, a rerank row adds its rerank."""
     from threadpoolctl import threadpool_limits
     from tqdm.auto import tqdm
 
@@ -699,21 +762,23 @@ def _run_users(
     with threadpool_limits(1, "blas"):  # per-user matvecs: BLAS threads only add sync cost
         for user in it:
             query = UserQuery.from_data(rec.data, int(user))
-            t = time.perf_counter()
-            vectors = rec.score_vectors(query)
-            t_vec = time.perf_counter() - t
-            for n in names:
+            lists: dict[str, Candidates] = {}
+            t_lists = 0.0
+            for n in names:  # each channel's own index answer (what serving merges)
                 t = time.perf_counter()
-                runs.rows[n].append(_pad(top_n(vectors[n], k, query.history), k))
-                runs.wall[n] += time.perf_counter() - t + t_vec / len(names)
+                lists[n] = rec.channels[n].recall(query, rec.config.n_candidates)
+                runs.rows[n].append(_pad(lists[n].items[:k], k))
+                took = time.perf_counter() - t
+                runs.wall[n] += took
+                t_lists += took
             t = time.perf_counter()
-            merged = rec.candidates(query, vectors=vectors)
-            t_merged = time.perf_counter() - t + t_vec
+            merged = rec.candidates(query, lists=lists)
+            t_merged = time.perf_counter() - t + t_lists
             runs.rows["merged"].append(_pad(merged.items[:k], k))
             runs.wall["merged"] += t_merged
             runs.candidates.append(merged.items)
             t = time.perf_counter()
-            scores = rec.rank(query, merged, vectors)
+            scores = rec.rank(query, merged, lists)
             order = np.lexsort((np.arange(len(scores)), -scores))
             t_ranked = time.perf_counter() - t + t_merged
             runs.rows["ranked"].append(_pad(merged.items[order[:k]], k))

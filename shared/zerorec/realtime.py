@@ -3,13 +3,39 @@
 One place owns the key layout, so the consumer (writer) and the user / recall / reranking
 functions (readers) can never disagree about it. Pure: builds KV command objects, does no I/O.
 
-Layout (all values are strings):
-  user:{u}:recent    list, newest first, bounded (item-CF history, no retraining needed)
-  user:{u}:seen      list, newest first, bounded (the reranker's already-seen filter)
-  user:{u}:cats      hash category -> affinity (sum of event weights)
+Layout (all values are strings; `{...}` is the Redis Cluster hash tag: keys with the same tag share a
+slot, so one user's reads and the consumer's atomic script stay on one shard):
+  u:{u}              the user's record (kv_record): list "h" = history, distinct items newest first,
+                     at most HISTORY_MAX (recent = its first RECENT_MAX; seen = all of it), counters
+                     "c" = category -> affinity (sum of event weights, the CATEGORIES_MAX largest),
+                     and the dedupe window of the user's behavior event ids. TTL USER_STATE_TTL_S,
+                     refreshed by every event: a user idle that long is forgotten.
   item:{i}           hash title / categories (JSON) / created_at / attributes (JSON)
-  hot:all, hot:cat:{c}  zset item -> forward-decayed popularity
-  items:fresh        zset item -> created_at (epoch seconds)
+  hot:{hot}:all, hot:{hot}:cat:{c}   zset item -> forward-decayed popularity (one slot: the worker
+                     rebuilds them in one atomic write, recall reads them in one round trip)
+  items:{items}:fresh     zset item -> created_at (epoch seconds)
+  items:{items}:deleted   zset item -> deleted_at
+  evt:{items}:<id>   idempotency token of an item event (catalogue changes are rare), kept for the
+                     dedupe window, in the slot of the fresh / deleted markers it guards
+
+Why one record per user: measured with `zerorec bench state`, the old layout (a recent list, a seen
+list, a category hash and one `evt:<id>` key per event for 7 days) took ~1,370 bytes per user at 5
+events per user and ~3,680 at 20, most of it per-key overhead and per-event keys; this one takes
+~310 and ~600 (docs/state.md has the figures).
+
+Exactly once: a behavior event is applied with `kv.apply_once(behavior_token(user, id), ...)`, a
+token in the user's own record (same slot, same atomic script as the user's writes). Its window
+(ZEROREC_DEDUPE_WINDOW_S, default 1 hour) is sized to the redelivery horizon: the KafkaSource
+redelivers within seconds (retries with backoff) to minutes (a consumer restart re-reads from the
+last committed offset), and clients re-post a batch within minutes (uuid5 ids: the same content
+has the same id). An id is kept at least a window and until the user's record has had writes in
+two windows since, so a redelivery after an outage of any length, which precedes the user's newer
+events in the partition (the KafkaSource delivers in order per user key), is still caught.
+Chosen over per-partition offsets (the consumer gets no partition and offset with an event today:
+they would have to travel as CloudEvent extensions; and offsets miss an event produced twice) and
+over a global filter (no exact check without a per-event key again). Cost: 10 bytes per
+event in the window (a 60-bit fingerprint; a new event is mistaken for a duplicate with probability
+ids-in-window / 2**60).
 """
 
 from __future__ import annotations
@@ -21,21 +47,29 @@ from dataclasses import dataclass, field
 
 from zerorec.storage.kv import (
     Delete,
+    Expire,
     HGetAll,
-    HIncr,
     HMGet,
     HSet,
-    ListPush,
-    ListRange,
     ReadOp,
+    Record,
+    RecordGet,
+    RecordIncr,
+    RecordPush,
+    RecordToken,
     WriteOp,
     ZIncr,
     ZRem,
     ZTop,
 )
 
-RECENT_MAX = 50
-SEEN_MAX = 1000
+HISTORY_MAX = 50  # distinct items a user's record keeps (~7-10 bytes each)
+RECENT_MAX = 50  # of them, the recent items that feed item-CF and the other channels
+SEEN_MAX = 1000  # seen items a user profile shows (real-time history first, then the trained one)
+CATEGORIES_MAX = 8  # category affinities a user's record keeps (the largest: the profile's top 8)
+USER_STATE_TTL_S = 30 * 24 * 3600
+DEDUPE_WINDOW_S = 3600
+HISTORY, CATEGORIES = "h", "c"  # sections of the user's record
 
 # How much each behaviour says about taste; ratings scale with the stars given.
 EVENT_WEIGHTS: Mapping[str, float] = {
@@ -54,36 +88,38 @@ HOT_LANDMARK_S = 1_704_067_200  # 2024-01-01T00:00:00Z
 HOT_TAU_S = 7 * 24 * 3600
 
 
-def user_recent_key(user_id: str) -> str:
-    return f"user:{user_id}:recent"
-
-
-def user_seen_key(user_id: str) -> str:
-    return f"user:{user_id}:seen"
-
-
-def user_categories_key(user_id: str) -> str:
-    return f"user:{user_id}:cats"
+def user_key(user_id: str) -> str:
+    """The user's record: history, category affinities, dedupe window (hash tag: the user id)."""
+    return f"u:{{{user_id}}}"
 
 
 def item_key(item_id: str) -> str:
-    return f"item:{item_id}"
+    return f"item:{{{item_id}}}"
 
 
 def hot_key(category: str | None = None) -> str:
-    return "hot:all" if category is None else f"hot:cat:{category}"
+    return "hot:{hot}:all" if category is None else f"hot:{{hot}}:cat:{category}"
 
 
-FRESH_KEY = "items:fresh"
+FRESH_KEY = "items:{items}:fresh"
 # Deleted items stay in the trained bundle until the next training; serving reads this marker
 # (zset item -> deleted_at) so a deleted item is never recommended in the meantime.
-DELETED_KEY = "items:deleted"
+DELETED_KEY = "items:{items}:deleted"
 DELETED_MAX = 5000
 
 
-def event_token(event_id: str) -> str:
-    """The idempotency token of an event: apply_once(token, ...) never double counts it."""
-    return f"evt:{event_id}"
+def behavior_token(user_id: str, event_id: str) -> RecordToken:
+    """The idempotency token of a behavior event: in the user's record, applied with its writes."""
+    return RecordToken(user_key(user_id), event_id)
+
+
+def item_event_token(event_id: str) -> str:
+    """The idempotency token of an item event (a key of its own, in the catalogue markers' slot)."""
+    return f"evt:{{items}}:{event_id}"
+
+
+def _record_safe(text: str) -> bool:
+    return not any(c in text for c in "\x1c\x1d\x1e\x1f")
 
 
 def event_weight(kind: str, value: float | None = None) -> float:
@@ -107,17 +143,22 @@ class BehaviorEvent:
 
 
 def behavior_writes(event: BehaviorEvent, item_categories: Sequence[str]) -> list[WriteOp]:
-    """The KV writes one behavior event causes (apply them with apply_once, keyed by event id)."""
+    """The KV writes one behavior event causes (apply them with apply_once and behavior_token).
+
+    Categories holding a control character (the record's separators; the item schema allows
+    them) are left out of the user's affinities, not refused: the event is still good."""
     weight = event_weight(event.kind, event.value)
     hot_inc = decayed_increment(weight, event.timestamp_s)
+    user = user_key(event.user_id)
     ops: list[WriteOp] = [
-        ListPush(user_recent_key(event.user_id), (event.item_id,), RECENT_MAX),
-        ListPush(user_seen_key(event.user_id), (event.item_id,), SEEN_MAX),
+        RecordPush(user, HISTORY, event.item_id, HISTORY_MAX),
         ZIncr(hot_key(), event.item_id, hot_inc),
     ]
     for category in item_categories:
         ops.append(ZIncr(hot_key(category), event.item_id, hot_inc))
-        ops.append(HIncr(user_categories_key(event.user_id), category, weight))
+        if category and _record_safe(category):
+            ops.append(RecordIncr(user, CATEGORIES, category, weight, CATEGORIES_MAX))
+    ops.append(Expire(user, USER_STATE_TTL_S))
     return ops
 
 
@@ -188,21 +229,22 @@ class UserState:
 
 
 def user_state_reads(user_id: str) -> list[ReadOp]:
-    """One pipelined round trip for everything the serving path knows about a user."""
-    return [
-        ListRange(user_recent_key(user_id), 0, RECENT_MAX - 1),
-        ListRange(user_seen_key(user_id), 0, SEEN_MAX - 1),
-        HGetAll(user_categories_key(user_id)),
-    ]
+    """One read (one key, one slot) for everything the serving path knows about a user."""
+    return [RecordGet(user_key(user_id))]
 
 
 def user_state_from(user_id: str, results: Sequence) -> UserState:
-    recent, seen, cats = results
+    """The state from the results of `user_state_reads` (empty for anything but a Record, such as
+    the placeholder a caller substitutes when the KV is unreachable)."""
+    (record,) = results
+    if not isinstance(record, Record):
+        record = Record()
+    history = record.lists.get(HISTORY, [])
     return UserState(
         user_id=user_id,
-        recent_items=list(dict.fromkeys(recent)),  # de-duplicated, newest first
-        seen_items=list(dict.fromkeys(seen)),
-        category_affinity={c: float(v) for c, v in cats.items()},
+        recent_items=history[:RECENT_MAX],  # distinct, newest first
+        seen_items=list(history),
+        category_affinity=dict(record.counters.get(CATEGORIES, {})),
     )
 
 
@@ -250,22 +292,25 @@ def categories_from(result: Sequence[str | None]) -> tuple[str, ...]:
 #   feat:item:{i}          hash window popularity (cnt_1d, cnt_7d, cnt_30d), as_of
 #   feat:user:{u}          hash counts by kind (n_<kind>, n_total), last_active (epoch s), as_of
 #   feat:user:{u}:cats     hash category -> affinity (sum of event weights, 30 d)
-#   rt:item:{i}:cnt        hash window start (epoch s) -> events in that 1-minute window (TTL-bounded)
-#   rt:user:{u}            hash window_start, events (in the user's last closed window)
+#   (the braces are literal: the user's / item's hash tag, as in u:{u} and item:{i})
+#   rt:item:<i>:cnt        hash window start (epoch s) -> events in that 1-minute window (TTL-bounded)
+#   rt:user:<u>            hash window_start, events (in the user's last closed window)
+#   (rt:* keys are written by the PyFlink job's own Redis client, with str.format templates; not
+#   yet tagged: a Redis Cluster deployment needs its sink to be cluster-aware first)
 
 FEATURE_TTL_S = 2 * 24 * 3600  # real-time counters expire on their own
 
 
 def item_features_key(item_id: str) -> str:
-    return f"feat:item:{item_id}"
+    return f"feat:item:{{{item_id}}}"
 
 
 def user_features_key(user_id: str) -> str:
-    return f"feat:user:{user_id}"
+    return f"feat:user:{{{user_id}}}"
 
 
 def user_category_features_key(user_id: str) -> str:
-    return f"feat:user:{user_id}:cats"
+    return f"feat:user:{{{user_id}}}:cats"
 
 
 def rt_item_counts_key(item_id: str) -> str:

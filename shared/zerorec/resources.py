@@ -16,7 +16,7 @@ in use (`ulimit -v`); scaled by `settings.train_memory_fraction`.
 from __future__ import annotations
 
 import resource
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -262,6 +262,9 @@ def check_training_memory(
     """Refuse (MemoryLimitError) before any fit when a stage of the single-process training would
     not fit in memory; returns the estimates (bytes per stage) when every one fits."""
     size = training_size(interactions, items, int(getattr(config, "ease_min_count", 3)))
+    cap = getattr(config, "ease_max_items", None)  # EASE fits the most popular items only
+    if cap is not None:
+        size = replace(size, ease_items=min(size.ease_items, int(cap)))
     budget = budget or available_memory()
     estimates = stage_estimates(size, config)
     for stage, (need, what) in estimates.items():

@@ -24,6 +24,7 @@ from starlette.responses import Response
 
 from zerorec.api import MAX_BODY_BYTES, is_json_error, validation_reason
 from zerorec.errors import InvalidInputError, NotFoundError, ZeroRecError
+from zerorec.request_body import BodyTooLarge, read_limited
 
 log = logging.getLogger("zerorec.serving")
 M = TypeVar("M", bound=BaseModel)
@@ -60,19 +61,12 @@ def error_response(status: int, reason: str) -> Response:
 
 async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
     """The request body; HTTPError 413 past `limit` bytes (without reading it all), 400 on disconnect."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise HTTPError(413, f"body larger than {limit} bytes")
-    chunks, size = [], 0
     try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise HTTPError(413, f"body larger than {limit} bytes")
-            chunks.append(chunk)
+        return await read_limited(request, limit)
+    except BodyTooLarge as exc:
+        raise HTTPError(413, exc.reason) from None
     except ClientDisconnect:
         raise HTTPError(400, "client disconnected") from None
-    return b"".join(chunks)
 
 
 async def parse(request: Request, model: type[M], limit: int = MAX_BODY_BYTES) -> M:
@@ -221,38 +215,56 @@ class ModelSlot(Generic[T]):
             return False
         return version == self.version or self.load(version)
 
-    def health(self) -> Response:
-        """GET /health: 200 with the model version once loaded, else 503 'loading'."""
+    def health(self, ready_without_model: bool = False) -> Response:
+        """GET /health: 200 with the model version once loaded; until then 503 with the `reason`
+        (e.g. no bundle published yet, and what to do about it) while the slot keeps retrying.
+        `ready_without_model`: 200 (status 'degraded') instead, for a function that serves routes
+        without a model (item's catalogue admin)."""
         self.refresh_if_due()
         cur = self._current
-        body: dict[str, Any] = {"status": "ok" if cur else "loading", "model_version": self.version}
+        body: dict[str, Any] = {"status": "ok" if cur else "loading", "model": self.name}
+        body["model_version"] = self.version
         if cur:
             body["load_ms"] = cur.load_ms
+        else:
+            body["reason"] = f"model {self.name!r} not loaded: {self.last_error or 'first load in progress'}"
+            body["retry_s"] = self.retry_s
+            if ready_without_model:
+                body["status"] = "degraded"
         if self.last_error:
             body["last_error"] = self.last_error
-        return json_response(body, 200 if cur else 503)
+        return json_response(body, 200 if cur or ready_without_model else 503)
 
     async def on_event(self, request: Request) -> Response:
         """POST /events/model-published: a model.published CloudEvent (binary or structured).
 
-        202 and a background reload when it names this slot's model; 200 'ignored' for another
-        model; 400/422 for something that is not a valid model.published event.
+        202 and a background reload when it names this slot's model. Refused, and nothing loaded:
+        400 for something that is not a valid CloudEvent, 422 for any other event type (a PingSource
+        event wrapping one included) and for a bundle of another name (a vectors bundle, another
+        model): only this function's own model ever becomes what it serves.
         """
-        from zerorec.cloudevents_io import effective_type, event_data, from_http, validate
+        from zerorec.cloudevents_io import event_data, from_http, validate
 
         if request.method != "POST":
             raise HTTPError(405, f"POST a {MODEL_PUBLISHED} CloudEvent to {EVENTS_PATH}")
         body = await read_body(request)
         try:
             event = from_http(dict(request.headers), body)
+        except (InvalidInputError, ValueError) as exc:
+            raise HTTPError(400, f"not a valid CloudEvent: {exc}") from None
+        if event.get("type") != MODEL_PUBLISHED:
+            raise HTTPError(422, f"expected a {MODEL_PUBLISHED} event, got {event.get('type')!r}")
+        try:
             validate(event)
         except (InvalidInputError, ValueError) as exc:
             raise HTTPError(400, f"not a valid CloudEvent: {exc}") from None
-        if effective_type(event) != MODEL_PUBLISHED:
-            raise HTTPError(422, f"expected a {MODEL_PUBLISHED} event, got {effective_type(event)!r}")
         data = event_data(event)
         if data["name"] != self.name:
-            return json_response({"status": "ignored", "reason": f"this function serves {self.name!r}"})
+            raise HTTPError(
+                422,
+                f"bundle {data['name']!r} is not this function's model: it serves only {self.name!r} "
+                "(ZEROREC_MODEL_NAME); nothing loaded",
+            )
         self.reload_in_background(str(data["version"]))
         return json_response(
             {"status": "reloading", "version": data["version"], "current": self.version}, 202
@@ -262,12 +274,21 @@ class ModelSlot(Generic[T]):
 # ---------------------------------------------------------------------------------- dispatch
 
 Route = Callable[[Request, Any], Any]  # async (request, stage) -> Response
+FreeRoute = Callable[[Request], Any]  # async (request) -> Response: needs no model
 
 
-def dispatch(slot: ModelSlot[Any], routes: dict[str, Route]) -> Callable[[Request], Any]:
+def dispatch(
+    slot: ModelSlot[Any],
+    routes: dict[str, Route],
+    free_routes: dict[str, FreeRoute] | None = None,
+) -> Callable[[Request], Any]:
     """The whole request path of a serving function: `GET /health`, `POST /events/model-published`,
-    then `routes[path](request, stage)` with the current stage (503 while none is loaded); 404 for
-    any other path; errors as JSON (see `guard`)."""
+    then `routes[path](request, stage)` with the current stage (503 while none is loaded), or
+    `free_routes[path](request)`, which serve without a model; 404 for any other path; errors as
+    JSON (see `guard`). With free routes the function is Ready (/health 200, 'degraded') before its
+    first model: Knative routes no request to a pod that is not Ready."""
+    free = dict(free_routes or {})
+    known = ", ".join([*routes, *free])
 
     async def handle(request: Request) -> Response:
         slot.refresh_if_due()
@@ -275,12 +296,14 @@ def dispatch(slot: ModelSlot[Any], routes: dict[str, Route]) -> Callable[[Reques
         if path == "/health":
             if request.method not in ("GET", "HEAD"):
                 raise HTTPError(405, "use GET /health")
-            return slot.health()
+            return slot.health(ready_without_model=bool(free))
         if path == EVENTS_PATH:
             return await slot.on_event(request)
+        if path in free:
+            return await free[path](request)
         target = routes.get(path)
         if target is None:
-            raise HTTPError(404, f"no route {path} (routes: /health, {EVENTS_PATH}, {', '.join(routes)})")
+            raise HTTPError(404, f"no route {path} (routes: /health, {EVENTS_PATH}, {known})")
         return await target(request, slot.require().value)
 
     async def guarded(request: Request) -> Response:

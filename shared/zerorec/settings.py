@@ -6,12 +6,15 @@ point at Kafka, Redis and an S3-compatible server (MinIO in production).
 
 from __future__ import annotations
 
+import logging
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+log = logging.getLogger("zerorec.settings")
 
 
 class Settings(BaseSettings):
@@ -81,14 +84,29 @@ class Settings(BaseSettings):
     rerank_diversity: float | None = Field(
         default=None, ge=0, le=1, description="MMR trade-off; None keeps the bundle's value"
     )
-    admin_api_key: str = Field(default="", description="X-API-Key for the item admin endpoint (empty: open)")
+    admin_api_key: str = Field(default="", description="X-API-Key for the item admin endpoint")
 
     # --- event pipeline: behavior ingestion, consumer, worker -----------------------------------
-    behavior_api_key: str = Field(default="", description="X-API-Key for POST /events (empty: open)")
+    behavior_api_key: str = Field(default="", description="X-API-Key for POST /events")
+    allow_unauthenticated: bool = Field(
+        default=False,
+        description="behavior and item admin run without an API key on real backends (on purpose only)",
+    )
     behavior_max_batch: int = Field(default=1000, ge=1, le=10000, description="events per request")
     behavior_max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024, description="request body limit")
     consumer_category_cache_s: float = Field(default=10.0, ge=0, description="item-category cache TTL")
+    dedupe_window_s: int = Field(
+        default=3600, gt=0, description="how long the consumer remembers an applied event id (at least)"
+    )
     export_group: str = Field(default="zerorec-export-events", description="export task consumer group")
+    consumer_max_batch_bytes: int = Field(
+        default=16 * 1024 * 1024, ge=1024, description="body limit of one batched delivery to the consumer"
+    )
+
+    # --- cluster bring-up (`zerorec init-cluster`) ---------------------------------------------
+    init_dataset: str | None = Field(
+        default=None, description="dataset of the first model: a path or s3://bucket/prefix (None: synthetic)"
+    )
 
     # --- model training: engine, Spark, memory guard ----------------------------------------------
     train_engine: Literal["local", "spark"] = Field(
@@ -99,6 +117,42 @@ class Settings(BaseSettings):
     train_device: str = Field(default="cpu", description="torch device of the ranker: cpu, cuda or cuda:N")
     train_memory_fraction: float = Field(
         default=0.8, gt=0, le=1, description="share of the available memory a local training may plan to use"
+    )
+
+    @property
+    def real_backends(self) -> list[str]:
+        """The real (networked, shared) backends configured: the ones an open endpoint would expose."""
+        chosen = {"object_store": self.object_store, "kv_store": self.kv_store, "event_bus": self.event_bus}
+        return [f"{k}={v}" for k, v in chosen.items() if v in ("s3", "redis", "kafka")]
+
+
+API_KEYS_SECRET = "zerorec-api-keys"  # the Kubernetes Secret the manifests take the keys from
+OPEN_SETTING = "ZEROREC_ALLOW_UNAUTHENTICATED"
+
+
+class RefusedToStart(SystemExit):
+    """Raised while a function imports, when its configuration would expose a writing endpoint:
+    the process exits with status 1 and the reason on stderr, so the pod never becomes Ready."""
+
+
+def require_api_key(settings: Settings, key: str, setting: str, endpoint: str) -> None:
+    """Refuse to start `endpoint` (RefusedToStart) without an API key when a real backend is
+    configured: there the endpoint writes to shared Kafka/Redis/S3 that other clients trust. The
+    embedded backends (one developer's machine) stay open; `ZEROREC_ALLOW_UNAUTHENTICATED=1` opens
+    it on real backends too, on purpose and with a warning."""
+    real = settings.real_backends
+    if key or not real:
+        return
+    if settings.allow_unauthenticated:
+        log.warning(
+            "%s runs WITHOUT authentication on real backends (%s) because %s=1; set %s to protect it",
+            endpoint, ", ".join(real), OPEN_SETTING, setting,
+        )  # fmt: skip
+        return
+    raise RefusedToStart(
+        f"zerorec: refusing to start {endpoint}: {setting} is empty while real backends are configured "
+        f"({', '.join(real)}). Set {setting} (in a cluster from the Secret {API_KEYS_SECRET!r}), or set "
+        f"{OPEN_SETTING}=1 to run it without authentication on purpose."
     )
 
 

@@ -3,7 +3,8 @@ feature-engineering, vector-generation): a task event in over HTTP (binary or st
 PingSource event naming the task in its `zerorectype` extension), a JSON report out.
 
 Status codes, the same everywhere: 200 with the task's report; 400 for an invalid event or a task
-type the function does not run; 405 for a method other than POST; 409 when the function already
+type the function does not run; 413 for a body over one CloudEvent's maximum size (read with that
+limit, never buffered whole); 405 for a method other than POST; 409 when the function already
 runs a task that must not overlap; 422 when the task's input does not exist; 503 when a store or
 the bus is unreachable (the sender retries); 500 only for a bug.
 """
@@ -19,7 +20,7 @@ import orjson
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from zerorec.cloudevents_io import effective_type, event_data, from_http, validate
+from zerorec.cloudevents_io import MAX_BODY_BYTES, effective_type, event_data, from_http, validate
 from zerorec.errors import (
     BackendUnavailableError,
     DeliveryError,
@@ -27,6 +28,7 @@ from zerorec.errors import (
     NotFoundError,
     ZeroRecError,
 )
+from zerorec.request_body import BodyTooLarge, read_limited
 
 TaskRunner = Callable[[str, dict[str, Any]], dict[str, Any]]  # (task type, data) -> report
 
@@ -57,12 +59,14 @@ def task_handler(
         if request.method != "POST":
             return _json({"error": "POST a task CloudEvent"}, 405)
         try:
-            event = from_http(dict(request.headers), await request.body())
+            event = from_http(dict(request.headers), await read_limited(request, MAX_BODY_BYTES))
             validate(event)
             kind = effective_type(event)
             if accepts is not None and kind not in accepts:
                 raise InvalidInputError(f"{name} takes {', '.join(sorted(accepts))}, not {kind}")
             report = await asyncio.to_thread(run, kind, event_data(event) or {})
+        except BodyTooLarge as exc:
+            return _json({"error": exc.reason}, 413)
         except ClientDisconnect:
             return _json({"error": "client disconnected"}, 400)
         except NotFoundError as exc:

@@ -49,7 +49,8 @@ CATALOGUE_IMPORT = "dev.zerorec.task.catalogue-import.v1"
 REBUILD_HOT = "dev.zerorec.task.rebuild-hot.v1"
 EXPORT_EVENTS = "dev.zerorec.task.export-events.v1"
 BEHAVIOR_TYPE = "dev.zerorec.behavior.v1"
-HOT_CATEGORIES_KEY = "hot:cats"  # the categories whose hot lists the last rebuild wrote
+# The categories whose hot lists the last rebuild wrote (the hot lists' hash tag: one slot).
+HOT_CATEGORIES_KEY = "hot:{hot}:cats"
 EXPORT_CHUNK = 100_000
 MAX_RECORDS = 2_000_000
 IDLE_S = 1.5  # caught up: this long without a record once records came

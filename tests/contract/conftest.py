@@ -5,8 +5,14 @@ The contract tests take `objects`, `kv` or `bus` and never look at which backend
 
 from __future__ import annotations
 
+import os
+import random
+import shutil
+import socket
+import subprocess
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from zerorec.settings import Settings
@@ -36,7 +42,53 @@ def objects(request: pytest.FixtureRequest, tmp_path, namespace: str) -> Iterato
     store.close()
 
 
-@pytest.fixture(params=["memory", "sqlite", pytest.param("redis", marks=real)])
+CLUSTER_SCRIPT = Path(__file__).resolve().parents[2] / "local" / "redis_cluster.sh"
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def _cluster_ports() -> list[str]:
+    """Three free ports whose cluster-bus ports (+10000) are free too."""
+    ports: list[str] = []
+    while len(ports) < 3:
+        port = random.randint(20000, 45000)
+        if str(port) not in ports and _bindable(port) and _bindable(port + 10000):
+            ports.append(str(port))
+    return ports
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A 3-node Redis Cluster started by local/redis_cluster.sh for this session, stopped after."""
+    missing = [b for b in ("redis-server", "redis-cli") if shutil.which(b) is None]
+    if missing:
+        message = f"{' and '.join(missing)} not installed: no local Redis Cluster to test against"
+        if os.environ.get("ZEROREC_INTEGRATION", "") == "1":  # CI must not pass by skipping
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    workdir = tmp_path_factory.mktemp("redis-cluster") / "nodes"
+    started = subprocess.run(
+        [str(CLUSTER_SCRIPT), "start", str(workdir), *_cluster_ports()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if started.returncode != 0:
+        pytest.fail(f"local/redis_cluster.sh start failed: {started.stderr.strip()}", pytrace=False)
+    try:
+        yield started.stdout.strip().splitlines()[-1]
+    finally:
+        subprocess.run([str(CLUSTER_SCRIPT), "stop", str(workdir)], capture_output=True, timeout=60)
+
+
+@pytest.fixture(params=["memory", "sqlite", pytest.param("redis", marks=real), "redis-cluster"])
 def kv(request: pytest.FixtureRequest, namespace: str, tmp_path) -> Iterator[KVStore]:
     if request.param == "memory":
         from zerorec.storage.kv_memory import MemoryKVStore
@@ -53,12 +105,17 @@ def kv(request: pytest.FixtureRequest, namespace: str, tmp_path) -> Iterator[KVS
     import redis
     from zerorec.storage.kv_redis import RedisKVStore
 
+    if request.param == "redis-cluster":  # torn down with the session's cluster
+        store = RedisKVStore(request.getfixturevalue("redis_cluster"))
+        yield store
+        store.close()
+        return
     url = request.getfixturevalue("redis_server")
     store = RedisKVStore.from_settings(request.getfixturevalue("real_settings"))
     yield store
     store.close()
     client = redis.Redis.from_url(url)
-    keys = list(client.scan_iter(match=f"{namespace}:*", count=1000))
+    keys = list(client.scan_iter(match=f"*{namespace}*", count=1000))
     if keys:
         client.delete(*keys)
     client.close()
@@ -66,8 +123,10 @@ def kv(request: pytest.FixtureRequest, namespace: str, tmp_path) -> Iterator[KVS
 
 @pytest.fixture
 def key(namespace: str) -> Callable[[str], str]:
-    """Namespaced key names, so tests sharing one Redis never collide."""
-    return lambda name: f"{namespace}:{name}"
+    """Namespaced key names, so tests sharing one Redis never collide. The namespace is the hash
+    tag: a test's keys share one Redis Cluster slot, where every write call is atomic as a whole
+    (tests/contract/test_redis_cluster.py covers calls that span slots)."""
+    return lambda name: f"{{{namespace}}}:{name}"
 
 
 @pytest.fixture(params=["memory", "sqlite", pytest.param("kafka", marks=real)])

@@ -1,4 +1,5 @@
-"""KVStore contract: runs unchanged against MemoryKVStore, SqliteKVStore and RedisKVStore."""
+"""KVStore contract: runs unchanged against MemoryKVStore, SqliteKVStore and RedisKVStore (one server
+and a local 3-node Redis Cluster)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 from zerorec.errors import InvalidInputError
 from zerorec.storage.kv import (
     Delete,
+    Expire,
     Get,
     HGetAll,
     HIncr,
@@ -18,9 +20,15 @@ from zerorec.storage.kv import (
     KVStore,
     ListPush,
     ListRange,
+    Record,
+    RecordGet,
+    RecordIncr,
+    RecordPush,
+    RecordToken,
     Set,
     SetAdd,
     SetMembers,
+    TokenSeen,
     ZIncr,
     ZRem,
     ZTop,
@@ -277,3 +285,138 @@ def test_apply_many_concurrent_duplicates_apply_once(kv: KVStore, key: K) -> Non
         t.join()
     assert results.count(True) == 20
     assert kv.read([ZTop(key("pop"), 1)]) == [[("x", 20.0)]]
+
+
+# ---- records: capped lists and counters, a dedupe window, one string key ------------------------
+
+
+def test_record_list_is_distinct_newest_first_and_capped(kv: KVStore, key: K) -> None:
+    r = key("rec")
+    kv.write([RecordPush(r, "h", v, 3) for v in ("a", "b", "c")])
+    kv.write([RecordPush(r, "h", "a", 3)])  # seen again: moves to the front, no duplicate
+    kv.write([RecordPush(r, "h", "d", 3), RecordPush(r, "other", "x", 5)])
+    (got,) = kv.read([RecordGet(r)])
+    assert got == Record(lists={"h": ["d", "a", "c"], "other": ["x"]})
+    assert kv.read([RecordGet(key("missing"))]) == [Record()]
+    assert isinstance(kv.read([Get(r)])[0], str)  # one plain string key holds it all
+
+
+def test_record_counters_accumulate_and_keep_the_largest(kv: KVStore, key: K) -> None:
+    r = key("rec")
+    kv.write([RecordIncr(r, "c", "books", 1.5, 3), RecordIncr(r, "c", "films", 0.5, 3)])
+    kv.write([RecordIncr(r, "c", "books", 2, 3), RecordIncr(r, "c", "music", 0.5, 3)])
+    kv.write([RecordIncr(r, "c", "games", 1, 3)])  # a 4th: the smallest goes, the oldest of a tie
+    (got,) = kv.read([RecordGet(r)])
+    assert got.counters == {"c": {"books": 3.5, "music": 0.5, "games": 1.0}}
+    kv.write([RecordIncr(r, "c", "books", 1 / 3, 3)])
+    assert kv.read([RecordGet(r)])[0].counters["c"]["books"] == pytest.approx(3.83333)  # 6 digits
+
+
+def test_record_lists_and_counters_live_side_by_side(kv: KVStore, key: K) -> None:
+    r = key("rec")
+    kv.write([RecordIncr(r, "x", "m", 1, 5), RecordPush(r, "x", "v", 5), RecordPush(r, "h", "i1", 5)])
+    assert kv.read([RecordGet(r)]) == [Record(lists={"x": ["v"], "h": ["i1"]}, counters={"x": {"m": 1.0}})]
+
+
+def test_record_ops_refuse_what_the_format_cannot_hold(kv: KVStore, key: K) -> None:
+    r = key("rec")
+    for bad in (
+        RecordPush(r, "h", "a\x1fb", 5),
+        RecordPush(r, "h", "", 5),
+        RecordPush(r, "h\x1e", "a", 5),
+        RecordPush(r, "h", "a", 0),
+        RecordIncr(r, "c", "x\x1c", 1, 5),
+        RecordIncr(r, "c", "x", float("nan"), 5),
+    ):
+        with pytest.raises(InvalidInputError):
+            kv.write([RecordPush(r, "h", "ok", 5), bad])
+    assert kv.read([RecordGet(r)]) == [Record()]  # nothing of the refused calls
+
+
+def test_record_ops_on_other_keys_are_invalid_input_and_apply_nothing(kv: KVStore, key: K) -> None:
+    kv.write([HSet(key("hash"), {"f": "v"}), Set(key("plain"), "not a record")])
+    with pytest.raises(InvalidInputError):
+        kv.write([RecordPush(key("rec"), "h", "a", 5), RecordPush(key("hash"), "h", "a", 5)])
+    with pytest.raises(InvalidInputError):
+        kv.write([RecordPush(key("rec"), "h", "a", 5), RecordIncr(key("plain"), "c", "a", 1, 5)])
+    with pytest.raises(InvalidInputError):
+        kv.read([RecordGet(key("plain"))])
+    assert kv.read([RecordGet(key("rec")), Get(key("plain"))]) == [Record(), "not a record"]
+    kv.write([Set(key("plain"), "x"), Delete(key("plain")), RecordPush(key("plain"), "h", "a", 5)])
+    assert kv.read([RecordGet(key("plain"))]) == [Record(lists={"h": ["a"]})]  # deleted first: fine
+
+
+def test_expire_applies_after_the_writes_of_the_call(kv: KVStore, key: K) -> None:
+    r, h = key("rec"), key("hash")
+    kv.write([Expire(r, 1), RecordPush(r, "h", "a", 5), Expire(h, 1), HSet(h, {"f": "v"})])
+    kv.write([Expire(key("missing"), 1)])  # no key, nothing to expire
+    kv.write([RecordPush(key("kept"), "h", "a", 5)])
+    kv.write([RecordPush(r, "h", "b", 5)])  # a later write keeps the TTL (it is not refreshed)
+    assert kv.read([RecordGet(r)]) == [Record(lists={"h": ["b", "a"]})]
+    with pytest.raises(InvalidInputError):
+        kv.write([Expire(r, 0)])
+    time.sleep(1.3)
+    assert kv.read([RecordGet(r), HGetAll(h), Get(key("missing")), RecordGet(key("kept"))]) == [
+        Record(),
+        {},
+        None,
+        Record(lists={"h": ["a"]}),
+    ]
+
+
+def test_record_token_applies_once_in_the_records_window(kv: KVStore, key: K) -> None:
+    r = key("user")
+
+    def ops(item: str) -> list:
+        return [RecordPush(r, "h", item, 50), RecordIncr(r, "c", "books", 1, 8), ZIncr(key("hot"), item, 1)]
+
+    e1, e2 = RecordToken(r, "evt-1"), RecordToken(r, "evt-2")
+    assert kv.read([TokenSeen(e1)]) == [False]
+    assert kv.apply_once(e1, ops("i1"), ttl_s=3600) is True
+    assert kv.apply_once(e1, ops("i1"), ttl_s=3600) is False  # redelivered within the window
+    again = [(e2, ops("i2")), (e1, ops("i1")), (e2, ops("i2"))]
+    assert kv.apply_many(again, ttl_s=3600) == [True, False, False]
+    assert kv.read([TokenSeen(e1), TokenSeen(e2), TokenSeen(RecordToken(r, "evt-3"))]) == [True, True, False]
+    rec, hot = kv.read([RecordGet(r), ZTop(key("hot"), 5)])
+    assert rec == Record(lists={"h": ["i2", "i1"]}, counters={"c": {"books": 2.0}})
+    assert sorted(hot) == [("i1", 1.0), ("i2", 1.0)]
+    assert kv.read([Get(key("evt-1"))]) == [None]  # no key per event
+    with pytest.raises(InvalidInputError):
+        kv.apply_once(RecordToken(r, "bad\x1f"), ops("i3"))
+
+
+def test_record_token_is_remembered_until_two_windows_of_writes(kv: KVStore, key: K) -> None:
+    r = key("user")
+    push = [RecordPush(r, "h", "i", 5)]
+    assert kv.apply_once(RecordToken(r, "old"), push, ttl_s=1) is True
+    time.sleep(1.2)  # a window later, and however long the user stays idle: still remembered
+    assert kv.apply_once(RecordToken(r, "old"), push, ttl_s=1) is False
+    assert kv.apply_once(RecordToken(r, "new-1"), push, ttl_s=1) is True  # 1st window of writes since
+    assert kv.apply_once(RecordToken(r, "old"), push, ttl_s=1) is False
+    time.sleep(1.2)
+    assert kv.apply_once(RecordToken(r, "new-2"), push, ttl_s=1) is True  # 2nd window: "old" leaves
+    assert kv.read([TokenSeen(RecordToken(r, "old")), TokenSeen(RecordToken(r, "new-1"))]) == [False, True]
+    assert kv.apply_once(RecordToken(r, "old"), push, ttl_s=1) is True
+
+
+def test_plain_and_record_tokens_mix_in_one_batch(kv: KVStore, key: K) -> None:
+    batch = [
+        (key("evt-a"), [ZIncr(key("z"), "a", 1)]),
+        (RecordToken(key("user"), "evt-b"), [RecordPush(key("user"), "h", "b", 5)]),
+    ]
+    assert kv.apply_many(batch) == [True, True]
+    assert kv.apply_many(batch) == [False, False]
+    assert kv.read([TokenSeen(key("evt-a")), TokenSeen(RecordToken(key("user"), "evt-b"))]) == [True, True]
+    assert kv.read([TokenSeen(key("evt-b"))]) == [False]
+
+
+def test_record_token_on_a_non_record_refuses_the_batch(kv: KVStore, key: K) -> None:
+    kv.write([HSet(key("hash"), {"f": "v"})])
+    with pytest.raises(InvalidInputError):
+        kv.apply_many(
+            [
+                (RecordToken(key("user"), "ok"), [RecordPush(key("user"), "h", "a", 5)]),
+                (RecordToken(key("hash"), "bad"), []),
+            ]
+        )
+    assert kv.read([RecordGet(key("user")), TokenSeen(RecordToken(key("user"), "ok"))]) == [Record(), False]

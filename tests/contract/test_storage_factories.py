@@ -60,3 +60,10 @@ def test_sqlite_is_the_default_and_lives_under_data_dir(tmp_path) -> None:
     assert kv_store(s) is kv and event_bus(s) is bus  # one per file and process
     other = Settings(data_dir=tmp_path, kv_store="sqlite", sqlite_kv_path=tmp_path / "other.db")
     assert kv_store(other) is not kv and kv_store(other).path == tmp_path / "other.db"
+
+
+def test_a_redis_cluster_url_selects_the_cluster_client_without_connecting(real_settings: Settings) -> None:
+    s = real_settings.model_copy(update={"redis_url": "redis-cluster://127.0.0.1:1,127.0.0.1:2"})
+    kv = kv_store(s)
+    assert isinstance(kv, RedisKVStore) and kv.cluster
+    kv.close()  # nothing was opened

@@ -54,9 +54,10 @@ def test_candidates_fill_to_n_with_the_quota_merge_as_prefix() -> None:
     rec, _ = train_recommender(inter, items, CFG, train_ranker=False)
     for user in sorted(rec.data.user_index)[:20]:
         q = rec.query(user)
-        vectors = rec.score_vectors(q)
-        plain = rec.candidates(q, 150, None, vectors)
-        full = rec.candidates(q, 150, None, vectors, fill=True)
+        vectors = rec.score_vectors(q)  # the brute-force reference of the channels' answers
+        lists = rec.retrieve(q, 150)
+        plain = rec.candidates(q, 150, None, lists)
+        full = rec.candidates(q, 150, None, lists, fill=True)
         k = len(plain)
         assert len(full) == 150
         assert full.items[:k].tolist() == plain.items.tolist() and full.channel[:k] == plain.channel

@@ -47,6 +47,8 @@ def real(
             "ZEROREC_OBJECT_STORE": "s3",
             "ZEROREC_KV_STORE": "redis",
             "ZEROREC_MODEL_NAME": model,
+            "ZEROREC_ADMIN_API_KEY": uuid.uuid4().hex,  # item on real backends: as in a cluster
+            "ZEROREC_ALLOW_UNAUTHENTICATED": "0",
             "ZEROREC_S3_ENDPOINT": real_settings.s3_endpoint,
             "ZEROREC_REDIS_URL": real_settings.redis_url,
             "ZEROREC_DEADLINE_MS": "3000",

@@ -240,10 +240,12 @@ def test_model_published_hot_reload_then_bad_bundle_refused(embedded: Stack, tin
     )
     assert r.status_code == 200 and r.json()["model_version"] == v2
 
-    # another model's event is ignored; an event of another type is refused
-    headers, body = to_http_binary(_published("other-model", "v9"))
-    r = httpx.post(embedded.urls["user"] + "/events/model-published", content=body, headers=headers)
-    assert r.status_code == 200 and r.json()["status"] == "ignored"
+    # another model's event is refused (never loaded); an event of another type is refused
+    for other in ("other-model", "vectors"):
+        headers, body = to_http_binary(_published(other, "v9"))
+        r = httpx.post(embedded.urls["user"] + "/events/model-published", content=body, headers=headers)
+        assert r.status_code == 422 and "serves only 'recommender'" in r.json()["error"], r.text
+    assert health(embedded, "user")["model_version"] == v2
     wrong = new_event("dev.zerorec.item.deleted.v1", {"item_id": "i1"}, source="/t")
     headers, body = to_http_binary(wrong)
     r = httpx.post(embedded.urls["user"] + "/events/model-published", content=body, headers=headers)

@@ -132,7 +132,7 @@ def test_ranking_with_recall_signals_scores_like_the_full_model(tiny: Tiny, tmp_
         got = RankingStage(ranking, kv).score(req).scores
         rec = full.rec
         query = rec.query(user)
-        merged = rec.candidates(query, 80, np.zeros(0, np.int64), rec.score_vectors(query), fill=True)
+        merged = rec.candidates(query, 80, np.zeros(0, np.int64), fill=True)
         assert [c["item_id"] for c in doc["candidates"]] == rec.data.item_ids[merged.items].tolist()
         np.testing.assert_array_equal(np.asarray(got, np.float32), rec.rank(query, merged))
 
@@ -168,3 +168,26 @@ def test_signals_round_trip_and_bad_signals_are_refused() -> None:
         decode_signals(
             [{"item_id": "x", "signals": six}, {"item_id": "y", "signals": "?" * 64}], CHANNEL_ORDER
         )
+
+
+def test_a_bundle_of_more_users_than_max_users_serves_without_histories(tiny: Tiny, tmp_path: Path) -> None:
+    """Above `max_users` recall and ranking hold no user-sized array: no user is known to the model,
+    a user's history is what the request (or the KV) gives, and the answer for that history is the
+    full model's answer for an unknown user with the same recent items."""
+    import dataclasses
+
+    store = LocalObjectStore(tmp_path)
+    publish(store, "recommender", tiny.files)
+    full = load_model(store, "recommender", parts=ALL_PARTS)
+    lean_parts = dataclasses.replace(RECALL_PARTS, max_users=full.rec.data.n_users - 1)
+    lean = load_model(store, "recommender", parts=lean_parts)
+    assert lean.rec.data.n_users == 0 and lean.rec.data.user_index == {}
+    assert lean.rec.data.times.shape == (0, full.rec.data.n_items)
+    assert lean.rec.data.max_time() == full.rec.data.max_time()
+    kv = MemoryKVStore()
+    user = str(tiny.interactions.user_id.iloc[0])
+    recent = [str(i) for i in tiny.history(user)[-5:]]
+    got = RecallStage(lean, kv).recall(RecallRequest(user_id=user, n=60, recent_items=recent))
+    want = RecallStage(full, kv).recall(RecallRequest(user_id="someone-new", n=60, recent_items=recent))
+    assert [c["item_id"] for c in got["candidates"]] == [c["item_id"] for c in want["candidates"]]
+    assert not set(recent) & {c["item_id"] for c in got["candidates"]}

@@ -101,6 +101,20 @@ def test_vector_generation_publishes_and_announces(stack: tuple[dict[str, str], 
     assert missing.status_code == 422
 
 
+@pytest.mark.parametrize("name", ["recommender", "other"])
+def test_vector_generation_cannot_publish_under_another_name(
+    stack: tuple[dict[str, str], Path], name: str
+) -> None:
+    """A task naming another bundle (the recommender's LATEST above all) is refused before any
+    work, and that model gets no version."""
+    urls, data = stack
+    objects = object_store(Settings(data_dir=data, object_store="local"))
+    task = {"source": "events", "factors": 4, "name": name}
+    r = _post(urls["vector-generation"], "dev.zerorec.task.vector-generation.v1", task)
+    assert r.status_code == 400 and "publishes only its own bundle 'vectors'" in r.json()["error"], r.text
+    assert not list(objects.list(f"models/{name}/"))
+
+
 def test_flink_realtime_control(stack: tuple[dict[str, str], Path]) -> None:
     url = stack[0]["flink-realtime"]
     status = httpx.get(url + "/status").json()

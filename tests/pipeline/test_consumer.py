@@ -15,7 +15,6 @@ from zerorec.realtime import (
     hot_key,
     hot_reads,
     item_key,
-    user_categories_key,
     user_state_from,
     user_state_reads,
 )
@@ -129,8 +128,10 @@ def test_category_cache_is_dropped_by_item_events() -> None:
     applier.apply(new_event("dev.zerorec.behavior.v1", click("u1", "i1"), source="/t"))
     applier.apply(new_event("dev.zerorec.item.upserted.v1", item("i1", "new"), source="/t"))
     applier.apply(new_event("dev.zerorec.behavior.v1", click("u1", "i1"), source="/t"))
-    (cats,) = kv.read([HGetAll(user_categories_key("u1"))])
-    assert cats == {"old": "1", "new": "1"}
+    assert user_state_from("u1", kv.read(user_state_reads("u1"))).category_affinity == {
+        "old": 1.0,
+        "new": 1.0,
+    }
 
 
 # ---------------------------------------------------------------- batched content mode
@@ -166,14 +167,14 @@ def test_batch_gives_one_result_per_event_and_applies_each_id_once(app: Any, nam
     assert [x.get("applied") for x in results] == [False, True, None, None, True, True, False, None]
     assert "$.kind" in results[2]["error"] and "'id'" in results[3]["error"]
     assert "does not handle" in results[7]["error"]
-    (cats,) = kv_store().read([HGetAll(user_categories_key(user))])
-    assert {k: float(v) for k, v in cats.items()} == {"books": 3.0, "music": 1.0}
+    cats = user_state_from(user, kv_store().read(user_state_reads(user))).category_affinity
+    assert cats == {"books": 3.0, "music": 1.0}
     again = send_batch(app, entries)  # the whole batch redelivered: nothing counts twice
     assert [x.get("applied") for x in again.json()["results"]] == [False] * 2 + [None] * 2 + [False] * 3 + [
         None
     ]
-    (cats,) = kv_store().read([HGetAll(user_categories_key(user))])
-    assert {k: float(v) for k, v in cats.items()} == {"books": 3.0, "music": 1.0}
+    cats = user_state_from(user, kv_store().read(user_state_reads(user))).category_affinity
+    assert cats == {"books": 3.0, "music": 1.0}
 
 
 def test_batch_that_is_no_batch_is_400(app: Any) -> None:

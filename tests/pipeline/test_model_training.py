@@ -21,7 +21,8 @@ TRAIN = "dev.zerorec.task.train.v1"
 
 @pytest.fixture
 def app(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
-    for key, value in {**EMBEDDED, "ZEROREC_DATA_DIR": str(tmp_path / "data")}.items():
+    env = {**EMBEDDED, "ZEROREC_DATA_DIR": str(tmp_path / "data"), "ZEROREC_MODEL_NAME": "nightly"}
+    for key, value in env.items():
         monkeypatch.setenv(key, value)
     settings_mod.get_settings.cache_clear()
     source = REPO / "functions" / "model-training" / "main.py"
@@ -50,10 +51,21 @@ def test_train_task_publishes_a_bundle(app: Any, tmp_path: Path) -> None:
     store = LocalObjectStore(tmp_path / "data" / "objects")
     store.put("exports/events/2024-05-01/part-0.parquet", buf.getvalue())
 
-    r = _post(app, TRAIN, {"events_prefix": "exports/events", "name": "nightly"})
+    r = _post(app, TRAIN, {"events_prefix": "exports/events"})
 
     assert r.status_code == 200, r.text
     assert r.json()["event"]["version"] == latest_version(store, "nightly")
+
+
+@pytest.mark.parametrize("name", ["recommender", "vectors", "Nightly"])
+def test_a_task_cannot_publish_under_another_models_name(app: Any, tmp_path: Path, name: str) -> None:
+    """The function publishes only ZEROREC_MODEL_NAME ('nightly' here): a task naming any other
+    bundle is refused before anything is read, and no LATEST appears."""
+    r = _post(app, TRAIN, {"events_prefix": "exports/events", "name": name})
+    assert r.status_code == 400 and "publishes only 'nightly'" in r.json()["error"], r.text
+    assert not (tmp_path / "data" / "objects" / "models").exists()
+    r = _post(app, TRAIN, {"events_prefix": "exports/nothing-here", "name": "nightly"})
+    assert r.status_code == 422, "its own name is accepted (and then finds no export)"
 
 
 def test_missing_export_is_422_and_wrong_task_is_400(app: Any) -> None:

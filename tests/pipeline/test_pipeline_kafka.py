@@ -9,7 +9,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +27,17 @@ from zerorec.bench_ingest import (
 from zerorec.cloudevents_io import from_kafka_record
 from zerorec.ingest import behavior_event_ids
 from zerorec.realtime import (
+    CATEGORIES,
     ItemRecord,
-    event_token,
+    behavior_token,
     item_upsert_writes,
-    user_categories_key,
+    user_key,
     user_state_from,
     user_state_reads,
 )
 from zerorec.settings import Settings
 from zerorec.storage.bus import OutgoingRecord
-from zerorec.storage.kv import Get, HMGet
+from zerorec.storage.kv import RecordGet, TokenSeen
 
 pytestmark = pytest.mark.integration
 
@@ -55,20 +56,23 @@ class Pipeline:
     consumer_port: int
     kv: Any
     bus: Any
+    user_of: dict[str, str] = field(default_factory=dict)  # event id -> user, of every posted event
 
     def post(self, events: list[dict[str, Any]], timeout: float = 30) -> httpx.Response:
+        for event, event_id in zip(events, behavior_event_ids(events), strict=True):
+            self.user_of[event_id] = event["user_id"]
         return httpx.post(self.behavior.url + "/events", json=events, timeout=timeout)
 
     def restart_consumer(self) -> None:
         self.consumer = start_function("consumer", self.env, self.log_dir, port=self.consumer_port)
 
     def applications(self, users: list[str]) -> int:
-        ops = [HMGet(user_categories_key(u), (self.category,)) for u in users]
-        return round(sum(float(v or 0) for (v,) in self.kv.read(ops)))
+        records = self.kv.read([RecordGet(user_key(u)) for u in users])
+        return round(sum(r.counters.get(CATEGORIES, {}).get(self.category, 0.0) for r in records))
 
     def missing(self, ids: list[str]) -> list[str]:
-        found = self.kv.read([Get(event_token(i)) for i in ids])
-        return [i for i, v in zip(ids, found, strict=True) if v is None]
+        found = self.kv.read([TokenSeen(behavior_token(self.user_of[i], i)) for i in ids])
+        return [i for i, v in zip(ids, found, strict=True) if not v]
 
     def wait_applied(self, ids: list[str], users: list[str], timeout_s: float = 60) -> None:
         deadline = time.monotonic() + timeout_s
@@ -194,6 +198,7 @@ def test_malformed_records_go_to_dead_letters_and_the_stream_goes_on(pipeline: P
     )
     good = to_kafka_record(new_event("dev.zerorec.behavior.v1", click(user, item), source="/x"), key=user)
     pipeline.bus.publish(pipeline.topic, [malformed, foreign, bad_data, good])
+    pipeline.user_of[_id(good)] = user
     pipeline.wait_applied([_id(good)], [user], timeout_s=30)
     letters = pipeline.dead_letters(f"{pipeline.category}-check-dlq")
     mine = [from_kafka_record(r, raw_data=True) for r in letters if r.key == user.encode()]

@@ -120,3 +120,91 @@ def generate(config: SyntheticConfig | None = None) -> tuple[pd.DataFrame, pd.Da
         }
     )
     return interactions.sort_values(["user_id", "timestamp", "item_id"]).reset_index(drop=True), items
+
+
+@dataclass(frozen=True)
+class ScaleConfig:
+    """Interaction logs at benchmark scale, generated vectorised (`generate` loops per user).
+
+    Zipf item popularity; users in ``n_clusters`` taste clusters that take ``in_cluster`` of their
+    interactions from their cluster's items (by the same Zipf popularity) and the rest from the
+    whole catalogue; lognormal user activity; items arrive over the span (``initial_item_share``
+    exist at the start) and are never consumed before they exist."""
+
+    n_items: int = 10_000
+    n_users: int = 100_000
+    n_interactions: int = 1_000_000
+    n_clusters: int = 64
+    zipf_exponent: float = 0.9
+    in_cluster: float = 0.7
+    activity_sigma: float = 1.0
+    start: int = 1_600_000_000
+    span_days: int = 360
+    initial_item_share: float = 0.6
+    seed: int = 7
+
+
+def generate_scale(config: ScaleConfig | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(interactions, items) in the generic format, about ``n_interactions`` unique user-item pairs
+    (duplicates drawn are dropped); deterministic for a config."""
+    cfg = config or ScaleConfig()
+    rng = np.random.default_rng(cfg.seed)
+    n_items, n_users = cfg.n_items, cfg.n_users
+    span = cfg.span_days * 86_400
+    popularity = (rng.permutation(n_items) + 1.0) ** -cfg.zipf_exponent
+    item_cluster = rng.integers(0, cfg.n_clusters, n_items)
+    n_initial = int(n_items * cfg.initial_item_share)
+    created = np.zeros(n_items, dtype=np.int64)
+    created[n_initial:] = np.sort(rng.integers(0, int(span * 0.9), n_items - n_initial))
+    activity = rng.lognormal(0.0, cfg.activity_sigma, n_users)
+    user_cluster = rng.integers(0, cfg.n_clusters, n_users)
+    draws = int(cfg.n_interactions * 1.3)  # duplicates are dropped below
+    users = np.searchsorted(np.cumsum(activity / activity.sum()), rng.random(draws), side="right")
+    users = np.minimum(users, n_users - 1)
+    items = np.empty(draws, dtype=np.int64)
+    global_cdf = np.cumsum(popularity / popularity.sum())
+    local = rng.random(draws) < cfg.in_cluster
+    picks = ~local
+    items[picks] = np.searchsorted(global_cdf, rng.random(int(picks.sum())), side="right")
+    clusters = user_cluster[users]
+    for c in range(cfg.n_clusters):
+        members = np.flatnonzero(item_cluster == c)
+        rows = np.flatnonzero(local & (clusters == c))
+        if not len(members) or not len(rows):
+            items[rows] = np.searchsorted(global_cdf, rng.random(len(rows)), side="right")
+            continue
+        cdf = np.cumsum(popularity[members] / popularity[members].sum())
+        items[rows] = members[
+            np.minimum(np.searchsorted(cdf, rng.random(len(rows)), side="right"), len(members) - 1)
+        ]
+    items = np.minimum(items, n_items - 1)
+    # an interaction falls after its item exists: uniform over [created, end of the span]
+    times = created[items] + (rng.random(draws) * (span - created[items])).astype(np.int64)
+    pair = users.astype(np.int64) * n_items + items
+    _, first = np.unique(pair, return_index=True)
+    first = np.sort(first)[: cfg.n_interactions]
+    users, items, times = users[first], items[first], times[first] + cfg.start
+    interactions = pd.DataFrame(
+        {
+            "user_id": np.char.add("u", users.astype(str)),
+            "item_id": np.char.add("i", items.astype(str)),
+            "timestamp": times.astype(np.int64),
+            "event_type": "click",
+            "weight": np.float32(1.0),
+        }
+    )
+    second = rng.integers(0, len(CATEGORIES), n_items)
+    has_second = rng.random(n_items) < 0.3
+    cats = [
+        [CATEGORIES[c % len(CATEGORIES)]] + ([CATEGORIES[s]] if h and s != c % len(CATEGORIES) else [])
+        for c, s, h in zip(item_cluster.tolist(), second.tolist(), has_second.tolist(), strict=True)
+    ]
+    item_frame = pd.DataFrame(
+        {
+            "item_id": np.char.add("i", np.arange(n_items).astype(str)),
+            "title": [f"Item {i}" for i in range(n_items)],
+            "categories": cats,
+            "created_at": created + cfg.start,
+        }
+    )
+    return interactions, item_frame

@@ -1,9 +1,11 @@
 """The one recall-channel interface every channel honours (after implicit's RecommenderBase).
 
-A channel is fitted on ``InteractionData``; it scores the whole catalogue for one user query
-(``score``), returns its top-n as tagged ``Candidates`` (``recall``), and round-trips through a
-dict of safe files (``to_files`` / ``from_files``: npy, npz, json, faiss; never pickle).
-Items are indices into the shared item vocabulary of the fitted data.
+A channel is fitted on ``InteractionData``; it answers its top-n for one user query from a structure
+built at training time (``recall``: neighbour lists, a faiss index, precomputed lists), scores a
+given set of items (``score_items``: the ranker's signals of the candidates) and round-trips through
+a dict of safe files (``to_files`` / ``from_files``: npy, npz, json, faiss; never pickle).
+``score`` scores the whole catalogue: the brute-force reference of the other two, for tests and
+offline analysis; serving never calls it. Items are indices into the shared item vocabulary.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ class UserQuery:
     times: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float64))
     now: float | None = None
     categories: dict[str, float] = field(default_factory=dict)
+    # per-request results a channel computes once for both `recall` and `score_items`
+    memo: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_data(cls, data: InteractionData, user: int, now: float | None = None) -> UserQuery:
@@ -89,14 +93,23 @@ class RecallChannel(ABC):
 
     @abstractmethod
     def score(self, query: UserQuery) -> np.ndarray:
-        """Float32 scores over the whole catalogue (-inf: the channel has nothing to say)."""
+        """Float32 scores over the whole catalogue (-inf: the channel has nothing to say): the
+        brute-force reference of `recall` and `score_items` (tests, offline analysis)."""
 
     def recall(self, query: UserQuery, n: int, exclude: np.ndarray | None = None) -> Candidates:
-        """The channel's top-n candidates for the user, never a history or excluded item."""
+        """The channel's top-n candidates for the user, never a history or excluded item.
+
+        This default scans `score` (the whole catalogue); every built-in channel answers from its
+        index instead, with the same items (exact indexes) or most of them (approximate ones)."""
         scores = self.score(query)
         skip = query.history if exclude is None else np.concatenate([query.history, exclude])
         items = top_n(scores, n, skip.astype(np.int64))
         return Candidates(items, scores[items].astype(np.float32), self.name)
+
+    def score_items(self, query: UserQuery, items: np.ndarray) -> np.ndarray:
+        """Float32 scores of ``items`` alone, equal to ``score(query)[items]`` (-inf: nothing to
+        say). This default slices `score`; the built-in channels compute the few items only."""
+        return self.score(query)[np.asarray(items, dtype=np.int64)].astype(np.float32)
 
     def widen(self) -> None:  # noqa: B027 (a no-op default, not an abstract method)
         """Expand weights `from_state` kept in their compact stored form (nothing, by default)."""

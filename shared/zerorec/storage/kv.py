@@ -3,8 +3,17 @@
 Operations are small command objects so a whole batch goes to the server in one round trip
 (`read`, a pipeline) or one atomic step (`write`, `apply_once`, a transaction).
 Backends: `SqliteKVStore` (a file shared by processes, the embedded default), `MemoryKVStore`
-(in-process) and `RedisKVStore`.
+(in-process) and `RedisKVStore` (one server, or a Redis Cluster).
 All keys, members and fields are str; stored values are str; scores are float.
+
+Records (`RecordPush`, `RecordIncr`, `RecordGet`, `RecordToken`) pack small capped lists, capped
+counter maps and an idempotency window into ONE string value (`zerorec.storage.kv_record` has the
+format): one key per user instead of one per list, hash and event, because at 200M users Redis's
+~100 bytes of per-key overhead would be most of the memory. `Expire` bounds what is left idle.
+
+Redis Cluster: keys sharing a hash tag (`{...}`) share a slot. A `write` / `apply_*` call is atomic
+per slot; `RecordToken`s and the ops in their record's slot apply exactly once, atomically; ops of
+other slots in the same entry apply right after, only if the entry was applied (see kv_redis).
 """
 
 from __future__ import annotations
@@ -62,7 +71,47 @@ class SetMembers:
     key: str
 
 
-ReadOp = Get | HGetAll | HMGet | ListRange | ZTop | SetMembers
+@dataclass(frozen=True)
+class RecordGet:
+    """-> Record: the lists and counter maps of the record at `key` (empty if missing)"""
+
+    key: str
+
+
+@dataclass(frozen=True)
+class RecordToken:
+    """An idempotency token kept in the dedupe window of the record at `key` (not a key of its own).
+
+    The window keeps a 60-bit fingerprint of `id` (10 characters): an id is remembered for at least
+    `ttl_s` (apply_once's window) after it was applied, and until the record has seen writes in two
+    windows since, so a redelivery after an outage of any length, which arrives before the user's
+    newer events, is still caught. A new id is taken for a duplicate with a probability of
+    (ids in the window) / 2**60 (about 1e-17 for 20 ids)."""
+
+    key: str
+    id: str
+
+
+Token = str | RecordToken
+
+
+@dataclass(frozen=True)
+class TokenSeen:
+    """-> bool: whether `token` was applied (a plain token within its TTL; a record token while
+    its record's window remembers it)"""
+
+    token: Token
+
+
+@dataclass(frozen=True)
+class Record:
+    """What RecordGet returns: lists newest first, counters as floats."""
+
+    lists: dict[str, list[str]] = field(default_factory=dict)
+    counters: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+ReadOp = Get | HGetAll | HMGet | ListRange | ZTop | SetMembers | RecordGet | TokenSeen
 
 # ---- writes ------------------------------------------------------------------------------
 
@@ -120,7 +169,39 @@ class SetAdd:
     members: tuple[str, ...]
 
 
-WriteOp = Set | Delete | HSet | HIncr | ZIncr | ZRem | ListPush | SetAdd
+@dataclass(frozen=True)
+class Expire:
+    """Set `key`'s time to live to `ttl_s` once every write of the call is done (no-op if the key
+    does not exist then): a record created by the same call gets it too."""
+
+    key: str
+    ttl_s: int
+
+
+@dataclass(frozen=True)
+class RecordPush:
+    """Put `value` first in list `section` of the record at `key` (an earlier occurrence moves to the
+    front: the list holds distinct values, newest first) and keep at most `maxlen`."""
+
+    key: str
+    section: str
+    value: str
+    maxlen: int
+
+
+@dataclass(frozen=True)
+class RecordIncr:
+    """Add `amount` to counter `member` of map `section` of the record at `key` (stored with 6
+    significant digits); keep the `maxlen` largest counters (ties: the oldest member goes)."""
+
+    key: str
+    section: str
+    member: str
+    amount: float
+    maxlen: int
+
+
+WriteOp = Set | Delete | HSet | HIncr | ZIncr | ZRem | ListPush | SetAdd | Expire | RecordPush | RecordIncr
 
 
 class KVStore(ABC):
@@ -135,15 +216,16 @@ class KVStore(ABC):
         """Apply every write atomically (all or nothing) in one round trip."""
 
     @abstractmethod
-    def apply_once(self, token: str, ops: Sequence[WriteOp], ttl_s: int = 7 * 24 * 3600) -> bool:
+    def apply_once(self, token: Token, ops: Sequence[WriteOp], ttl_s: int = 7 * 24 * 3600) -> bool:
         """Apply `ops` atomically unless `token` was applied before (within `ttl_s`).
 
         Returns True if applied now, False if it was a duplicate. This is what makes consumers
-        idempotent by event id: a redelivered event never double counts.
+        idempotent by event id: a redelivered event never double counts. A plain token is a key
+        of its own kept `ttl_s`; a RecordToken lives in its record's window of `ttl_s`.
         """
 
     def apply_many(
-        self, batch: Sequence[tuple[str, Sequence[WriteOp]]], ttl_s: int = 7 * 24 * 3600
+        self, batch: Sequence[tuple[Token, Sequence[WriteOp]]], ttl_s: int = 7 * 24 * 3600
     ) -> list[bool]:
         """`apply_once` for each `(token, ops)` in order, in ONE round trip where the backend can.
 

@@ -7,11 +7,12 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from zerorec.errors import InvalidInputError
 from zerorec.storage.kv import (
     Delete,
+    Expire,
     Get,
     HGetAll,
     HIncr,
@@ -21,14 +22,23 @@ from zerorec.storage.kv import (
     ListPush,
     ListRange,
     ReadOp,
+    RecordGet,
+    RecordIncr,
+    RecordPush,
+    RecordToken,
     Set,
     SetAdd,
     SetMembers,
+    Token,
+    TokenSeen,
     WriteOp,
     ZIncr,
     ZRem,
     ZTop,
 )
+from zerorec.storage.kv_record import PackedRecord, check_record_op, fingerprint
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -53,6 +63,20 @@ def check_write(op: WriteOp) -> None:
         raise InvalidInputError(f"Set.ttl_s must be positive, got {op.ttl_s}")
     if isinstance(op, ListPush) and op.maxlen < 1:
         raise InvalidInputError(f"ListPush.maxlen must be >= 1, got {op.maxlen}")
+    if isinstance(op, Expire) and op.ttl_s <= 0:
+        raise InvalidInputError(f"Expire.ttl_s must be positive, got {op.ttl_s}")
+    if isinstance(op, RecordPush | RecordIncr):
+        check_record_op(op)
+
+
+def check_token(token: Token, ttl_s: int) -> None:
+    """Refuse a bad token or window before anything is applied (shared by every backend)."""
+    if ttl_s <= 0:
+        raise InvalidInputError(f"apply_once ttl_s must be positive, got {ttl_s}")
+    if isinstance(token, RecordToken):
+        check_record_op(token)
+    elif not isinstance(token, str) or not token:
+        raise InvalidInputError(f"a token is a non-empty str or a RecordToken, got {token!r}")
 
 
 class MemoryKVStore(KVStore):
@@ -62,6 +86,7 @@ class MemoryKVStore(KVStore):
         self._data: dict[str, _Entry] = {}
         self._lock = threading.RLock()
         self._clock = clock
+        self._expires: list[Expire] = []
 
     # ---- helpers ---------------------------------------------------------------------------
 
@@ -112,7 +137,23 @@ class MemoryKVStore(KVStore):
         if isinstance(op, SetMembers):
             e = self._entry(op.key, "set")
             return set() if e is None else set(e.value)
+        if isinstance(op, RecordGet):
+            return self._record(op.key).view()
+        if isinstance(op, TokenSeen):
+            token = op.token
+            if isinstance(token, RecordToken):
+                return self._record(token.key).remembers(fingerprint(token.id))
+            return token in self._data and self._read_token(token)
         raise InvalidInputError(f"not a read op: {op!r}")
+
+    def _record(self, key: str) -> PackedRecord:
+        e = self._entry(key, "string")
+        return PackedRecord.decode(None if e is None else e.value)
+
+    def _store_record(self, key: str, rec: PackedRecord) -> None:
+        e = self._entry(key, "string")
+        expires = None if e is None else e.expires_at  # like SET ... KEEPTTL
+        self._data[key] = _Entry("string", rec.encode(), expires)
 
     def _write_one(self, op: WriteOp) -> None:
         if isinstance(op, Set):
@@ -145,15 +186,25 @@ class MemoryKVStore(KVStore):
             self._drop_if_empty(op.key)
         elif isinstance(op, SetAdd) and op.members:
             self._container(op.key, "set", set).update(op.members)
+        elif isinstance(op, Expire):
+            self._expires.append(op)  # applied when the call's writes are done
+        elif isinstance(op, RecordPush | RecordIncr):
+            rec = self._record(op.key)
+            rec.push(op) if isinstance(op, RecordPush) else rec.incr(op)
+            self._store_record(op.key, rec)
 
-    def _apply(self, ops: Sequence[WriteOp]) -> None:
-        """Apply all ops or none: on any error, restore the keys touched so far."""
-        for op in ops:
-            check_write(op)
-        saved = {op.key: copy.deepcopy(self._data.get(op.key)) for op in ops}
+    def _atomically(self, keys: set[str], body: Callable[[], T]) -> T:
+        """Run `body` (which writes only `keys`), then the deferred Expires; on any error restore
+        the keys, so the call is all or nothing."""
+        saved = {key: copy.deepcopy(self._data.get(key)) for key in keys}
+        self._expires = []
         try:
-            for op in ops:
-                self._write_one(op)
+            result = body()
+            for op in self._expires:
+                e = self._data.get(op.key)
+                if e is not None and (e.expires_at is None or e.expires_at > self._clock()):
+                    e.expires_at = self._clock() + op.ttl_s
+            return result
         except BaseException:
             for key, entry in saved.items():
                 if entry is None:
@@ -161,6 +212,27 @@ class MemoryKVStore(KVStore):
                 else:
                     self._data[key] = entry
             raise
+        finally:
+            self._expires = []
+
+    def _apply(self, ops: Sequence[WriteOp]) -> None:
+        """Apply all ops or none: on any error, restore the keys touched so far."""
+        for op in ops:
+            check_write(op)
+        self._atomically({op.key for op in ops}, lambda: [self._write_one(op) for op in ops])
+
+    def _token_applied(self, token: Token, ttl_s: int) -> bool:
+        if isinstance(token, RecordToken):
+            return self._record(token.key).has_token(fingerprint(token.id), int(self._clock()), ttl_s)
+        return token in self._data and self._read_token(token)
+
+    def _remember(self, token: Token, ttl_s: int) -> None:
+        if isinstance(token, RecordToken):
+            rec = self._record(token.key)
+            rec.add_token(fingerprint(token.id), int(self._clock()), ttl_s)
+            self._store_record(token.key, rec)
+        else:
+            self._data[token] = _Entry("string", "1", self._clock() + ttl_s)
 
     # ---- port ------------------------------------------------------------------------------
 
@@ -172,46 +244,34 @@ class MemoryKVStore(KVStore):
         with self._lock:
             self._apply(ops)
 
-    def apply_once(self, token: str, ops: Sequence[WriteOp], ttl_s: int = 7 * 24 * 3600) -> bool:
-        if ttl_s <= 0:
-            raise InvalidInputError(f"apply_once ttl_s must be positive, got {ttl_s}")
-        with self._lock:
-            if token in self._data and self._read_token(token):
-                return False
-            self._apply(ops)
-            self._data[token] = _Entry("string", "1", self._clock() + ttl_s)
-            return True
+    def apply_once(self, token: Token, ops: Sequence[WriteOp], ttl_s: int = 7 * 24 * 3600) -> bool:
+        return self.apply_many([(token, ops)], ttl_s)[0]
 
     def apply_many(
-        self, batch: Sequence[tuple[str, Sequence[WriteOp]]], ttl_s: int = 7 * 24 * 3600
+        self, batch: Sequence[tuple[Token, Sequence[WriteOp]]], ttl_s: int = 7 * 24 * 3600
     ) -> list[bool]:
         """Every entry under one lock; all or nothing over the batch (keys restored on error)."""
-        if ttl_s <= 0:
-            raise InvalidInputError(f"apply_many ttl_s must be positive, got {ttl_s}")
-        for _, ops in batch:
+        for token, ops in batch:
+            check_token(token, ttl_s)
             for op in ops:
                 check_write(op)
-        with self._lock:
-            keys = {op.key for _, ops in batch for op in ops} | {token for token, _ in batch}
-            saved = {key: copy.deepcopy(self._data.get(key)) for key in keys}
+        keys = {op.key for _, ops in batch for op in ops}
+        keys |= {t.key if isinstance(t, RecordToken) else t for t, _ in batch}
+
+        def body() -> list[bool]:
             results: list[bool] = []
-            try:
-                for token, ops in batch:
-                    if token in self._data and self._read_token(token):
-                        results.append(False)
-                        continue
-                    for op in ops:
-                        self._write_one(op)
-                    self._data[token] = _Entry("string", "1", self._clock() + ttl_s)
-                    results.append(True)
-            except BaseException:
-                for key, entry in saved.items():
-                    if entry is None:
-                        self._data.pop(key, None)
-                    else:
-                        self._data[key] = entry
-                raise
+            for token, ops in batch:
+                if self._token_applied(token, ttl_s):
+                    results.append(False)
+                    continue
+                for op in ops:
+                    self._write_one(op)
+                self._remember(token, ttl_s)  # only after every op succeeded
+                results.append(True)
             return results
+
+        with self._lock:
+            return self._atomically(keys, body)
 
     def _read_token(self, token: str) -> bool:
         e = self._data.get(token)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from zerorec.errors import InvalidInputError
 from zerorec.storage.kv import (
     Delete,
+    Expire,
     Get,
     HGetAll,
     HIncr,
@@ -28,15 +29,22 @@ from zerorec.storage.kv import (
     ListPush,
     ListRange,
     ReadOp,
+    RecordGet,
+    RecordIncr,
+    RecordPush,
+    RecordToken,
     Set,
     SetAdd,
     SetMembers,
+    Token,
+    TokenSeen,
     WriteOp,
     ZIncr,
     ZRem,
     ZTop,
 )
-from zerorec.storage.kv_memory import check_write, format_float
+from zerorec.storage.kv_memory import check_token, check_write, format_float
+from zerorec.storage.kv_record import PackedRecord, fingerprint
 from zerorec.storage.sqlite_base import SqliteFile
 
 if TYPE_CHECKING:
@@ -63,7 +71,7 @@ CREATE TABLE IF NOT EXISTS sets (
 """
 
 _CONTAINERS = {"hash": "hashes", "zset": "zsets", "list": "lists", "set": "sets"}
-_PURGE_EVERY = 1000  # writes between sweeps of expired keys (only strings carry TTLs)
+_PURGE_EVERY = 1000  # writes between sweeps of expired keys
 
 
 class SqliteKVStore(KVStore):
@@ -76,6 +84,7 @@ class SqliteKVStore(KVStore):
         self.path = self._db.path
         self._clock = clock
         self._writes = 0
+        self._expires: list[Expire] = []
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SqliteKVStore:
@@ -159,7 +168,26 @@ class SqliteKVStore(KVStore):
             if self._kind(conn, op.key, "set") is None:
                 return set()
             return {r[0] for r in conn.execute("SELECT member FROM sets WHERE key = ?", (op.key,))}
+        if isinstance(op, RecordGet):
+            return self._record(conn, op.key).view()
+        if isinstance(op, TokenSeen):
+            if isinstance(op.token, RecordToken):
+                return self._record(conn, op.token.key).remembers(fingerprint(op.token.id))
+            return self._kind(conn, op.token) is not None
         raise InvalidInputError(f"not a read op: {op!r}")
+
+    def _record(self, conn: sqlite3.Connection, key: str) -> PackedRecord:
+        if self._kind(conn, key, "string") is None:
+            return PackedRecord()
+        return PackedRecord.decode(conn.execute("SELECT value FROM keys WHERE key = ?", (key,)).fetchone()[0])
+
+    def _store_record(self, conn: sqlite3.Connection, key: str, rec: PackedRecord) -> None:
+        """Write the record back, keeping the key's TTL (SET ... KEEPTTL)."""
+        if self._kind(conn, key, "string") is None:
+            self._drop(conn, key)
+            conn.execute("INSERT INTO keys (key, kind, value) VALUES (?, 'string', ?)", (key, rec.encode()))
+        else:
+            conn.execute("UPDATE keys SET value = ? WHERE key = ?", (rec.encode(), key))
 
     # ---- writes --------------------------------------------------------------------------------
 
@@ -211,6 +239,12 @@ class SqliteKVStore(KVStore):
             conn.executemany(
                 "INSERT OR IGNORE INTO sets (key, member) VALUES (?, ?)", [(op.key, m) for m in op.members]
             )
+        elif isinstance(op, Expire):
+            self._expires.append(op)  # applied when the call's writes are done
+        elif isinstance(op, RecordPush | RecordIncr):
+            rec = self._record(conn, op.key)
+            rec.push(op) if isinstance(op, RecordPush) else rec.incr(op)
+            self._store_record(conn, op.key, rec)
 
     def _push(self, conn: sqlite3.Connection, op: ListPush) -> None:
         """Head positions decrease, so ORDER BY pos is newest first; then trim to `maxlen`."""
@@ -233,9 +267,45 @@ class SqliteKVStore(KVStore):
             self._write_one(conn, op)
         self._writes += 1
         if self._writes % _PURGE_EVERY == 0:
-            conn.execute(
-                "DELETE FROM keys WHERE expires_at IS NOT NULL AND expires_at <= ?", (self._clock(),)
-            )
+            now = self._clock()
+            for table in _CONTAINERS.values():
+                conn.execute(
+                    f"DELETE FROM {table} WHERE key IN "
+                    "(SELECT key FROM keys WHERE expires_at IS NOT NULL AND expires_at <= ?)",
+                    (now,),
+                )
+            conn.execute("DELETE FROM keys WHERE expires_at IS NOT NULL AND expires_at <= ?", (now,))
+
+    def _transaction(self, what: str, conn_body: Callable[[sqlite3.Connection], Any]) -> Any:
+        """One BEGIN IMMEDIATE transaction: `conn_body`, then the deferred Expires of the call
+        (`self._expires` is safe to share: a process runs one transaction at a time, under the
+        file's lock)."""
+
+        def tx(conn: sqlite3.Connection) -> Any:
+            self._expires = []
+            result = conn_body(conn)
+            now = self._clock()
+            for op in self._expires:
+                if self._kind(conn, op.key) is not None:
+                    conn.execute("UPDATE keys SET expires_at = ? WHERE key = ?", (now + op.ttl_s, op.key))
+            self._expires = []
+            return result
+
+        return self._db.run(what, tx, immediate=True)
+
+    def _token_applied(self, conn: sqlite3.Connection, token: Token, ttl_s: int) -> bool:
+        if isinstance(token, RecordToken):
+            rec = self._record(conn, token.key)
+            return rec.has_token(fingerprint(token.id), int(self._clock()), ttl_s)
+        return self._kind(conn, token) is not None
+
+    def _remember(self, conn: sqlite3.Connection, token: Token, ttl_s: int) -> None:
+        if isinstance(token, RecordToken):
+            rec = self._record(conn, token.key)
+            rec.add_token(fingerprint(token.id), int(self._clock()), ttl_s)
+            self._store_record(conn, token.key, rec)
+        else:
+            self._write_one(conn, Set(token, "1", ttl_s))
 
     # ---- port ----------------------------------------------------------------------------------
 
@@ -248,45 +318,37 @@ class SqliteKVStore(KVStore):
         for op in ops:
             check_write(op)
         if ops:
-            self._db.run("write", lambda conn: self._apply(conn, ops), immediate=True)
+            self._transaction("write", lambda conn: self._apply(conn, ops))
 
-    def apply_once(self, token: str, ops: Sequence[WriteOp], ttl_s: int = 7 * 24 * 3600) -> bool:
-        if ttl_s <= 0:
-            raise InvalidInputError(f"apply_once ttl_s must be positive, got {ttl_s}")
-        for op in ops:
-            check_write(op)
-
-        def tx(conn: sqlite3.Connection) -> bool:
-            if self._kind(conn, token) is not None:
-                return False
-            self._apply(conn, ops)
-            self._write_one(conn, Set(token, "1", ttl_s))  # only after every op succeeded
-            return True
-
-        return self._db.run(f"apply_once {token!r}", tx, immediate=True)
+    def apply_once(self, token: Token, ops: Sequence[WriteOp], ttl_s: int = 7 * 24 * 3600) -> bool:
+        return self._apply_batch(f"apply_once {token!r}", [(token, ops)], ttl_s)[0]
 
     def apply_many(
-        self, batch: Sequence[tuple[str, Sequence[WriteOp]]], ttl_s: int = 7 * 24 * 3600
+        self, batch: Sequence[tuple[Token, Sequence[WriteOp]]], ttl_s: int = 7 * 24 * 3600
     ) -> list[bool]:
         """Every entry in one BEGIN IMMEDIATE transaction: all or nothing over the batch."""
-        if ttl_s <= 0:
-            raise InvalidInputError(f"apply_many ttl_s must be positive, got {ttl_s}")
-        for _, ops in batch:
+        return self._apply_batch(f"apply_many ({len(batch)} entries)", batch, ttl_s)
+
+    def _apply_batch(
+        self, what: str, batch: Sequence[tuple[Token, Sequence[WriteOp]]], ttl_s: int
+    ) -> list[bool]:
+        for token, ops in batch:
+            check_token(token, ttl_s)
             for op in ops:
                 check_write(op)
 
         def tx(conn: sqlite3.Connection) -> list[bool]:
             results = []
             for token, ops in batch:
-                if self._kind(conn, token) is not None:
+                if self._token_applied(conn, token, ttl_s):
                     results.append(False)
                     continue
                 self._apply(conn, ops)
-                self._write_one(conn, Set(token, "1", ttl_s))
+                self._remember(conn, token, ttl_s)  # only after every op succeeded
                 results.append(True)
             return results
 
-        return self._db.run(f"apply_many ({len(batch)} entries)", tx, immediate=True) if batch else []
+        return self._transaction(what, tx) if batch else []
 
     def close(self) -> None:
         """Close this process's connection (it reopens on next use)."""

@@ -321,10 +321,9 @@ def bm25(frame: DataFrame, n_users: int, k1: float = 100.0, b: float = 0.8) -> D
     return frame.select("u", "i", (F.lit(k1 + 1.0) / (F.lit(k1) * norm + 1.0) * idf).alias("c"))
 
 
-def spark_als(
-    frame: DataFrame, n_users: int, n_items: int, config: PipelineConfig
-) -> tuple[np.ndarray, np.ndarray]:
-    """(user factors, item factors) of implicit ALS in MLlib; rows of users/items absent stay 0.
+def spark_als(frame: DataFrame, n_users: int, n_items: int, config: PipelineConfig) -> np.ndarray:
+    """Item factors of implicit ALS in MLlib (rows of items without interactions stay 0; serving
+    solves a user's vector from the history, so user factors stay in Spark).
 
     implicit's confidence is its (bm25) weight and its regularisation a constant; MLlib's
     confidence is 1 + alpha * rating and it scales regParam by each row's count (ALS-WR), so the
@@ -349,10 +348,7 @@ def spark_als(
         numItemBlocks=max(2, frame.sparkSession.sparkContext.defaultParallelism),
     )
     model = als.fit(ratings)
-    return (
-        _factors(model.userFactors, n_users, config.als_factors),
-        _factors(model.itemFactors, n_items, config.als_factors),
-    )
+    return _factors(model.itemFactors, n_items, config.als_factors)
 
 
 def _factors(frame: DataFrame, n: int, rank: int) -> np.ndarray:
@@ -399,7 +395,7 @@ def spark_itemcf(frame: DataFrame, n_items: int, k: int, max_user_items: int) ->
 
 
 def spark_hot_counts(frame: DataFrame, n_items: int, bin_days: float) -> tuple[Any, float]:
-    """(bins x items interaction counts, origin): the hot channel's time-binned popularity."""
+    """(items x bins interaction counts, origin): the hot channel's time-binned popularity."""
     import scipy.sparse as sp
     from pyspark.sql import functions as F
 
@@ -414,23 +410,47 @@ def spark_hot_counts(frame: DataFrame, n_items: int, bin_days: float) -> tuple[A
     )
     n_bins = int(local["b"].max()) + 1 if len(local) else 1
     counts = sp.csr_matrix(
-        (local["n"].to_numpy(np.float32), (local["b"].to_numpy(np.int64), local["i"].to_numpy(np.int64))),
-        shape=(n_bins, n_items),
+        (local["n"].to_numpy(np.float32), (local["i"].to_numpy(np.int64), local["b"].to_numpy(np.int64))),
+        shape=(n_items, n_bins),
         dtype=np.float32,
     )
     return counts, origin
 
 
 def channel_state(
-    name: str, params: Mapping[str, Any], arrays: Mapping[str, Any], data: InteractionData
+    name: str, params: Mapping[str, Any], spark_out: Mapping[str, Any], data: InteractionData
 ) -> RecallChannel:
-    """A fitted channel from what Spark computed: the bundle's `from_state` format of
-    `zerorec.recall.channels` (the one place to follow when that format changes)."""
+    """A fitted channel from what Spark computed, through the bundle format of
+    `zerorec.recall.channels` (its module doc lists each channel's files): the one place that
+    follows that format. `spark_out`: als {item_factors}, itemcf {similarity CSR}, hot {counts
+    items x bins, origin, category_items, category_names}."""
     from zerorec.recall.channels import CHANNELS
+    from zerorec.recall.index import NeighbourLists
 
-    channel = CHANNELS[name].from_state(dict(params), dict(arrays))
+    params = dict(params)
+    if name == "als":
+        y16 = np.asarray(spark_out["item_factors"], dtype=np.float16)
+        y = y16.astype(np.float64)
+        users_per_item = np.bincount(data.matrix.indices, minlength=data.n_items)
+        arrays = {
+            "item_factors": y16,
+            "yty": y.T @ y,
+            "idf": (np.log(float(max(data.n_users, 1))) - np.log1p(users_per_item)).astype(np.float32),
+        }
+        params["mean_length"] = data.matrix.nnz / max(data.n_users, 1)
+    elif name == "itemcf":
+        lists = NeighbourLists.from_csr(spark_out["similarity"], int(params["k"]))
+        arrays = {"neighbours": lists.neighbours, "weights": lists.weights}
+    elif name == "hot":
+        arrays = {**spark_out, "anchors": np.zeros(0), "anchor_items": np.zeros((0, 0), np.int32)}
+        arrays["category_top"] = np.zeros((0, 0), np.int32)
+    else:
+        arrays = dict(spark_out)
+    channel = CHANNELS[name].from_state(params, arrays)
     channel.n_items = data.n_items
     channel.default_now = data.max_time()
+    if name == "hot":
+        channel._build_lists()  # anchor and category lists from the Spark counts (as `fit` builds them)
     return channel
 
 
@@ -454,10 +474,8 @@ def fit_channels_spark(
     except MemoryLimitError as exc:
         say(f"ease skipped, the driver cannot hold it: {exc}")
     say("fit als (Spark MLlib)")
-    user_f, item_f = spark_als(frame, data.n_users, data.n_items, config)
-    channels["als"] = channel_state(
-        "als", made["als"].params(), {"user_factors": user_f, "item_factors": item_f}, data
-    )
+    item_f = spark_als(frame, data.n_users, data.n_items, config)
+    channels["als"] = channel_state("als", made["als"].params(), {"item_factors": item_f}, data)
     say("fit itemcf (Spark co-occurrence, top-k per item)")
     sim = spark_itemcf(frame, data.n_items, config.itemcf_k, spark_config.itemcf_max_user_items)
     channels["itemcf"] = channel_state("itemcf", made["itemcf"].params(), {"similarity": sim}, data)
