@@ -7,9 +7,12 @@ the validation cut (temporal-user-20, as `zerorec.data.split`), implicit ALS (ML
 (cosine co-occurrence, the top-k neighbours of each item), popularity time bins (the hot channel),
 first-seen times (the fresh channel) and the ranker's training rows (each labelled user's merged
 candidates and features, computed in Python workers from a broadcast of the validation-cut model,
-by the same function as the local engine). On the driver: the item x item EASE solve when it fits
-in the driver's memory (`zerorec.resources`; skipped with a message otherwise), the faiss index
-over the ALS item factors, and DeepFM (torch, `device` cpu or cuda) on the Spark-built rows.
+by the same function as the local engine). On the driver: EASE's solve over the head of the
+catalogue (bounded by `ease_max_items`; skipped with a message if the driver still cannot hold it,
+`zerorec.resources`), the vector index over the ALS item factors, the hot channel's anchor lists
+from the Spark counts, and DeepFM (torch, `device` cpu or cuda) on the Spark-built rows.
+MLlib's confidence is 1 + bm25 where implicit's is bm25, and its regParam is scaled per row
+(ALS-WR), so `regParam` is the local engine's regularisation over the mean history length.
 
 The bundle keeps every interaction (`history.npz`, `weights.npz` are part of the serving format),
 so the driver collects the indexed log once per fit: about 20 bytes per interaction.
