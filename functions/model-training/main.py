@@ -28,7 +28,7 @@ from zerorec.storage import object_store
 from zerorec.task_function import TaskBusyError, task_handler
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root, for jobs.*
-from jobs.train.main import read_event_log, read_items, train_and_publish
+from jobs.train.main import read_event_log, read_items, train_and_publish, train_events_spark
 
 TRAIN = "dev.zerorec.task.train.v1"
 _settings = get_settings()
@@ -56,8 +56,11 @@ def _run(_kind: str, data: dict[str, Any]) -> dict[str, Any]:
     if not _busy.acquire(blocking=False):
         raise TaskBusyError("a training is already running")
     try:
-        interactions = read_event_log(_objects, data.get("events_prefix", "exports/events"))
+        prefix = data.get("events_prefix", "exports/events")
         items = read_items(_objects, data["items_key"]) if data.get("items_key") else None
+        if _settings.train_engine == "spark":  # ZEROREC_TRAIN_ENGINE: Spark reads the export itself
+            return train_events_spark(_objects, prefix, items, name=name, sinks=_sinks())
+        interactions = read_event_log(_objects, prefix)
         return train_and_publish(_objects, interactions, items, name=name, sinks=_sinks())
     finally:
         _busy.release()

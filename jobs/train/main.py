@@ -6,6 +6,8 @@ PingSource-started job). Input, one of:
   wrote to the object store (deduplicated by `event_id`);
 - `--dataset PATH`: a dataset folder or interactions file (zerorec.data.load_dataset).
 `--items-key` optionally names a CSV/Parquet catalogue object (item_id, title, categories, ...).
+`--engine spark` (or ZEROREC_TRAIN_ENGINE=spark) trains on Spark (`zerorec.training.spark`, master
+ZEROREC_SPARK_MASTER): the export's Parquet is fetched once and read by Spark, not by pandas.
 The bundle goes to `models/<name>/<version>/` and LATEST moves; then a
 `dev.zerorec.model.published.v1` CloudEvent (binary HTTP) is POSTed to `$K_SINK` (a SinkBinding's
 broker) and to every `--sink` URL (e.g. a serving function's `/events/model-published`).
@@ -71,9 +73,42 @@ def _http_post(url: str, headers: dict[str, str], body: bytes) -> int:
     return httpx.post(url, headers=headers, content=body, timeout=10.0).status_code
 
 
+def spark_trainer() -> Callable[..., Any]:
+    """The Spark engine with the configured master, driver memory and torch device."""
+    from zerorec.settings import get_settings
+    from zerorec.training.spark import SparkTrainConfig, train_spark
+
+    s = get_settings()
+    cfg = SparkTrainConfig(master=s.spark_master, driver_memory=s.spark_driver_memory, device=s.train_device)
+
+    def train(
+        source: Any, items: pd.DataFrame | None = None, log: Callable[[str], None] | None = None
+    ) -> Any:
+        return train_spark(source, items, spark_config=cfg, log=log)
+
+    return train
+
+
+def train_events_spark(
+    store: ObjectStore,
+    prefix: str,
+    items: pd.DataFrame | None = None,
+    **publish: Any,
+) -> dict[str, Any]:
+    """`train_and_publish` on Spark over the export under `prefix` (fetched to a scratch folder)."""
+    import tempfile
+
+    from jobs.feature_engineering.job import fetch_events
+
+    with tempfile.TemporaryDirectory(prefix="zerorec-train-events-") as tmp:
+        if not fetch_events(store, prefix, Path(tmp)):
+            raise NotFoundError(f"no exported events (*.parquet) under {prefix!r}")
+        return train_and_publish(store, tmp, items, train=spark_trainer(), **publish)
+
+
 def train_and_publish(
     store: ObjectStore,
-    interactions: pd.DataFrame,
+    interactions: pd.DataFrame | str,
     items: pd.DataFrame | None = None,
     *,
     name: str = "recommender",
@@ -125,22 +160,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--items-key", help="catalogue object (CSV/Parquet) in the object store")
     parser.add_argument("--name", default=None, help="model name (default: settings.model_name)")
     parser.add_argument("--sink", action="append", default=[], help="URL to POST the event to")
+    parser.add_argument("--engine", choices=("local", "spark"), default=None, help="default: settings")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     settings = get_settings()
     store = object_store(settings)
+    engine = args.engine or settings.train_engine
     try:
-        if args.dataset is not None:
-            interactions, items = load_dataset(args.dataset)
-        else:
-            interactions, items = read_event_log(store, args.events_prefix), None
-        if args.items_key:
-            items = read_items(store, args.items_key)
         sinks = [s for s in [os.environ.get("K_SINK", ""), *args.sink] if s]
-        with threadpool_limits(int(os.environ.get("ZEROREC_TRAIN_THREADS", "2"))):
+        name = args.name or settings.model_name
+        items = read_items(store, args.items_key) if args.items_key else None
+        if engine == "spark" and args.dataset is not None:
             report = train_and_publish(
-                store, interactions, items, name=args.name or settings.model_name, sinks=sinks
+                store, str(args.dataset), items, name=name, sinks=sinks, train=spark_trainer()
             )
+        elif engine == "spark":
+            report = train_events_spark(store, args.events_prefix, items, name=name, sinks=sinks)
+        else:
+            if args.dataset is not None:
+                interactions, found = load_dataset(args.dataset)
+                items = items if items is not None else found
+            else:
+                interactions = read_event_log(store, args.events_prefix)
+            with threadpool_limits(int(os.environ.get("ZEROREC_TRAIN_THREADS", "2"))):
+                report = train_and_publish(store, interactions, items, name=name, sinks=sinks)
     except (InvalidInputError, NotFoundError) as exc:
         print(json.dumps({"error": str(exc)}), file=sys.stderr)
         return 2

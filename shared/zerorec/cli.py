@@ -44,19 +44,120 @@ def _log(msg: str) -> None:
 @app.command()
 def train(
     dataset: Annotated[
-        Path | None, typer.Option(help="dataset dir or interactions file (default: synthetic)")
+        Path | None,
+        typer.Option(
+            help="dataset dir, interactions file or (spark) Parquet export dir/URL (default: synthetic)"
+        ),
     ] = None,
     name: Annotated[str, typer.Option(help="model name in the object store")] = "recommender",
+    engine: Annotated[
+        str | None, typer.Option(help="local (one process) or spark (default: ZEROREC_TRAIN_ENGINE)")
+    ] = None,
+    master: Annotated[
+        str | None, typer.Option(help="Spark master, e.g. local[*], spark://host:7077, k8s://https://...")
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="torch device of the ranker (spark engine): cpu, cuda")
+    ] = None,
 ) -> None:
     """Train every channel and the DeepFM ranker, then publish a bundle to the object store."""
-    from zerorec.cluster_init import train_and_publish
+    from zerorec.errors import ZeroRecError
+    from zerorec.settings import get_settings
+    from zerorec.training.progress import StageLog
+
+    settings = get_settings()
+    engine = engine or settings.train_engine
+    if engine not in ("local", "spark"):
+        raise typer.BadParameter(f"--engine must be local or spark, not {engine!r}")
+    stages = StageLog(lambda line: typer.echo(line, err=True))
+    try:
+        rec, info = _train(dataset, engine, master, device, stages)
+        stages("publishing the bundle")
+        version = _publish(rec, info, name)
+    except ZeroRecError as exc:  # bad input, or too large for the engine: a message, not a trace
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    stages("done")
+    typer.echo(
+        json.dumps(
+            {
+                "model": name,
+                "version": version,
+                "engine": engine,
+                "train_seconds": round(info["train_seconds"], 1),
+                "stage_seconds": stages.summary(),
+            }
+        )
+    )
+
+
+def _train(dataset: Path | None, engine: str, master: str | None, device: str | None, log):  # type: ignore[no-untyped-def]
+    from threadpoolctl import threadpool_limits
+
+    from zerorec.settings import get_settings
+
+    settings = get_settings()
+    if engine == "spark":
+        from zerorec.training.spark import SparkTrainConfig, train_spark
+
+        cfg = SparkTrainConfig(
+            master=master or settings.spark_master,
+            driver_memory=settings.spark_driver_memory,
+            device=device or settings.train_device,
+        )
+        if dataset is None:
+            interactions, items = _load(None)
+            return train_spark(interactions, items, spark_config=cfg, log=log)
+        return train_spark(str(dataset), spark_config=cfg, log=log)
+    if (device or "cpu") != "cpu" or master:
+        raise typer.BadParameter("--device and --master apply to --engine spark")
+    from zerorec.pipeline import train_recommender
+
+    log("loading the dataset")
+    interactions, items = _load(dataset)
+    with threadpool_limits(2):
+        return train_recommender(interactions, items, progress=True, log=log)
+
+
+def _trainer(engine: str, master: str | None):  # type: ignore[no-untyped-def]
+    """train_recommender's signature for `engine` (None: the local engine itself)."""
+    if engine == "local":
+        if master:
+            raise typer.BadParameter("--master applies to --engine spark")
+        return None
+    if engine != "spark":
+        raise typer.BadParameter(f"--engine must be local or spark, not {engine!r}")
+    from zerorec.settings import get_settings
+    from zerorec.training.spark import SparkTrainConfig, train_spark
+
+    settings = get_settings()
+    cfg = SparkTrainConfig(
+        master=master or settings.spark_master,
+        driver_memory=settings.spark_driver_memory,
+        device=settings.train_device,
+    )
+
+    def train(interactions, items, config=None, progress=False, log=None):  # type: ignore[no-untyped-def]
+        return train_spark(interactions, items, config, cfg, log=log)
+
+    return train
+
+
+def _publish(rec, info, name: str) -> str:  # type: ignore[no-untyped-def]
+    from zerorec.bundle import publish_bundle
     from zerorec.settings import get_settings
     from zerorec.storage import object_store
 
-    interactions, items = _load(dataset)
-    version, info = train_and_publish(object_store(get_settings()), name, interactions, items, log=_log)
-    typer.echo(
-        json.dumps({"model": name, "version": version, "train_seconds": round(info["train_seconds"], 1)})
+    store = object_store(get_settings())
+    return publish_bundle(
+        store,
+        name,
+        rec.to_files(),
+        params=info["config"],
+        metrics={
+            k: info[k] for k in ("validation_candidate_recall", "ranker_rows", "train_seconds") if k in info
+        },
+        data_window=info["data_window"],
     )
 
 
@@ -98,16 +199,23 @@ def evaluate(
         Path | None, typer.Option(help="dataset dir or interactions file (default: synthetic)")
     ] = None,
     out: Annotated[Path, typer.Option(help="folder for report.json and report.png")] = Path("out/evaluation"),
+    engine: Annotated[str, typer.Option(help="training engine: local or spark")] = "local",
+    master: Annotated[str | None, typer.Option(help="Spark master (spark engine)")] = None,
 ) -> None:
     """The temporal-user-20 protocol (EVALUATION.md): one row per channel, merged, ranked, full."""
     from threadpoolctl import threadpool_limits
 
     from zerorec.pipeline import evaluate_protocol
+    from zerorec.training.progress import StageLog
 
     interactions, items = _load(dataset)
+    log = StageLog(lambda line: typer.echo(line, err=True))
     with threadpool_limits(2):
-        report = evaluate_protocol(interactions, items, progress=True, log=_log)
+        report = evaluate_protocol(
+            interactions, items, progress=True, log=log, trainer=_trainer(engine, master)
+        )
     report["dataset"] = dataset.name if dataset else "synthetic"  # a name, not a machine path
+    report["engine"] = engine
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=2))
     typer.echo(

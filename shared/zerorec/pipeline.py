@@ -638,6 +638,9 @@ def train_recommender(
     t0 = time.perf_counter()
     if len(interactions) == 0:
         raise InvalidInputError("no interactions to train on")
+    from zerorec.resources import check_training_memory
+
+    check_training_memory(interactions, items, config)  # refuse before native code can crash
     names = set(interactions["item_id"].unique().tolist())
     if items is not None:
         names |= set(items["item_id"].tolist())
@@ -821,15 +824,18 @@ def evaluate_protocol(
     progress: bool = False,
     log: Progress | None = None,
     k: int = 20,
+    trainer: Callable[..., tuple[Recommender, dict[str, Any]]] | None = None,
 ) -> dict[str, Any]:
     """temporal-user-20: train on the train split (the ranker's validation cut is taken inside it),
-    then one row per channel, the merged recall, recall+ranking and the full pipeline."""
+    then one row per channel, the merged recall, recall+ranking and the full pipeline.
+    ``trainer``: another engine with train_recommender's signature (the Spark engine)."""
     from zerorec.evaluation import candidate_recall, full_report, protocol_split
 
     config = config or PipelineConfig()
     ps = protocol_split(interactions, items)
     t0 = time.perf_counter()
-    rec, info = train_recommender(ps.train_frame, items, config, progress=progress, log=log)
+    train = trainer or train_recommender
+    rec, info = train(ps.train_frame, items, config, progress=progress, log=log)
     train_s = time.perf_counter() - t0
     runs = _run_users(rec, ps.users.tolist(), k, {"full": None}, progress)
     truth = _truth(rec, ps)

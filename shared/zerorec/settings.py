@@ -108,6 +108,17 @@ class Settings(BaseSettings):
         default=None, description="dataset of the first model: a path or s3://bucket/prefix (None: synthetic)"
     )
 
+    # --- model training: engine, Spark, memory guard ----------------------------------------------
+    train_engine: Literal["local", "spark"] = Field(
+        default="local", description="local: one process (small data); spark: Spark MLlib + torch"
+    )
+    spark_master: str = Field(default="local[*]", description="Spark master of the spark training engine")
+    spark_driver_memory: str = Field(default="2g", description="spark.driver.memory of the training engine")
+    train_device: str = Field(default="cpu", description="torch device of the ranker: cpu, cuda or cuda:N")
+    train_memory_fraction: float = Field(
+        default=0.8, gt=0, le=1, description="share of the available memory a local training may plan to use"
+    )
+
     @property
     def real_backends(self) -> list[str]:
         """The real (networked, shared) backends configured: the ones an open endpoint would expose."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,8 @@ def spark() -> Iterator[Any]:
     """A local[2] Spark session with a small driver (other work shares the cores)."""
     pytest.importorskip("pyspark", reason="pip install -e '.[spark]'")
     from jobs.feature_engineering.job import spark_session
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # Python UDF workers: this venv
 
     session = spark_session("local[2]", "512m")
     yield session

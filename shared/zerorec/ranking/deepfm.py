@@ -19,13 +19,15 @@ Never pickled: publish the ONNX bytes from `export_onnx` with `zerorec.bundle`.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import json
 import math
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -41,6 +43,18 @@ from zerorec.ranking.metrics import log_loss, roc_auc
 ONNX_INPUTS = ("sparse", "dense")
 ONNX_OUTPUT = "prob"
 ONNX_OPSET = 17
+# The torch device `train_deepfm` trains on (the Spark engine's --device); the model returns on CPU.
+_DEVICE: ContextVar[str] = ContextVar("zerorec_deepfm_device", default="cpu")
+
+
+@contextlib.contextmanager
+def default_device(device: str) -> Iterator[None]:
+    """Train on `device` (e.g. "cuda") inside the block."""
+    token = _DEVICE.set(device)
+    try:
+        yield
+    finally:
+        _DEVICE.reset(token)
 
 
 @dataclass(frozen=True)
@@ -178,10 +192,12 @@ class DeepFM(nn.Module):
             out = [
                 torch.sigmoid(
                     self(
-                        torch.from_numpy(sparse_np[i : i + batch_size]),
-                        torch.from_numpy(dense_np[i : i + batch_size]),
+                        torch.from_numpy(sparse_np[i : i + batch_size]).to(self.bias.device),
+                        torch.from_numpy(dense_np[i : i + batch_size]).to(self.bias.device),
                     )
-                ).numpy()
+                )
+                .cpu()
+                .numpy()
                 for i in range(0, len(sparse_np), batch_size)
             ]
         finally:
@@ -301,10 +317,11 @@ def _fit(
     mean = d.astype(np.float64).mean(axis=0) if len(d) else np.zeros(d.shape[1])
     std = d.astype(np.float64).std(axis=0) if len(d) else np.ones(d.shape[1])
     std = np.where(std < 1e-6, 1.0, std)
-    model = DeepFM(cards, d.shape[1], config, dense_mean=mean, dense_std=std)
+    device = torch.device(_DEVICE.get())
+    model = DeepFM(cards, d.shape[1], config, dense_mean=mean, dense_std=std).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     gen = torch.Generator().manual_seed(config.seed)
-    ts, td, ty, tw = (torch.from_numpy(a) for a in (s, d, y, w))
+    ts, td, ty, tw = (torch.from_numpy(a).to(device) for a in (s, d, y, w))
     n = len(ts)
     steps = math.ceil(n / config.batch_size)
     history: list[dict[str, float]] = []
@@ -319,7 +336,7 @@ def _fit(
             perm = torch.randperm(n, generator=gen)
             total_loss = 0.0
             for i in range(steps):
-                b = perm[i * config.batch_size : (i + 1) * config.batch_size]
+                b = perm[i * config.batch_size : (i + 1) * config.batch_size].to(device)
                 logits = model(ts[b], td[b])
                 loss_each = nn.functional.binary_cross_entropy_with_logits(logits, ty[b], reduction="none")
                 loss = (loss_each * tw[b]).sum() / tw[b].sum().clamp_min(1e-12)
@@ -348,6 +365,7 @@ def _fit(
         bar.close()
     if best_state is not None:
         model.load_state_dict(best_state)
+    model = model.cpu()
     model.eval()
     model.history = history
     model.best_epoch = best_epoch

@@ -153,6 +153,9 @@ class EASEChannel(RecallChannel):
         x = _binary(data)
         counts = np.asarray(x.sum(axis=0)).ravel()
         self.keep = head_items(counts, self.min_count, self.max_items)
+        from zerorec.resources import ease_fit_bytes, require_memory
+
+        require_memory("EASE fit", ease_fit_bytes(len(self.keep)), f"{len(self.keep):,} items, dense")
         xk = sp.csr_matrix(x[:, self.keep])
         gram = _gram(xk)
         gram[np.diag_indices_from(gram)] += self.l2
