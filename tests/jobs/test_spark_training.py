@@ -160,6 +160,7 @@ def test_cli_train_engine_spark_publishes_a_bundle(spark, tiny, tmp_path, monkey
     interactions[["user_id", "item_id", "timestamp"]].to_csv(folder / "interactions.csv", index=False)
     items.assign(categories=items["categories"].map("|".join)).to_csv(folder / "items.csv", index=False)
     monkeypatch.setenv("ZEROREC_DATA_DIR", str(tmp_path / "zr"))
+    monkeypatch.setenv("ZEROREC_OBJECT_STORE", "local")  # the test task exports the real S3's settings
     get_settings.cache_clear()
     try:
         result = CliRunner().invoke(
