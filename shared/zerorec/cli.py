@@ -144,21 +144,11 @@ def _trainer(engine: str, master: str | None):  # type: ignore[no-untyped-def]
 
 
 def _publish(rec, info, name: str) -> str:  # type: ignore[no-untyped-def]
-    from zerorec.bundle import publish_bundle
+    from zerorec.cluster_init import publish_trained
     from zerorec.settings import get_settings
     from zerorec.storage import object_store
 
-    store = object_store(get_settings())
-    return publish_bundle(
-        store,
-        name,
-        rec.to_files(),
-        params=info["config"],
-        metrics={
-            k: info[k] for k in ("validation_candidate_recall", "ranker_rows", "train_seconds") if k in info
-        },
-        data_window=info["data_window"],
-    )
+    return publish_trained(object_store(get_settings()), name, rec, info)
 
 
 @app.command("init-cluster")

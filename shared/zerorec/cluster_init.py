@@ -203,7 +203,13 @@ def train_and_publish(
 
     with threadpool_limits(threads):
         rec, info = train_recommender(interactions, items, config, progress=log is not None, log=log)
-    version = publish_bundle(
+    return publish_trained(store, name, rec, info), info
+
+
+def publish_trained(store: ObjectStore, name: str, rec: Any, info: dict[str, Any]) -> str:
+    """Publish a trained recommender (either engine's) with its config, metrics and data window as
+    the manifest records them; LATEST moves. Returns the version."""
+    return publish_bundle(
         store,
         name,
         rec.to_files(),
@@ -213,7 +219,6 @@ def train_and_publish(
         },
         data_window=info["data_window"],
     )
-    return version, info
 
 
 def init_cluster(
