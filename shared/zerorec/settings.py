@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 log = logging.getLogger("zerorec.settings")
@@ -118,6 +118,13 @@ class Settings(BaseSettings):
     train_memory_fraction: float = Field(
         default=0.8, gt=0, le=1, description="share of the available memory a local training may plan to use"
     )
+
+    @field_validator("model_cache_dir", "sqlite_kv_path", "sqlite_bus_path", "init_dataset", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """`ZEROREC_MODEL_CACHE_DIR=` (set but empty) means "not set", not `Path("")`, the current
+        directory (a read-only root in a container, or files dropped wherever the process started)."""
+        return None if isinstance(value, str) and not value.strip() else value
 
     @property
     def real_backends(self) -> list[str]:

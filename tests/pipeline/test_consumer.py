@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 import pytest
-from conftest import call, click
+from pipeline_helpers import call, click
 from zerorec.cloudevents_io import BATCH, new_event, to_http_binary, to_http_structured
 from zerorec.consumer import EventApplier
 from zerorec.realtime import (
