@@ -14,8 +14,8 @@ that is no batch at all, 503 when the KV is unreachable for every event.
 Bodies are read with a limit (413 past it, never buffered whole): one CloudEvent's maximum size,
 or ZEROREC_CONSUMER_MAX_BATCH_BYTES for a batch.
 
-The work is short and CPU-bound (a KV round trip of well under a millisecond), so it runs on the event
-loop: no per-request thread hand-off.
+The KV work runs in a worker thread, never on the event loop: a slow or stalled Redis then delays only
+the deliveries that wait on it, while `GET /health` and the decoding of other deliveries go on.
 Run: `python -m zerorec.runner --target consumer --source functions/consumer/main.py --port 8087`.
 Logic: zerorec.consumer.
 """
@@ -64,12 +64,12 @@ async def consumer(request: Request) -> Response:
     try:
         body = await read_limited(request, _settings.consumer_max_batch_bytes if batched else MAX_BODY_BYTES)
         if batched:
-            results = _applier.apply_batch(from_http_batch(body))
+            results = await asyncio.to_thread(_applier.apply_batch, from_http_batch(body))
             if results and all(r["status"] == 503 for r in results):
                 return _json({"error": results[0]["error"], "results": results}, 503)
             return _json({"results": results}, 200)
         event = from_http(request.headers, body)
-        applied = _applier.apply(event)
+        applied = await asyncio.to_thread(_applier.apply, event)
     except BodyTooLarge as exc:
         return _json({"error": exc.reason}, 413)
     except ClientDisconnect:
