@@ -1,4 +1,5 @@
-"""consumer, CloudEvents sink of the KafkaSources (behavior and item topics), `GET /health`.
+"""consumer, CloudEvents sink of the KafkaSources (behavior and item topics), `GET /health`,
+`GET /openapi.json`.
 
 One binary or structured CloudEvent per POST, as the KafkaSource delivers it. 200 once its writes
 are in the KV (or it was applied before: idempotent by event id); 400 for an event it must refuse
@@ -32,6 +33,7 @@ from starlette.responses import Response
 from zerorec.cloudevents_io import BATCH, MAX_BODY_BYTES, from_http, from_http_batch
 from zerorec.consumer import EventApplier
 from zerorec.errors import BackendUnavailableError, InvalidInputError
+from zerorec.openapi_docs import openapi_response
 from zerorec.request_body import BodyTooLarge, read_limited
 from zerorec.settings import get_settings
 from zerorec.storage import kv_store
@@ -55,9 +57,11 @@ def _loop_name() -> str:
 
 @functions_framework.aio.http
 async def consumer(request: Request) -> Response:
-    """POST /: apply one CloudEvent, or a batch; GET /health."""
+    """POST /: apply one CloudEvent, or a batch; GET /health, GET /openapi.json."""
     if request.url.path.rstrip("/") == "/health":
         return _json({"status": "ok", "loop": _loop_name()}, 200)
+    if request.url.path == "/openapi.json":
+        return openapi_response("consumer", request.method)
     if request.method != "POST":
         return _json({"error": "POST a CloudEvent"}, 405)
     batched = request.headers.get("content-type", "").lower().startswith(BATCH)

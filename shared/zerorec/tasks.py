@@ -97,8 +97,9 @@ def run_task(task_type: str, data: Any, stores: Stores) -> dict[str, Any]:
             stores.bus,
             stores.kv,
             s.topic_behavior,
-            window_hours=data.get("window_hours", 24),
-            n=data.get("n", 200),
+            # JSON Schema's "integer" admits 5.0: the slices and windows below need ints
+            window_hours=int(data.get("window_hours", 24)),
+            n=int(data.get("n", 200)),
         )
     if task_type == EXPORT_EVENTS:
         return export_events(

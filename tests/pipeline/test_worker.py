@@ -177,3 +177,11 @@ def test_export_events_default_prefix_is_where_the_readers_look(app: Any, namesp
     assert key.startswith("exports/events/"), key
     for reader in ("jobs/feature_engineering/__main__.py", "jobs/vector_generation/__main__.py"):
         assert 'default="exports/events"' in (REPO / reader).read_text(encoding="utf-8"), reader
+
+
+def test_rebuild_hot_takes_integral_floats(app: Any, namespace: str) -> None:
+    """Regression (found by the fuzzer): JSON Schema's "integer" admits 5.0, and rebuild-hot sliced
+    with it: a 500 instead of a rebuild."""
+    _post_clicks(namespace, [click("u1", f"{namespace}a")])
+    r = task(app, "dev.zerorec.task.rebuild-hot.v1", {"window_hours": 24.0, "n": 5.0})
+    assert r.status_code == 200, r.text
