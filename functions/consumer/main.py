@@ -33,6 +33,7 @@ from starlette.responses import Response
 from zerorec.cloudevents_io import BATCH, MAX_BODY_BYTES, from_http, from_http_batch
 from zerorec.consumer import EventApplier
 from zerorec.errors import BackendUnavailableError, InvalidInputError
+from zerorec.feedback import configured_weights
 from zerorec.openapi_docs import openapi_response
 from zerorec.request_body import BodyTooLarge, read_limited
 from zerorec.settings import get_settings
@@ -44,6 +45,7 @@ _applier = EventApplier(
     kv_store(_settings),
     category_cache_s=_settings.consumer_category_cache_s,
     dedupe_window_s=_settings.dedupe_window_s,
+    weights=configured_weights(_settings),
 )
 
 
