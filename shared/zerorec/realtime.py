@@ -126,6 +126,8 @@ def _record_safe(text: str) -> bool:
 
 
 def event_weight(kind: str, value: float | None = None, weights: Mapping[str, float] | None = None) -> float:
+    if kind in NEGATIVE_KINDS:  # dislike, hide: never interest, in any popularity or affinity
+        return 0.0
     weight = (weights or EVENT_WEIGHTS).get(kind, 1.0)
     if kind == "rating" and value is not None:
         weight = max(0.0, (value - 2.5) / 2.5) + 0.2  # a 1-star rating still says "seen", barely liked

@@ -246,6 +246,8 @@ def rebuild_hot(
                     continue
                 used += 1
                 weight = event_weight(row["kind"], row["value"])
+                if weight <= 0:  # negative feedback (dislike, hide) makes nothing hot
+                    continue
                 inc = decayed_increment(weight, row["timestamp"].timestamp())
                 scores[row["item_id"]] = scores.get(row["item_id"], 0.0) + inc
     items = list(scores)

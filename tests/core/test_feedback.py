@@ -102,3 +102,10 @@ def test_demotion_pushes_scores_down_whatever_their_sign() -> None:
     assert demoted_score(0.8, 0.5) == 0.4
     assert demoted_score(-0.8, 0.5) == -1.6
     assert demoted_score(0.8, None) == 0.8 and demoted_score(0.8, "x") == 0.8 and demoted_score(0.8, 2) == 0.8
+
+
+def test_negative_kinds_weigh_nothing_whatever_the_configuration() -> None:
+    from zerorec.realtime import event_weight
+
+    assert event_weight("dislike") == 0.0 and event_weight("hide", None, {"hide": 5.0}) == 0.0
+    assert event_weight("purchase", None, {"purchase": 9.0}) == 9.0

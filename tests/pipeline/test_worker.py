@@ -185,3 +185,17 @@ def test_rebuild_hot_takes_integral_floats(app: Any, namespace: str) -> None:
     _post_clicks(namespace, [click("u1", f"{namespace}a")])
     r = task(app, "dev.zerorec.task.rebuild-hot.v1", {"window_hours": 24.0, "n": 5.0})
     assert r.status_code == 200, r.text
+
+
+def test_rebuild_hot_ignores_negative_feedback(app: Any, namespace: str) -> None:
+    """Dislikes and hides are no popularity: many of them never make an item hot."""
+    _post_clicks(
+        namespace,
+        [click("u1", f"{namespace}liked")]
+        + [click(f"u{n}", f"{namespace}disliked", kind="dislike") for n in range(5)]
+        + [click(f"u{n}", f"{namespace}hidden", kind="hide") for n in range(5)],
+    )
+    r = task(app, "dev.zerorec.task.rebuild-hot.v1", {"window_hours": 24, "n": 10})
+    assert r.status_code == 200, r.text
+    (hot,) = kv_store().read([ZTop(hot_key(), 10)])
+    assert [m for m, _ in hot] == [f"{namespace}liked"]
