@@ -35,6 +35,10 @@ SERVICE = "zerorec.recommender.v1.Recommender"
 def decode(msg: pb.RecommendRequest) -> RecommendRequest:
     """Proto -> the validated request model (raises ValidationError)."""
     data: dict[str, object] = {"user_id": msg.user_id, "exclude": list(msg.exclude)}
+    if not msg.user_id and msg.recent_items:  # a guest: the session's items instead of a user
+        data = {"user_id": None, "recent_items": list(msg.recent_items), "exclude": list(msg.exclude)}
+    elif msg.recent_items:
+        data["recent_items"] = list(msg.recent_items)
     if msg.HasField("n"):
         data["n"] = msg.n
     if msg.HasField("context"):

@@ -50,3 +50,36 @@ def test_demoted_candidates_go_down_after_ranking() -> None:
     ranked = _ranked(candidates, [0.6, 0.9, 0.5])
     assert [r["score"] for r in ranked] == [0.6, 0.45, 0.5]
     assert [r["score"] for r in _ranked(candidates)] == [0.9, 0.4, 0.7]  # ranking down: recall order
+
+
+def test_a_guest_over_grpc(fakes: Fakes) -> None:
+    import sys
+    from pathlib import Path
+
+    import grpc
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "functions" / "recommender"))
+    import grpc_server
+    import recommender_pb2 as pb
+    import recommender_pb2_grpc as pb_grpc
+
+    async def go() -> Any:
+        rec = Recommender(fakes.settings(), hot_refresh_s=0)
+        server, port = await grpc_server.serve("127.0.0.1", 0, rec)
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = pb_grpc.RecommenderStub(channel)
+                guest = await stub.Recommend(pb.RecommendRequest(recent_items=["i28"], n=3), timeout=5)
+                try:
+                    await stub.Recommend(pb.RecommendRequest(n=3), timeout=5)
+                except grpc.aio.AioRpcError as exc:
+                    return guest, exc.code(), exc.details()
+                return guest, grpc.StatusCode.OK, ""
+        finally:
+            await server.stop(grace=None)
+            await rec.aclose()
+
+    guest, code, details = asyncio.run(go())
+    assert guest.user_id == GUEST_USER_ID and len(guest.items) == 3
+    assert "i28" not in [i.item_id for i in guest.items]
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details

@@ -85,6 +85,8 @@ ids = st.text(max_size=140) | st.from_regex(r"[\w.:@\-]{1,128}", fullmatch=True)
 @st.composite
 def requests(draw: Any) -> Any:
     msg = pb.RecommendRequest(user_id=draw(ids), exclude=draw(st.lists(ids, max_size=1100)))
+    if draw(st.booleans()):  # a guest's session (with or without a user id)
+        msg.recent_items.extend(draw(st.lists(ids, max_size=60)))
     if draw(st.booleans()):
         msg.n = draw(st.integers(min_value=-(2**31), max_value=2**31 - 1))
     if draw(st.booleans()):
