@@ -52,6 +52,8 @@ async def behavior(request: Request) -> Response:
     """Route on path: POST /events, GET /health, GET /openapi.json."""
     path = request.url.path.rstrip("/") or "/"
     if path == "/health":
+        if request.method not in ("GET", "HEAD"):
+            return _error("use GET /health", 405)
         return _json({"status": "ok", "topic": _ingest.topic}, 200)
     if path == "/openapi.json":
         return openapi_response("behavior", request.method)

@@ -61,6 +61,8 @@ def _loop_name() -> str:
 async def consumer(request: Request) -> Response:
     """POST /: apply one CloudEvent, or a batch; GET /health, GET /openapi.json."""
     if request.url.path.rstrip("/") == "/health":
+        if request.method not in ("GET", "HEAD"):
+            return _json({"error": "use GET /health"}, 405)
         return _json({"status": "ok", "loop": _loop_name()}, 200)
     if request.url.path == "/openapi.json":
         return openapi_response("consumer", request.method)

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from test_http_fuzz import invariant_violation
+from zerorec.openapi_docs import PUBLISHED
 
 DEPTHS = (200, 300, 1000, 5000)
 BEHAVIOR = "dev.zerorec.behavior.v1"
@@ -85,4 +86,34 @@ def test_deeply_nested_json_is_a_4xx_with_a_reason(
         problem = invariant_violation(response.status_code, response.content)
         if problem:
             problems.append(f"depth {depth}: {problem}")
+    assert not problems, problems
+
+
+def request(app: Any, method: str, path: str) -> httpx.Response:
+    async def go() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            return await client.request(method, path)
+
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize("function", sorted(PUBLISHED))
+def test_wrong_methods_and_unknown_paths_get_a_4xx_with_a_reason(
+    fuzz_apps: dict[str, Any], function: str
+) -> None:
+    """What schemathesis does not try: methods and paths the document does not list."""
+    import json
+
+    doc = json.loads(request(fuzz_apps[function], "GET", "/openapi.json").content)
+    problems = []
+    for path, operations in doc["paths"].items():
+        for method in {"GET", "POST", "PUT", "DELETE", "PATCH"} - {m.upper() for m in operations}:
+            response = request(fuzz_apps[function], method, path)
+            problem = invariant_violation(response.status_code, response.content)
+            if problem or response.status_code < 400:
+                problems.append(f"{method} {path}: {problem or response.status_code}")
+    response = request(fuzz_apps[function], "POST", "/no/such/path")
+    if invariant_violation(response.status_code, response.content) or response.status_code < 400:
+        problems.append(f"POST /no/such/path: {response.status_code} {response.content[:100]!r}")
     assert not problems, problems
