@@ -60,7 +60,7 @@ class JobOptions:
     """What the control function may set per start."""
 
     window_s: int = 60
-    startup: str = "group-offsets"
+    startup: str = "recent"  # without a checkpoint: the last RT_RETENTION_S of the log
     group: str = "zerorec-flink-realtime"
     topic: str | None = None  # default settings.topic_behavior
     key_prefix: str = ""  # prepended to the KV keys (tests, side-by-side runs)
@@ -77,8 +77,8 @@ class JobOptions:
         opts = cls(**raw)
         if not (isinstance(opts.window_s, int) and 1 <= opts.window_s <= 3600):
             raise InvalidInputError("window_s must be an integer in 1..3600")
-        if opts.startup not in ("group-offsets", "earliest", "latest"):
-            raise InvalidInputError("startup must be group-offsets, earliest or latest")
+        if opts.startup not in ("recent", "group-offsets", "earliest", "latest"):
+            raise InvalidInputError("startup must be recent, group-offsets, earliest or latest")
         if not (isinstance(opts.checkpoint_s, int) and 1 <= opts.checkpoint_s <= 600):
             raise InvalidInputError("checkpoint_s must be an integer in 1..600")
         if not isinstance(opts.resume, bool):

@@ -18,6 +18,8 @@ once). Writes are idempotent (`sink.MAX_SCRIPT`: a window's field takes the larg
 restart from the last checkpoint replays into the same values: no loss, no double count.
 Checkpoints every `--checkpoint-s` under `--checkpoint-dir`, retained on cancel; `--restore PATH`
 starts from one (the control function picks the newest). Offsets are committed on checkpoints.
+Without a checkpoint (a new pod) `--startup recent` (the default) reads the log from `--max-age-s`
+ago: every live window is recomputed from its events and written again, to the same values.
 
 Run (in the Flink interpreter, .local-infra/flink-venv):
   python -m jobs.flink_realtime.job --bootstrap 127.0.0.1:19092 --redis-url redis://127.0.0.1:16379/0 \
@@ -29,6 +31,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -52,7 +55,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bootstrap", default="127.0.0.1:19092", help="Kafka bootstrap servers")
     p.add_argument("--topic", default="zerorec.behavior")
     p.add_argument("--group", default="zerorec-flink-realtime", help="Kafka consumer group")
-    p.add_argument("--startup", default="group-offsets", choices=["group-offsets", "earliest", "latest"])
+    p.add_argument(
+        "--startup",
+        default="recent",
+        choices=["recent", "group-offsets", "earliest", "latest"],
+        help="recent: the records of the last --max-age-s (recomputes every live window exactly)",
+    )
     p.add_argument("--redis-url", default="redis://127.0.0.1:16379/0")
     p.add_argument("--jar", action="append", default=[], help="connector jar (repeatable)")
     p.add_argument("--window-s", type=int, default=60, help="count window length")
@@ -71,7 +79,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def source_ddl(a: argparse.Namespace) -> str:
     """The Kafka source table: data JSON fields, the ce_type header, the record's timestamp."""
-    startup = {"earliest": "earliest-offset", "latest": "latest-offset"}.get(a.startup, "group-offsets")
+    startup = {"earliest": "earliest-offset", "latest": "latest-offset", "recent": "timestamp"}.get(
+        a.startup, "group-offsets"
+    )
+    since_ms = int((time.time() - a.max_age_s) * 1000)
+    since = f"\n  'scan.startup.timestamp-millis' = '{since_ms}'," if a.startup == "recent" else ""
     return f"""
 CREATE TABLE behavior (
   user_id STRING,
@@ -85,7 +97,7 @@ CREATE TABLE behavior (
   'properties.bootstrap.servers' = '{a.bootstrap}',
   'properties.group.id' = '{a.group}',
   'properties.auto.offset.reset' = 'latest',
-  'scan.startup.mode' = '{startup}',
+  'scan.startup.mode' = '{startup}',{since}
   'format' = 'json',
   'json.fail-on-missing-field' = 'false',
   'json.ignore-parse-errors' = 'true'

@@ -1,5 +1,6 @@
 """functions/worker in-process on the embedded backends: catalogue import -> item stream -> KV,
-rebuild-hot from the consumer's window counts, export-events to Parquet (committed after writing), PingSource events."""
+rebuild-hot from the consumer's window counts, export-events to Parquet (committed after writing),
+PingSource events."""
 
 from __future__ import annotations
 
