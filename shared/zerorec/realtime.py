@@ -322,6 +322,17 @@ def item_reads(item_ids: Sequence[str]) -> list[ReadOp]:
     return [HGetAll(item_key(i)) for i in item_ids]
 
 
+def items_present_reads(item_ids: Sequence[str]) -> list[ReadOp]:
+    """One field of each item's metadata hash; `present_from` tells which items have one."""
+    return [HMGet(item_key(i), ("created_at",)) for i in item_ids]
+
+
+def present_from(item_ids: Sequence[str], results: Sequence) -> list[str]:
+    """The ids of `items_present_reads` whose metadata hash exists (in order): a marker such as a
+    fresh-items entry whose hash is gone (a cross-slot write cut short, an eviction) is a ghost."""
+    return [i for i, r in zip(item_ids, results, strict=True) if r and r[0] is not None]
+
+
 def item_categories_read(item_id: str) -> ReadOp:
     """The item's categories field (JSON list) alone; parse with `categories_from`."""
     return HMGet(item_key(item_id), ("categories",))
