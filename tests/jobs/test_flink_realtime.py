@@ -14,9 +14,17 @@ import pytest
 import redis
 from zerorec.cloudevents_io import new_event, to_kafka_record, validate
 from zerorec.errors import InvalidInputError
-from zerorec.realtime import RT_RETENTION_S, RT_TTL_S, rt_item_counts_key, rt_user_key
+from zerorec.realtime import (
+    NO_COUNTS,
+    RT_RETENTION_S,
+    RT_TTL_S,
+    RealtimeCounts,
+    read_realtime_counts,
+    rt_item_counts_key,
+    rt_user_key,
+)
 from zerorec.settings import Settings
-from zerorec.storage import event_bus
+from zerorec.storage import event_bus, kv_store
 from zerorec.storage.bus import OutgoingRecord
 
 from jobs.flink_realtime import job, sink
@@ -187,11 +195,11 @@ def test_latest_checkpoint_is_the_newest_complete_one(tmp_path: Path) -> None:
     assert latest_checkpoint(tmp_path) == tmp_path / "b" / "chk-5"
 
 
-def _behavior(i: int) -> OutgoingRecord:
+def _behavior(i: int, user: str | None = None, item: str | None = None) -> OutgoingRecord:
     data = {
         "kind": "click",
-        "user_id": f"u{i % 4}",
-        "item_id": f"i{i % 7}",
+        "user_id": user or f"u{i % 4}",
+        "item_id": item or f"i{i % 7}",
         "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
     }
     event = new_event("dev.zerorec.behavior.v1", data, source="/zerorec/behavior", subject=data["user_id"])
@@ -199,11 +207,11 @@ def _behavior(i: int) -> OutgoingRecord:
     return to_kafka_record(event, key=data["user_id"])
 
 
-def _behavior(i: int) -> OutgoingRecord:
+def _behavior(i: int, user: str | None = None, item: str | None = None) -> OutgoingRecord:
     data = {
         "kind": "click",
-        "user_id": f"u{i % 4}",
-        "item_id": f"i{i % 7}",
+        "user_id": user or f"u{i % 4}",
+        "item_id": item or f"i{i % 7}",
         "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
     }
     event = new_event("dev.zerorec.behavior.v1", data, source="/zerorec/behavior", subject=data["user_id"])
@@ -320,12 +328,24 @@ def test_job_killed_mid_stream_resumes_from_its_checkpoint_with_exact_counts(
         time.sleep(5)  # late replays would show up as over-counts now
         got = _counts(client, prefix, keys)
         took = time.monotonic() - started
+        # one more click, read the way the ranker reads it: how long until it counts
+        kv, clicked = kv_store(settings), time.monotonic()
+        bus.publish(topic, [_behavior(0, user=f"{namespace}-new", item=f"{namespace}-new")])
+        counts = NO_COUNTS
+        while counts.last_1m < 1 and time.monotonic() - clicked < 60:
+            users, _ = read_realtime_counts(kv, [f"{namespace}-new"], key_prefix=prefix)
+            counts = users[f"{namespace}-new"]
+            time.sleep(0.05)
+        latency = time.monotonic() - clicked
     finally:
         controller.stop()
-        client.delete(*(prefix + k for k in keys))
-    assert got == _expected(settings, topic, f"check-{namespace}", window_s)
+        new = [rt_user_key(f"{namespace}-new"), rt_item_counts_key(f"{namespace}-new")]
+        client.delete(*(prefix + k for k in [*keys, *new]))
+    want = _expected(settings, topic, f"check-{namespace}", window_s)
+    assert got == {k: v for k, v in want.items() if k in keys}
     assert _total(got, "item") == 80 and _total(got, "user") == 80
+    assert counts == RealtimeCounts(1, 1), f"a click not counted {latency:.1f} s after it was produced"
     print(
         f"flink-realtime: 80 events, checkpoint {checkpoint} before events 30-59, crash, restore from "
-        f"{restored}: exact in {took:.0f} s"
+        f"{restored}: exact in {took:.0f} s; a click counted {latency * 1000:.0f} ms after its produce"
     )
