@@ -119,8 +119,6 @@ class RedisWindowWriter:
         """Write the buffered rows in pipelined batches; they leave the buffer only once Redis has
         answered for them (an error raises and keeps them). Returns the highest sequence number
         acknowledged so far (every row up to it is in Redis)."""
-        import redis
-
         with self._write_lock:
             while True:
                 with self._lock:
@@ -130,11 +128,7 @@ class RedisWindowWriter:
                 self.connect()
                 if self._sha is None:
                     self._sha = self._client.script_load(MAX_SCRIPT)
-                try:
-                    self._write([r for _, r in rows])
-                except redis.exceptions.NoScriptError:  # a restarted or failed-over server
-                    self._sha = self._client.script_load(MAX_SCRIPT)
-                    self._write([r for _, r in rows])
+                self._write([r for _, r in rows])
                 with self._lock:
                     del self._rows[: len(rows)]
                     self.written += len(rows)
@@ -144,11 +138,27 @@ class RedisWindowWriter:
             return self._rows[0][0] - 1 if self._rows else self._seq
 
     def _write(self, rows: Sequence[Row]) -> None:
+        """One pipeline of EVALSHA calls (`execute_command`: a cluster pipeline blocks the evalsha
+        method, not the command; each call goes to its key's node). A node that lacks the script (a
+        restart, a failover, a node script_load did not reach) runs it by EVAL, which loads it
+        there. Any other error raises: the batch stays buffered."""
+        from redis.exceptions import NoScriptError
+
+        calls = [
+            (
+                key_of(row, self.item_key, self.user_key),
+                script_args(row, self.ttl_s, self.retention_s, self.window_s),
+            )
+            for row in rows
+        ]
         pipe = self._client.pipeline(transaction=False)
-        for row in rows:
-            key = key_of(row, self.item_key, self.user_key)
-            pipe.evalsha(self._sha, 1, key, *script_args(row, self.ttl_s, self.retention_s, self.window_s))
-        pipe.execute()  # raises on the first failed command: the batch stays buffered
+        for key, args in calls:
+            pipe.execute_command("EVALSHA", self._sha, 1, key, *args)
+        for (key, args), reply in zip(calls, pipe.execute(raise_on_error=False), strict=True):
+            if isinstance(reply, NoScriptError):
+                self._client.execute_command("EVAL", MAX_SCRIPT, 1, key, *args)
+            elif isinstance(reply, Exception):
+                raise reply
 
     def close(self) -> None:
         """Flush what is left (raises if Redis does not take it) and disconnect."""

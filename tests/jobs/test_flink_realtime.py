@@ -44,10 +44,11 @@ class FakePipe:
         self.owner = owner
         self.calls: list[tuple] = []
 
-    def evalsha(self, sha: str, numkeys: int, key: str, *args: int) -> None:
+    def execute_command(self, command: str, sha: str, numkeys: int, key: str, *args: int) -> None:
+        assert command == "EVALSHA" and numkeys == 1
         self.calls.append((key, *args))
 
-    def execute(self) -> list[int]:
+    def execute(self, raise_on_error: bool = True) -> list[int]:
         if self.owner.fail:
             raise redis.exceptions.ConnectionError("down")
         for key, start, count, *_ in self.calls:  # MAX_SCRIPT: the larger count stays
