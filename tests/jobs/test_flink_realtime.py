@@ -350,3 +350,36 @@ def test_job_killed_mid_stream_resumes_from_its_checkpoint_with_exact_counts(
         f"flink-realtime: 80 events, checkpoint {checkpoint} before events 30-59, crash, restore from "
         f"{restored}: exact in {took:.0f} s; a click counted {latency * 1000:.0f} ms after its produce"
     )
+
+
+@pytest.mark.integration
+def test_a_new_pod_without_checkpoints_recounts_the_last_hour(
+    kafka_server: str, redis_server: str, namespace: str, tmp_path: Path
+) -> None:
+    """A replaced Knative pod has no checkpoint and a new consumer group: startup "recent" (the
+    default) reads the last hour of the log and writes every window again, to the same values."""
+    _require_flink()
+    settings = Settings(
+        event_bus="kafka", kv_store="redis", kafka_bootstrap=kafka_server, redis_url=redis_server
+    )
+    topic, prefix = f"zerorec.behavior.{namespace}", f"{namespace}:"
+    event_bus(settings).publish(topic, [_behavior(i) for i in range(20)])  # before the job exists
+    client = redis.Redis.from_url(redis_server, decode_responses=True)
+    keys = [rt_item_counts_key(f"i{k}") for k in range(7)] + [rt_user_key(f"u{k}") for k in range(4)]
+    controller = FlinkJobController(settings, tmp_path)
+    opts = JobOptions(group=f"g-{namespace}", topic=topic, key_prefix=prefix)
+    assert opts.startup == "recent" and opts.resume
+    assert controller.start(opts)["restored_from"] is None
+    try:
+        deadline, got = time.monotonic() + 180, {}
+        while time.monotonic() < deadline and _total(got, "user") < 20:
+            assert controller.status()["running"], controller.status()["log_tail"]
+            got = _counts(client, prefix, keys)
+            time.sleep(0.5)
+        time.sleep(2)
+        got = _counts(client, prefix, keys)
+    finally:
+        controller.stop()
+        client.delete(*(prefix + k for k in keys))
+    want = _expected(settings, topic, f"check-{namespace}", 60)
+    assert got == {k: v for k, v in want.items() if k in keys}
