@@ -65,6 +65,8 @@ from zerorec.realtime import (
     catalogue_reads,
     hot_reads,
     item_reads,
+    items_present_reads,
+    present_from,
     user_state_from,
     user_state_reads,
 )
@@ -271,6 +273,11 @@ class RecallStage:
         demote_near_negatives(out, negatives, rec)
         skip = {*req.exclude, *deleted, *recent, *negatives}
         unknown = [i for i in fresh if i not in rec.data.item_index and i not in skip]
+        if unknown:  # only items with metadata: a fresh marker without its item hash is a ghost
+            try:
+                unknown = present_from(unknown, self.kv.read(items_present_reads(unknown)))
+            except BackendUnavailableError:
+                unknown = []
         out += [{"item_id": i, "score": 0.0, "channel": "fresh", "channel_scores": {}} for i in unknown]
         return {
             "candidates": out,
