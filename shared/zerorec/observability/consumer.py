@@ -15,7 +15,8 @@ from zerorec.observability.metrics import consumed
 
 def event_lag_s(event: Any, now: float | None = None) -> float | None:
     """Seconds from the CloudEvent's `time` attribute to now; None when it has none (or a bad one)."""
-    stamp = event.get("time") if isinstance(event, dict) else None
+    get = getattr(event, "get", None)  # a CloudEvent (or a mapping); None for an undecodable entry
+    stamp = get("time") if callable(get) else None
     if not isinstance(stamp, str):
         return None
     try:
@@ -28,7 +29,7 @@ def event_lag_s(event: Any, now: float | None = None) -> float | None:
 
 
 def _type(event: Any) -> str | None:
-    if not isinstance(event, dict):
+    if not callable(getattr(event, "get", None)):
         return None
     from zerorec.cloudevents_io import effective_type
 
