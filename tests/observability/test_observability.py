@@ -19,10 +19,10 @@ from zerorec.observability import Instrumented, outgoing_traceparent
 from zerorec.observability.consumer import ObservedApplier, event_lag_s
 from zerorec.observability.logs import JsonFormatter
 from zerorec.observability.metrics import (
+    RouteLabels,
     model_loaded,
     record_recommendation,
     register_route_templates,
-    route_label,
 )
 from zerorec.observability.trace import context_from, current, parse_traceparent
 
@@ -126,6 +126,7 @@ def test_trace_continued_and_passed_downstream() -> None:
 
 def test_route_labels_are_bounded() -> None:
     register_route_templates("/obs-items/{item_id}")
+    route_label = RouteLabels()
     assert route_label("/obs-items/abc", 200) == "/obs-items/{item_id}"
     assert route_label("/anything", 404) == "unmatched"
     labels = {route_label(f"/obs-many/{i}", 200) for i in range(200)}

@@ -1,7 +1,7 @@
 """The Prometheus metrics of every ZeroRec function (prometheus-client, the process's default
 registry), and the small functions the library calls to record what happened.
 
-Label values are bounded: routes are the function's own paths (`route_label`), stages and causes
+Label values are bounded: routes are the function's own paths (`RouteLabels`), stages and causes
 are the BFF's fixed vocabulary, event types the consumer's handled types. Nothing is labelled by
 user or item id.
 """
@@ -65,7 +65,6 @@ CONSUMER_LAG = Histogram(
 # ------------------------------------------------------------------------------ routes
 
 _templates: list[tuple[re.Pattern[str], str]] = []
-_known: set[str] = set()
 _lock = threading.Lock()
 
 
@@ -76,22 +75,28 @@ def register_route_templates(*templates: str) -> None:
         _templates.append((re.compile(f"^{pattern}$"), template))
 
 
-def route_label(path: str, status: int) -> str:
+class RouteLabels:
     """The route label of a request: 'unmatched' for a 404 (any path a client makes up), a
-    registered template, the path itself for the first MAX_ROUTES paths, then 'other'."""
-    if status == 404:
-        return "unmatched"
-    path = path.rstrip("/") or "/"
-    if path in _known:
-        return path
-    for pattern, template in _templates:
-        if pattern.match(path):
-            return template
-    with _lock:
-        if len(_known) < MAX_ROUTES:
-            _known.add(path)
+    registered template, the path itself for the first `limit` paths, then 'other'."""
+
+    def __init__(self, limit: int = MAX_ROUTES) -> None:
+        self.limit = limit
+        self._known: set[str] = set()
+
+    def __call__(self, path: str, status: int) -> str:
+        if status == 404:
+            return "unmatched"
+        path = path.rstrip("/") or "/"
+        if path in self._known:
             return path
-    return "other"
+        for pattern, template in _templates:
+            if pattern.match(path):
+                return template
+        with _lock:
+            if len(self._known) < self.limit:
+                self._known.add(path)
+                return path
+        return "other"
 
 
 # ------------------------------------------------------------------------------ recorders

@@ -16,7 +16,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from zerorec.observability.metrics import LATENCY, REQUESTS, route_label
+from zerorec.observability.metrics import LATENCY, REQUESTS, RouteLabels
 from zerorec.observability.trace import context_from, current
 
 Scope = MutableMapping[str, Any]
@@ -47,6 +47,7 @@ class Instrumented:
         self.metrics = metrics
         self.log_requests = log_requests
         self.tracing = tracing
+        self.routes = RouteLabels()
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         if log_requests:
             access_log.setLevel(logging.INFO)
@@ -90,14 +91,14 @@ class Instrumented:
             if self.log_requests:
                 _log_access(scope["method"], path, status, elapsed)
             if span is not None:
-                self.tracing.end(span, route_label(path, status), status)
+                self.tracing.end(span, self.routes(path, status), status)
             current.reset(token)
 
     def _record(self, path: str, method: str, status: int, elapsed: float) -> None:
         key = (path, method, status)
         children = self._children.get(key)
         if children is None:
-            route = route_label(path, status)
+            route = self.routes(path, status)
             children = (REQUESTS.labels(route, method, str(status)), LATENCY.labels(route, str(status)))
             if len(self._children) < MAX_CACHED_LABELS:
                 self._children[key] = children
