@@ -1,4 +1,5 @@
-"""recall: `POST /` multi-channel candidates, `POST /hot` the hot list (degraded path).
+"""recall: `POST /` multi-channel candidates, `POST /hot` the hot list (degraded path), and the
+platform API's `POST /similar-items` and `POST /latest` (zerorec.platform_api).
 
 Also `GET /health` (503 until the model is loaded) and `POST /events/model-published` (reload).
 Run: `python -m zerorec.runner --target recall --source functions/recall/main.py --port 8081`.
@@ -17,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from zerorec.api import HotRequest, RecallRequest
 from zerorec.online import RecallStage, default_kv, stage_slot
+from zerorec.platform_api import CategoryListRequest, SimilarItemsRequest, latest_items, similar_items
 from zerorec.serving import ModelSlot, dispatch, offload, parse
 
 _kv = default_kv(_settings)
@@ -33,7 +35,19 @@ async def _hot(request: Request, stage: RecallStage) -> Response:
     return await offload(stage.hot, req.n, req.category)
 
 
-_handle = dispatch(SLOT, {"/": _candidates, "/hot": _hot})
+async def _similar_items(request: Request, stage: RecallStage) -> Response:
+    req = await parse(request, SimilarItemsRequest)
+    return await offload(similar_items, stage.model, req.item_id, req.n, req.channel)
+
+
+async def _latest(request: Request, stage: RecallStage) -> Response:
+    req = await parse(request, CategoryListRequest)
+    return await offload(latest_items, stage.model, stage.kv, req.n, req.category)
+
+
+_handle = dispatch(
+    SLOT, {"/": _candidates, "/hot": _hot, "/similar-items": _similar_items, "/latest": _latest}
+)
 
 
 @functions_framework.aio.http
