@@ -135,7 +135,7 @@ def similar_items(model: ServingModel, item_id: str, n: int, channel: str = "aut
             keep = (row >= 0) & (row != i)
             found, scores = row[keep][:n], weights[keep][:n]
         else:
-            index = ch.index()
+            index = ch.index
             found, scores = index.search(index.rows(np.array([i]))[0], n + 1)
             keep = found != i
             found, scores = found[keep][:n], scores[keep][:n]
@@ -163,8 +163,24 @@ def _item_users(data: Any) -> Any:
         got = _columns.get(key)
         if got is None:
             _columns.clear()  # one model at a time: the previous one's columns go
-            got = _columns[key] = data.matrix.tocsc()
+            got = _columns[key] = _by_column(data.matrix)
         return got
+
+
+class _Columns:
+    """The users of each item: `indices[indptr[i]:indptr[i + 1]]` (int32), from CSR arrays (numpy)."""
+
+    def __init__(self, indptr: np.ndarray, indices: np.ndarray) -> None:
+        self.indptr = indptr
+        self.indices = indices
+
+
+def _by_column(matrix: Any) -> _Columns:
+    rows = np.repeat(np.arange(matrix.shape[0], dtype=np.int32), np.diff(matrix.indptr))
+    order = np.argsort(matrix.indices, kind="stable")
+    counts = np.bincount(matrix.indices, minlength=matrix.shape[1])
+    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    return _Columns(indptr, rows[order])
 
 
 def similar_users(
