@@ -1,5 +1,5 @@
 """recall: `POST /` multi-channel candidates, `POST /hot` the hot list (degraded path), and the
-platform API's `POST /similar-items` and `POST /latest` (zerorec.platform_api).
+platform API's `POST /similar-items` and `POST /latest` (zerorec.platform_api); `GET /openapi.json`.
 
 Also `GET /health` (503 until the model is loaded) and `POST /events/model-published` (reload).
 Run: `python -m zerorec.runner --target recall --source functions/recall/main.py --port 8081`.
@@ -18,8 +18,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from zerorec.api import HotRequest, RecallRequest
 from zerorec.online import RecallStage, default_kv, stage_slot
-from zerorec.platform_api import CategoryListRequest, SimilarItemsRequest, latest_items, similar_items
-from zerorec.serving import ModelSlot, dispatch, offload, parse
+from zerorec.platform_api import (
+    CategoryListRequest,
+    SimilarItemsRequest,
+    latest_items,
+    recall_openapi,
+    similar_items,
+)
+from zerorec.serving import HTTPError, ModelSlot, dispatch, json_response, offload, parse
 
 _kv = default_kv(_settings)
 # Cold start: the model loads here, before the port opens.
@@ -45,8 +51,30 @@ async def _latest(request: Request, stage: RecallStage) -> Response:
     return await offload(latest_items, stage.model, stage.kv, req.n, req.category)
 
 
+_openapi_doc: bytes | None = None
+
+
+async def _openapi(request: Request, stage: RecallStage) -> Response:
+    """A model route, not a free one: a free route would make recall Ready before its model."""
+    global _openapi_doc
+    if request.method not in ("GET", "HEAD"):
+        raise HTTPError(405, "use GET /openapi.json")
+    if _openapi_doc is None:  # built on first use: nothing at cold start
+        import orjson
+
+        _openapi_doc = orjson.dumps(recall_openapi(), option=orjson.OPT_INDENT_2)
+    return json_response(_openapi_doc)
+
+
 _handle = dispatch(
-    SLOT, {"/": _candidates, "/hot": _hot, "/similar-items": _similar_items, "/latest": _latest}
+    SLOT,
+    {
+        "/": _candidates,
+        "/hot": _hot,
+        "/similar-items": _similar_items,
+        "/latest": _latest,
+        "/openapi.json": _openapi,
+    },
 )
 
 

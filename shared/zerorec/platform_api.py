@@ -540,3 +540,27 @@ def import_items(bus: Any, topic: str, body: bytes, content_type: str) -> dict[s
     now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
     report = publish_rows(bus, topic, rows, default_created_at=now, source=SOURCE_ADMIN)
     return {"rows": len(rows), **report.to_json()}
+
+
+def recall_openapi() -> dict[str, Any]:
+    """recall's OpenAPI document: its candidate and hot-list routes and this module's."""
+    from zerorec.api import HotRequest, HotResponse, RecallRequest, RecallResponse
+
+    own = {
+        "/": ("recall", "Merged candidates of every channel", RecallRequest, RecallResponse, _STD),
+        "/hot": ("hot", "The hot list (all, or one category)", HotRequest, HotResponse, _STD),
+    }
+    base = {
+        "openapi": "3.1.0",
+        "info": {"title": "ZeroRec recall (cluster-internal)", "version": "0.1.0"},
+        "paths": {path: _op(*spec) for path, spec in own.items()},
+    }
+    from pydantic.json_schema import models_json_schema
+
+    models = [RecallRequest, RecallResponse, HotRequest, HotResponse, ErrorResponse]
+    _, defs = models_json_schema(
+        [(m, "validation" if m.__name__.endswith("Request") else "serialization") for m in models],
+        ref_template="#/components/schemas/{model}",
+    )
+    base["components"] = {"schemas": defs.get("$defs", {})}
+    return merge_openapi(base, "recall")

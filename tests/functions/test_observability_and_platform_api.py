@@ -192,3 +192,6 @@ def test_new_routes_in_the_bffs_openapi_and_docs_page(observed: Stack) -> None:
     assert {"/recommend", "/similar-items", "/similar-users", "/latest", "/popular"} <= set(doc["paths"])
     page = httpx.get(observed.urls["recommender"] + "/docs", timeout=10)
     assert page.status_code == 200 and "swagger-ui-bundle.js" in page.text
+    recall = httpx.get(observed.urls["recall"] + "/openapi.json", timeout=10).json()
+    assert {"/", "/hot", "/similar-items", "/latest"} == set(recall["paths"])
+    assert "SimilarItemsResponse" in recall["components"]["schemas"]
