@@ -17,7 +17,6 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
 import orjson
 from pydantic import Field
 
@@ -34,6 +33,8 @@ from zerorec.realtime import (
 from zerorec.storage.kv import HGetAll, ZTop
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from zerorec.online import ServingModel
     from zerorec.storage.kv import KVStore
 
@@ -119,6 +120,8 @@ class ExportRequest(_Request):
 def similar_items(model: ServingModel, item_id: str, n: int, channel: str = "auto") -> SimilarItemsResponse:
     """The item's nearest items: its item-CF neighbour list (cosine of co-interactions, trained), or
     the ALS item-embedding k-NN; NotFoundError for an item the model does not know."""
+    import numpy as np
+
     rec = model.rec
     i = rec.data.item_index.get(item_id)
     if i is None:
@@ -176,6 +179,8 @@ class _Columns:
 
 
 def _by_column(matrix: Any) -> _Columns:
+    import numpy as np
+
     rows = np.repeat(np.arange(matrix.shape[0], dtype=np.int32), np.diff(matrix.indptr))
     order = np.argsort(matrix.indices, kind="stable")
     counts = np.bincount(matrix.indices, minlength=matrix.shape[1])
@@ -189,6 +194,8 @@ def similar_users(
     """Users whose trained item sets overlap most with this user's newest items (training history
     and real-time `recent_items`): cosine of the two sets, each history item contributing at most
     MAX_USERS_PER_ITEM users. NotFoundError for a user with no known item."""
+    import numpy as np
+
     data = model.rec.data
     if data.n_users == 0:
         raise NotFoundError(f"model {model.version} carries no user histories (more users than a pod serves)")
