@@ -4,7 +4,7 @@ from the caller, or started here), an `x-request-id` response header with the tr
 access log line, and an optional OpenTelemetry server span.
 
 Per request it costs two clock reads, a header scan, a contextvar set/reset, one cached counter and
-one histogram update: a few microseconds (`python -m zerorec.observability.overhead` measures it).
+one histogram update: about 5 us of CPU (tests/observability/test_tracing_and_docs.py measures it).
 """
 
 from __future__ import annotations
