@@ -29,4 +29,4 @@ def test_every_runner_function_announces_its_metrics_port() -> None:
         assert ann["prometheus.io/port"] == str(port["containerPort"]), path.name
         assert "prometheus.io/scrape" not in doc["metadata"].get("annotations", {}), "pods, not the Service"
         checked += 1
-    assert checked == 13
+    assert checked >= 13  # every Service but the gRPC BFF (a new function gets METRICS from kn-services.sh)
