@@ -43,7 +43,7 @@ async def _hot(request: Request, stage: RecallStage) -> Response:
 
 async def _similar_items(request: Request, stage: RecallStage) -> Response:
     req = await parse(request, SimilarItemsRequest)
-    return await offload(similar_items, stage.model, req.item_id, req.n, req.channel)
+    return await offload(similar_items, stage.model, req.item_id, req.n, req.channel, req.category)
 
 
 async def _latest(request: Request, stage: RecallStage) -> Response:

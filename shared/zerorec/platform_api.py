@@ -55,6 +55,7 @@ class SimilarItemsRequest(_Request):
 
     item_id: Id
     n: int = Field(default=10, ge=1, le=MAX_N)
+    category: Id | None = Field(default=None, description="only neighbours of this category (null: any)")
     channel: Literal["auto", "itemcf", "als"] = Field(
         default="auto",
         description="itemcf: co-interaction neighbours; als: embedding neighbours; auto: itemcf, else als",
@@ -117,9 +118,15 @@ class ExportRequest(_Request):
 # ------------------------------------------------------------------------------------ similar items
 
 
-def similar_items(model: ServingModel, item_id: str, n: int, channel: str = "auto") -> SimilarItemsResponse:
+SIMILAR_ALS_WIDEN = 20  # with a category, the ALS search looks this many times deeper
+
+
+def similar_items(
+    model: ServingModel, item_id: str, n: int, channel: str = "auto", category: str | None = None
+) -> SimilarItemsResponse:
     """The item's nearest items: its item-CF neighbour list (cosine of co-interactions, trained), or
-    the ALS item-embedding k-NN; NotFoundError for an item the model does not know."""
+    the ALS item-embedding k-NN; only items of `category` when given (item-CF filters its list, ALS
+    searches SIMILAR_ALS_WIDEN times deeper); NotFoundError for an item the model does not know."""
     import numpy as np
 
     rec = model.rec
@@ -136,12 +143,17 @@ def similar_items(model: ServingModel, item_id: str, n: int, channel: str = "aut
         if name == "itemcf":
             row, weights = ch.lists.neighbours[i], ch.lists.weights[i]
             keep = (row >= 0) & (row != i)
-            found, scores = row[keep][:n], weights[keep][:n]
+            found, scores = row[keep], weights[keep]
         else:
             index = ch.index
-            found, scores = index.search(index.rows(np.array([i]))[0], n + 1)
+            depth = (n + 1) * (SIMILAR_ALS_WIDEN if category is not None else 1)
+            found, scores = index.search(index.rows(np.array([i]))[0], depth)
             keep = found != i
-            found, scores = found[keep][:n], scores[keep][:n]
+            found, scores = found[keep], scores[keep]
+        if category is not None:
+            in_category = np.array([category in rec.data.item_categories[j] for j in found], dtype=bool)
+            found, scores = found[in_category], scores[in_category]
+        found, scores = found[:n], scores[:n]
         if len(found):
             items = [
                 ScoredItem(item_id=str(ids[j]), score=float(s)) for j, s in zip(found, scores, strict=True)

@@ -127,6 +127,13 @@ def test_similar_items_from_the_bundles_neighbours(observed: Stack, tiny: Tiny) 
     users = set(tiny.interactions[tiny.interactions.item_id == item].user_id)
     top_users = set(tiny.interactions[tiny.interactions.item_id == ids[0]].user_id)
     assert users & top_users
+    # Neighbours of one category only (Gorse's neighbors/{category}).
+    category = tiny.items.categories.explode().value_counts().index[0]
+    for channel in ("itemcf", "als"):
+        body = {"item_id": item, "n": 5, "channel": channel, "category": category}
+        got = _post(observed, "recommender", "/similar-items", body).json()
+        assert got["items"], (channel, got)
+        assert all(category in x["metadata"]["categories"] for x in got["items"]), channel
     missing = _post(observed, "recommender", "/similar-items", {"item_id": "no-such-item"})
     assert missing.status_code == 404 and "recall" in missing.json()["error"]
     bad = _post(observed, "recommender", "/similar-items", {"item_id": item, "n": 0})
