@@ -368,7 +368,9 @@ def openapi_document() -> dict[str, Any]:
 @cache
 def openapi_json() -> str:
     """The OpenAPI document as stable, pretty JSON (what functions/recommender/openapi.json holds)."""
-    return json.dumps(openapi_document(), indent=2, sort_keys=True) + "\n"
+    from zerorec.platform_api import merge_openapi  # similar items / users, latest, popular
+
+    return json.dumps(merge_openapi(openapi_document(), "recommender"), indent=2, sort_keys=True) + "\n"
 
 
 if __name__ == "__main__":

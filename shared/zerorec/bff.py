@@ -50,6 +50,7 @@ from zerorec.api import (
     UserRequest,
 )
 from zerorec.feedback import DEMOTE, GUEST_USER_ID, demoted_score
+from zerorec.observability import outgoing_traceparent, record_recommendation, traceparent_header_line
 from zerorec.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -190,7 +191,8 @@ class HTTPPool:
 
     async def _post(self, url: str, body: bytes) -> tuple[int, bytes]:
         key, head = self._target(url)
-        data = b"".join((head, b"Content-Length: %d\r\n\r\n" % len(body), body))
+        # traceparent: the request's trace goes on to every downstream function (zerorec.observability)
+        data = b"".join((head, traceparent_header_line(), b"Content-Length: %d\r\n\r\n" % len(body), body))
         idle = self._idle.setdefault(key, deque())
         while True:
             reused = bool(idle)
@@ -232,9 +234,10 @@ class HttpxTransport:
 
         try:
             async with asyncio.timeout(timeout):
-                resp = await self.client.post(
-                    url, content=body, timeout=timeout, headers={"content-type": "application/json"}
-                )
+                headers = {"content-type": "application/json"}
+                if (traceparent := outgoing_traceparent()) is not None:
+                    headers["traceparent"] = traceparent
+                resp = await self.client.post(url, content=body, timeout=timeout, headers=headers)
         except httpx.TimeoutException:
             raise TimeoutError from None
         except httpx.HTTPError as exc:
@@ -580,6 +583,7 @@ class Recommender:
         if source == "personalized":
             self._maybe_refresh_hot()
         timings["total"] = round((time.perf_counter() - start) * 1000, 3)
+        record_recommendation(source, degraded)  # zerorec_recommendations / zerorec_degraded
         return RecommendResponse(
             user_id=user_id,
             items=final,
