@@ -45,9 +45,12 @@ def encode(resp: RecommendResponse) -> pb.RecommendResponse:
     out = pb.RecommendResponse(
         user_id=resp.user_id, source=resp.source, degraded=resp.degraded,
         timings_ms=resp.timings_ms, model_versions=resp.model_versions,
+        recommendation_id=resp.recommendation_id, variant=resp.variant,
     )
     for it in resp.items:
-        item = out.items.add(item_id=it.item_id, score=it.score, channel=it.channel, reasons=it.reasons)
+        item = out.items.add(
+            item_id=it.item_id, score=it.score, channel=it.channel, reasons=it.reasons, position=it.position
+        )
         if it.metadata is not None:
             meta = struct_pb2.Struct()
             meta.update(it.metadata.model_dump(mode="json"))

@@ -49,6 +49,8 @@ from zerorec.api import (
     UserProfile,
     UserRequest,
 )
+from zerorec.ctr import Served, ServedLog, new_recommendation_id
+from zerorec.experiments import Assigner, Variant
 from zerorec.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -341,6 +343,17 @@ class Recommender:
         self._hot_cache: list[HotItem] = []
         self._hot_cached_at = float("-inf")
         self._background: set[asyncio.Task[Any]] = set()
+        self.assigner = Assigner.from_settings(self.settings)
+        self.served_log = ServedLog(self.settings)
+        self._arm_settings: dict[str, Settings] = {}
+
+    def _settings_for(self, arm: Variant | None) -> Settings:
+        """The settings of an experiment arm (its URL / candidate overrides), built once per arm."""
+        if arm is None or not arm.url_overrides():
+            return self.settings
+        if arm.name not in self._arm_settings:
+            self._arm_settings[arm.name] = self.settings.model_copy(update=arm.url_overrides())
+        return self._arm_settings[arm.name]
 
     async def aclose(self) -> None:
         """Cancel background refreshes and close the HTTP client (if it is ours)."""
@@ -445,7 +458,8 @@ class Recommender:
         """One recommendation; never raises for a downstream failure."""
         start = time.perf_counter()
         end = start + self.budget_s
-        s = self.settings
+        variant, arm = self.assigner.assign(req.user_id)
+        s = self._settings_for(arm)
         degraded: list[str] = []
         timings: dict[str, float] = {}
         versions: dict[str, str] = {}
@@ -499,8 +513,10 @@ class Recommender:
         # 3. ranking (personalized candidates only), then 4. reranking.
         final: list[RecommendedItem]
         if source == "personalized" and candidates:
-            # recall's candidate objects (and their signals) go on as received.
-            rank_res = await self._timed(
+            # recall's candidate objects (and their signals) go on as received; an experiment arm
+            # without ranking serves recall's order (reranked all the same).
+            ranking_off = arm is not None and not arm.ranking
+            rank_res = StageError("ranking", "off") if ranking_off else await self._timed(
                 "ranking",
                 timings,
                 self._call(
@@ -519,7 +535,8 @@ class Recommender:
             if not isinstance(rank_res, StageError) and len(rank_res[0]) != len(candidates):
                 rank_res = StageError("ranking", "bad_response")
             if isinstance(rank_res, StageError):
-                degraded.append(rank_res.reason)
+                if rank_res.cause != "off":
+                    degraded.append(rank_res.reason)
                 ranked = _ranked(candidates)  # recall order
             else:
                 scores, rank_version = rank_res
@@ -550,6 +567,14 @@ class Recommender:
         else:
             final = self._top(_ranked(candidates), blocked, req.n)
         final = _dedupe(final)
+        for position, f in enumerate(final, start=1):
+            f.position = position
+        rec_id = new_recommendation_id()
+        recording = asyncio.ensure_future(  # runs alongside item hydration
+            self.served_log.record(
+                Served(rec_id, req.user_id, variant, tuple((f.item_id, f.channel) for f in final), versions)
+            )
+        )
 
         # 5. item metadata.
         if final:
@@ -573,6 +598,7 @@ class Recommender:
 
         if source == "personalized":
             self._maybe_refresh_hot()
+        await recording
         timings["total"] = round((time.perf_counter() - start) * 1000, 3)
         return RecommendResponse(
             user_id=req.user_id,
@@ -581,6 +607,8 @@ class Recommender:
             degraded=degraded,
             timings_ms=timings,
             model_versions=versions,
+            recommendation_id=rec_id,
+            variant=variant,
         )
 
     @staticmethod
