@@ -29,6 +29,8 @@ configuration, positions are 1..100):
                           i:pos:<p>, c:pos:<p>, i:var:<v>, c:var:<v>, i:lost, c:lost, c:miss
   ctr:{ctr}:h:<hour>      i, c, i:var:<v>, c:var:<v> of one hour (event time), kept 8 days
   ctr:{ctr}:models        variant -> JSON of the model versions that served it last
+  ctr:{ctr}:h:<hour>      also e:<kind>: every behavior event of the hour (the dashboard's event rates)
+  ictr:{<item>}           i, c of one item (bounded by the catalogue; idle 30 days: gone)
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ MODELS_KEY = "ctr:{ctr}:models"
 BUCKET_S = 3600
 BUCKET_TTL_S = 8 * 24 * 3600
 MAX_POSITIONS = 100
+ITEM_TTL_S = 30 * 24 * 3600
 
 
 def recommendation_key(recommendation_id: str) -> str:
@@ -58,6 +61,10 @@ def recommendation_key(recommendation_id: str) -> str:
 
 def bucket_key(hour_start_s: int) -> str:
     return f"ctr:{{ctr}}:h:{hour_start_s}"
+
+
+def item_ctr_key(item_id: str) -> str:
+    return f"ictr:{{{item_id}}}"
 
 
 def new_recommendation_id() -> str:
@@ -114,12 +121,14 @@ def impression_writes(
     if not shown:
         return []
     fields: dict[str, int] = {"i": len(shown), f"i:var:{served.variant}": len(shown)}
+    ops: list[WriteOp] = []
     for p in shown:
-        channel = served.items[p - 1][1]
+        item, channel = served.items[p - 1]
         fields[f"i:ch:{channel}"] = fields.get(f"i:ch:{channel}", 0) + 1
         fields[f"i:pos:{p}"] = 1
+        ops += [HIncr(item_ctr_key(item), "i", 1), Expire(item_ctr_key(item), ITEM_TTL_S)]
     bucket = bucket_key(_hour(timestamp_s))
-    ops: list[WriteOp] = [HIncr(ALL_KEY, f, n) for f, n in fields.items()]
+    ops += [HIncr(ALL_KEY, f, n) for f, n in fields.items()]
     ops += [HIncr(bucket, "i", len(shown)), HIncr(bucket, f"i:var:{served.variant}", len(shown))]
     ops += [Expire(bucket, BUCKET_TTL_S)]
     ops.append(HSet(MODELS_KEY, {served.variant: orjson.dumps(dict(served.model_versions)).decode()}))
@@ -143,6 +152,8 @@ def click_writes(served: Served | None, item_id: str, timestamp_s: float) -> lis
         HIncr(bucket, "c", 1),
         HIncr(bucket, f"c:var:{served.variant}", 1),
         Expire(bucket, BUCKET_TTL_S),
+        HIncr(item_ctr_key(item_id), "c", 1),
+        Expire(item_ctr_key(item_id), ITEM_TTL_S),
     ]
 
 
@@ -150,17 +161,19 @@ def ctr_writes(kv: KVStore, event_type: str, data: Mapping[str, Any], timestamp_
     """The CTR counter writes of one validated event (the consumer applies them with the event's
     token, so they count exactly once); [] for events that say nothing about CTR.
     Reads the served record: one KV round trip, only for impressions and attributed clicks."""
-    rec_id = data.get("recommendation_id")
-    if not rec_id:
-        return []
     is_impression = event_type == IMPRESSION_TYPE
-    if not is_impression and data.get("kind") != "click":
-        return []
+    rate: list[WriteOp] = []
+    if not is_impression:  # the event rate of the hour, by kind
+        bucket = bucket_key(_hour(timestamp_s))
+        rate = [HIncr(bucket, f"e:{data.get('kind')}", 1), Expire(bucket, BUCKET_TTL_S)]
+    rec_id = data.get("recommendation_id")
+    if not rec_id or not (is_impression or data.get("kind") == "click"):
+        return rate
     (raw,) = kv.read([Get(recommendation_key(rec_id))])
     served = Served.decode(rec_id, raw)
     if is_impression:
         return impression_writes(served, data.get("positions"), timestamp_s)
-    return click_writes(served, str(data["item_id"]), timestamp_s)
+    return rate + click_writes(served, str(data["item_id"]), timestamp_s)
 
 
 # ---- reading ------------------------------------------------------------------------------------
@@ -211,6 +224,7 @@ class CtrSnapshot:
     series: list[tuple[str, Rate]]  # (hour start ISO, rate), oldest first
     series_by_variant: dict[str, list[Rate]]
     variant_models: dict[str, dict[str, str]]
+    events_by_hour: list[dict[str, int]] = field(default_factory=list)  # kind -> events, per series hour
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -221,7 +235,10 @@ class CtrSnapshot:
             "impressions_lost": self.impressions_lost,
             "clicks_lost": self.clicks_lost,
             "clicks_unmatched": self.clicks_unmatched,
-            "series": [{"hour": h, **r.to_json()} for h, r in self.series],
+            "series": [
+                {"hour": h, **r.to_json(), "events": e}
+                for (h, r), e in zip(self.series, self.events_by_hour, strict=True)
+            ],
             "variant_models": self.variant_models,
         }
 
@@ -271,6 +288,7 @@ def read_ctr(kv: KVStore, hours: int = 24, now_s: float | None = None) -> CtrSna
             v: [Rate(_int(b, f"i:var:{v}"), _int(b, f"c:var:{v}")) for b in buckets] for v in variants
         },
         variant_models=models,
+        events_by_hour=[{f[2:]: _int(b, f) for f in b if f.startswith("e:")} for b in buckets],
     )
 
 
@@ -311,3 +329,9 @@ class ServedLog:
             )
             return False
         return True
+
+
+def read_item_ctr(kv: KVStore, item_id: str) -> Rate:
+    """One item's impressions and clicks."""
+    (fields,) = kv.read([HGetAll(item_ctr_key(item_id))])
+    return Rate(_int(fields, "i"), _int(fields, "c"))

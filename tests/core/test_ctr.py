@@ -9,7 +9,15 @@ from typing import Any
 import pytest
 from zerorec.cloudevents_io import new_event
 from zerorec.consumer import EventApplier
-from zerorec.ctr import IMPRESSION_TYPE, Rate, Served, read_ctr, read_served, served_writes
+from zerorec.ctr import (
+    IMPRESSION_TYPE,
+    Rate,
+    Served,
+    read_ctr,
+    read_item_ctr,
+    read_served,
+    served_writes,
+)
 from zerorec.errors import InvalidInputError
 from zerorec.experiments import Experiment, experiment_report, format_report, parse_experiment
 from zerorec.ingest import BEHAVIOR_TYPE, BehaviorIngest
@@ -60,6 +68,8 @@ def test_impressions_and_clicks_count_once_by_channel_position_variant(kv: Memor
     assert snap.by_variant == {"default/a": Rate(3, 1)}
     assert snap.variant_models == {"default/a": {"ranking": "v7"}}
     assert snap.series[-1][1] == Rate(3, 1)  # this hour's bucket
+    assert snap.events_by_hour[-1] == {"click": 1}  # event rates: every behavior event, by kind
+    assert (read_item_ctr(kv, "i3"), read_item_ctr(kv, "i2")) == (Rate(1, 1), Rate(1, 0))
     # The click is also a real interaction: it reached the user's state as before.
     assert user_state_from("u1", kv.read(user_state_reads("u1"))).recent_items == ["i3"]
 
