@@ -167,8 +167,8 @@ svc worker data "$SERVE" worker "${COLD[@]}" --scale 0..3 --concurrency-limit 1 
   --annotation-revision autoscaling.knative.dev/scale-to-zero-pod-retention-period=1m --timeout 300 \
   --request cpu=200m,memory=256Mi --limit "cpu=$BURST_CPU,memory=256Mi" "${BACKENDS[@]}" \
   $(scratch 256Mi) "${HTTP_PROBE[@]}" --cluster-local
-# dashboard: the operators' pages (zerorec.dashboard), cluster-local and without a key: reach it with
-# `kubectl port-forward` or behind an authenticating ingress. Scales to zero when nobody looks. Its
+# dashboard: the operators' pages (zerorec.dashboard), cluster-local and without a key: reach it in
+# the cluster, or publish it behind an authenticating ingress. Scales to zero when nobody looks. Its
 # budget is the seed's `beat` (100m / 128Mi), which the PingSources replaced.
 svc dashboard data "$SERVE" dashboard "${COLD[@]}" --scale 0..2 --concurrency-limit 16 --scale-target 10 \
   --annotation-revision autoscaling.knative.dev/scale-to-zero-pod-retention-period=1m --timeout 30 \
