@@ -160,3 +160,26 @@ def test_report_has_ctr_interval_and_offline_metrics(kv: MemoryKVStore, tmp_path
     assert row["offline_metrics"] == {"validation_candidate_recall": 0.85}
     text = format_report(report)
     assert "default/a" in text and "0.3333" in text and "validation_candidate_recall=0.8500" in text
+
+
+@pytest.mark.integration
+def test_counts_once_on_redis(redis_server: str, real_settings: Any, namespace: str) -> None:
+    """The same ops through the Redis backend (other slots than the user's record: rec, ctr, ictr)."""
+    from zerorec.storage.kv_redis import RedisKVStore
+
+    kv = RedisKVStore.from_settings(real_settings)
+    served = Served(f"{namespace}r", f"{namespace}u", f"{namespace}-v", (("i1", "als"), ("i2", "hot")))
+    kv.write(served_writes(served, 60))
+    before = read_ctr(kv).overall
+    applier = EventApplier(kv, category_cache_s=0)
+    imp = {**impression(rec=served.recommendation_id), "user_id": served.user_id}
+    clk = {**click("i2", rec=served.recommendation_id), "user_id": served.user_id}
+    assert apply(applier, IMPRESSION_TYPE, imp, f"{namespace}-e1")
+    assert not apply(applier, IMPRESSION_TYPE, imp, f"{namespace}-e1")
+    assert apply(applier, BEHAVIOR_TYPE, clk, f"{namespace}-e2")
+    assert not apply(applier, BEHAVIOR_TYPE, clk, f"{namespace}-e2")
+    snap = read_ctr(kv)
+    assert (snap.overall.impressions - before.impressions, snap.overall.clicks - before.clicks) == (2, 1)
+    assert snap.by_variant[f"{namespace}-v"] == Rate(2, 1)
+    assert read_served(kv, served.recommendation_id) == served
+    kv.close()

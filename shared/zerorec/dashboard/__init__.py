@@ -77,7 +77,8 @@ def svg_line(values: list[float | None], width: int = 640, height: int = 140) ->
     points = [
         f"{k * step:.1f},{height - v / top * usable:.1f}" for k, v in enumerate(values) if v is not None
     ]
-    return {"points": " ".join(points), "max": top, "width": width, "height": height}
+    dots = [p.split(",") for p in points]  # a lone hour is a dot, not an invisible line
+    return {"points": " ".join(points), "dots": dots, "max": top, "width": width, "height": height}
 
 
 @dataclass
