@@ -454,8 +454,15 @@ def experiment_simulate_cmd(
 
         before = read_ctr(kv, hours=1).overall
     try:
-        result = simulate(recommender or settings.recommender_url, behavior, users, click_rate=click_rate,
-                          seed=seed, user_prefix=user_prefix, api_key=settings.behavior_api_key)
+        result = simulate(
+            recommender or settings.recommender_url,
+            behavior,
+            users,
+            click_rate=click_rate,
+            seed=seed,
+            user_prefix=user_prefix,
+            api_key=settings.behavior_api_key,
+        )
     except httpx.HTTPError as exc:
         typer.echo(f"error: {exc!r} (is the stack running? ./local/task run)", err=True)
         raise typer.Exit(3) from None
