@@ -17,9 +17,10 @@ The flow:
 Why the BFF records what it served instead of the client echoing channels: the channel, position
 and variant of a click then come from the server, so a client can neither forget nor forge them,
 and a click on an item that was not in the answer is told apart (`clicks_unmatched`). The cost is
-memory bounded by the TTL: one string per answer of about 60 + 30 bytes per item (a top 10 of
-MovieLens ids: ~420 bytes, plus Redis's ~90 bytes of key overhead); at 100 answers/s and the
-default 30 min, 180k records, ~90 MB. An impression or click after the TTL still counts, under
+memory bounded by the TTL: one string per answer, measured in Redis 7 (MEMORY USAGE, 6-digit item
+ids, two model versions): 472 bytes for a top 10, 600 for a top 20; at 100 answers/s and the
+default 30 min, 180k records, ~85 MB. The BFF writes it alongside item hydration (0.2-0.5 ms on
+loopback Redis), so it adds no latency unless the KV is slower than the item function. An impression or click after the TTL still counts, under
 `impressions_lost` / `clicks_lost` (no channel, position or variant known). Set the TTL to 0 to
 record nothing (then no CTR is attributed at all).
 
