@@ -25,6 +25,7 @@ import recommender_pb2 as pb
 import recommender_pb2_grpc as pb_grpc
 from zerorec.api import MAX_BODY_BYTES, RecommendRequest, RecommendResponse, validation_reason
 from zerorec.bff import Recommender
+from zerorec.experiments import require_valid_experiment
 from zerorec.settings import get_settings
 
 log = logging.getLogger("zerorec.recommender.grpc")
@@ -95,6 +96,7 @@ def _port(cli_port: int | None) -> int:
 
 
 async def _main(host: str, port: int) -> None:
+    require_valid_experiment(get_settings())
     recommender = Recommender()
     server, bound = await serve(host, port, recommender)
     log.warning("recommender gRPC listening on %s:%d", host, bound)

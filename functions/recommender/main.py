@@ -15,9 +15,12 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from zerorec.api import MAX_BODY_BYTES, RecommendRequest, is_json_error, openapi_json, validation_reason
 from zerorec.bff import Recommender
+from zerorec.experiments import require_valid_experiment
 from zerorec.request_body import BodyTooLarge, read_limited
+from zerorec.settings import get_settings
 
 log = logging.getLogger("zerorec.recommender")
+require_valid_experiment(get_settings())
 _recommender: Recommender | None = None
 
 

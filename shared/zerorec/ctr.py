@@ -20,9 +20,13 @@ and a click on an item that was not in the answer is told apart (`clicks_unmatch
 memory bounded by the TTL: one string per answer, measured in Redis 7 (MEMORY USAGE, 6-digit item
 ids, two model versions): 472 bytes for a top 10, 600 for a top 20; at 100 answers/s and the
 default 30 min, 180k records, ~85 MB. The BFF writes it alongside item hydration (0.2-0.5 ms on
-loopback Redis), so it adds no latency unless the KV is slower than the item function. An impression or click after the TTL still counts, under
-`impressions_lost` / `clicks_lost` (no channel, position or variant known). Set the TTL to 0 to
-record nothing (then no CTR is attributed at all).
+loopback Redis), so it adds no latency unless the KV is slower than the item function. An
+impression or click after the TTL still counts, under `impressions_lost` / `clicks_lost` (no
+channel, position or variant known). Set the TTL to 0 to record nothing (no CTR is attributed).
+
+Cost in the consumer: one KV read of the record per impression and per click carrying an id (not
+batched with the other reads of a batched delivery); every behavior event also adds one counter
+of the hour's event rate.
 
 Counter layout (hash fields; every name is bounded: channels and variants come from code and
 configuration, positions are 1..100):

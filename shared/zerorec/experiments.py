@@ -94,6 +94,17 @@ def parse_experiment(text: str | None) -> Experiment | None:
         raise InvalidInputError(f"ZEROREC_EXPERIMENT is not a valid experiment: {reasons}") from None
 
 
+def require_valid_experiment(settings: Any) -> None:
+    """Refuse to start (exit 1 with the reason) on a malformed ZEROREC_EXPERIMENT, instead of
+    answering every request with an error."""
+    from zerorec.settings import RefusedToStart
+
+    try:
+        parse_experiment(settings.experiment)
+    except InvalidInputError as exc:
+        raise RefusedToStart(f"zerorec: refusing to start the recommender: {exc}") from None
+
+
 class Assigner:
     """What the BFF asks per request: the variant name and knobs of a user."""
 

@@ -138,6 +138,12 @@ def test_assignment_is_stable_and_follows_the_weights() -> None:
 
 
 def test_bad_experiment_setting_says_why() -> None:
+    from zerorec.experiments import require_valid_experiment
+    from zerorec.settings import RefusedToStart, Settings
+
+    with pytest.raises(RefusedToStart, match="refusing to start the recommender: ZEROREC_EXPERIMENT"):
+        require_valid_experiment(Settings(experiment="{not json"))
+    require_valid_experiment(Settings(experiment=""))
     assert parse_experiment("") is None
     with pytest.raises(InvalidInputError, match="ZEROREC_EXPERIMENT"):
         parse_experiment('{"name": "x", "variants": []}')
