@@ -327,8 +327,10 @@ class Recommender:
         settings: Settings | None = None,
         client: Any = None,
         hot_refresh_s: float = 60.0,
+        served_log: ServedLog | None = None,
     ) -> None:
-        """`client`: a Transport, or an httpx.AsyncClient (wrapped); default: our own HTTPPool."""
+        """`client`: a Transport, or an httpx.AsyncClient (wrapped); default: our own HTTPPool.
+        `served_log`: where answers are recorded for CTR attribution; default: the configured KV."""
         self.settings = settings or get_settings()
         self._own_client = client is None
         if client is None:
@@ -344,7 +346,7 @@ class Recommender:
         self._hot_cached_at = float("-inf")
         self._background: set[asyncio.Task[Any]] = set()
         self.assigner = Assigner.from_settings(self.settings)
-        self.served_log = ServedLog(self.settings)
+        self.served_log = served_log or ServedLog(self.settings)
         self._arm_settings: dict[str, Settings] = {}
 
     def _settings_for(self, arm: Variant | None) -> Settings:

@@ -10,7 +10,7 @@ from typing import Any
 from bff_fakes import Fakes
 from zerorec.api import RecommendRequest, RecommendResponse
 from zerorec.bff import Recommender
-from zerorec.ctr import read_served
+from zerorec.ctr import ServedLog, read_served
 from zerorec.storage.kv_memory import MemoryKVStore
 
 EXPERIMENT = json.dumps(
@@ -22,8 +22,7 @@ def recommend_many(settings: Any, users: list[str]) -> tuple[list[RecommendRespo
     kv = MemoryKVStore()
 
     async def go() -> list[RecommendResponse]:
-        rec = Recommender(settings, hot_refresh_s=0)
-        rec.served_log._kv = kv
+        rec = Recommender(settings, hot_refresh_s=0, served_log=ServedLog(settings, kv))
         try:
             return [await rec.recommend(RecommendRequest(user_id=u, n=4)) for u in users]
         finally:
