@@ -7,7 +7,7 @@
 #
 # Without --target, kn creates the Services in the cluster of the current kube context, replacing
 # any of the same name (--force), without waiting for them to be Ready. With --target DIR it writes
-# DIR/<service>.yaml and needs no cluster. SERVICE...: only these (default: all 14). KN: the kn
+# DIR/<service>.yaml and needs no cluster. SERVICE...: only these (default: all 15). KN: the kn
 # binary (default: .venv/bin/kn, else kn on PATH); KN_FLAGS: extra kn flags, e.g. "--context prod".
 # Images: zerorec-serve and zerorec-jobs, prefixed with --registry when given (`./local/task images`
 # builds them; `./local/task deploy` pushes them).
@@ -87,6 +87,8 @@ BFF=(
   --env "ZEROREC_RERANKING_URL=http://reranking.$NS.$SVC" --env "ZEROREC_USER_URL=http://user.$NS.$SVC"
   --env "ZEROREC_ITEM_URL=http://item.$NS.$SVC"
   --env ZEROREC_DEADLINE_MS=300 --env ZEROREC_TOTAL_BUDGET_MS=1000
+  # What each answer served (zerorec.ctr: impressions and clicks are attributed from it).
+  --env ZEROREC_KV_STORE=redis --env "ZEROREC_REDIS_URL=redis://redis.$NS.$SVC:6379/0"
 )
 # One thread per BLAS/OpenMP pool: a request's numpy work is small, and more threads only contend
 # for the CPU limit.
@@ -108,7 +110,7 @@ METRICS=(--port http1:8080 --annotation-revision prometheus.io/scrape=true
 # burst uses idle CPU instead of being throttled. Memory is not compressible: request = limit.
 BURST_CPU=1000m
 
-ALL=(recommender recommender-grpc recall ranking reranking user item behavior consumer worker
+ALL=(recommender recommender-grpc recall ranking reranking user item behavior consumer worker dashboard
   model-training feature-engineering vector-generation flink-realtime)
 SELECTED=("$@")
 for s in "${SELECTED[@]}"; do
@@ -174,6 +176,15 @@ svc worker data "$SERVE" worker "${COLD[@]}" --scale 0..3 --concurrency-limit 1 
   --annotation-revision autoscaling.knative.dev/scale-to-zero-pod-retention-period=1m --timeout 300 \
   --request cpu=200m,memory=256Mi --limit "cpu=$BURST_CPU,memory=256Mi" "${BACKENDS[@]}" \
   $(scratch 256Mi) "${HTTP_PROBE[@]}" --cluster-local
+# dashboard: the operators' pages (zerorec.dashboard), cluster-local and without a key: reach it in
+# the cluster, or publish it behind an authenticating ingress. Scales to zero when nobody looks.
+# Memory: 145 MB RSS measured after every page, plus the ALS factors it may load (16 MiB at most).
+svc dashboard data "$SERVE" dashboard "${COLD[@]}" --scale 0..2 --concurrency-limit 16 --scale-target 10 \
+  --annotation-revision autoscaling.knative.dev/scale-to-zero-pod-retention-period=1m --timeout 30 \
+  --request cpu=100m,memory=256Mi --limit "cpu=$BURST_CPU,memory=256Mi" "${ONE_THREAD[@]}" "${BACKENDS[@]}" \
+  --env "ZEROREC_RECOMMENDER_URL=http://recommender.$NS.$SVC" --env "ZEROREC_USER_URL=http://user.$NS.$SVC" \
+  --env "ZEROREC_ITEM_URL=http://item.$NS.$SVC" --env ZEROREC_EVALUATION_DIR=/app/docs/evaluation \
+  $(scratch 16Mi) "${HTTP_PROBE[@]}" --cluster-local
 
 # compute: on demand, one job at a time, on the jobs image. CPU: limit = the seed's budget, request
 # 100m: a job soaks up the CPU the serving pods leave idle, and under contention the serving pods

@@ -40,6 +40,10 @@ command -v buildah >/dev/null || missing+=(buildah)
 command -v runc >/dev/null || missing+=(runc)
 command -v debootstrap >/dev/null || missing+=(debootstrap)
 command -v skopeo >/dev/null || missing+=(skopeo)
+# The dashboard's browser test (tests/functions/test_dashboard_experiment.py): headless Chromium and
+# its WebDriver, driven by selenium (the dev extra).
+command -v chromium >/dev/null || missing+=(chromium)
+command -v chromedriver >/dev/null || missing+=(chromium-driver)
 if ((${#missing[@]})); then
   SUDO=()
   if ((EUID != 0)); then

@@ -6,10 +6,10 @@
 
 Each function is a functions-framework function served by `python -m zerorec.runner` on its port of
 the port map (recall 8081, ranking 8082, reranking 8083, user 8084, item 8085, behavior 8086,
-consumer 8087, worker 8088, recommender HTTP 10071), plus the recommender's gRPC server (10072), the
-local KafkaSource dispatcher (behavior and items topics -> consumer) and the PingSource emulator (->
-worker). Logs and pids live under .local-infra/functions/. `start` waits (bounded) for every
-`/health` to answer 200, and stops what it started if one does not.
+consumer 8087, worker 8088, dashboard 8095, recommender HTTP 10071), plus the recommender's gRPC
+server (10072), the local KafkaSource dispatcher (behavior and items topics -> consumer) and the
+PingSource emulator (-> worker). Logs and pids live under .local-infra/functions/. `start` waits
+(bounded) for every `/health` to answer 200, and stops what it started if one does not.
 
 Backends: embedded by default: models in a directory (ZEROREC_DATA_DIR, default .zerorec,
 where `zerorec train` publishes), KV and bus in SQLite files there when zerorec.storage offers them (separate
@@ -83,7 +83,8 @@ def services() -> list[Service]:
     """Everything `start` runs, in start order (those whose folder is missing are left out)."""
     py = sys.executable
     p = PORTS
-    all_ = [ff(name, p[name]) for name in (*SERVING, "behavior", "consumer", "worker", "recommender")]
+    always = (*SERVING, "behavior", "consumer", "worker", "recommender", "dashboard")
+    all_ = [ff(name, p[name]) for name in always]
     jobs = ("model-training", "feature-engineering", "vector-generation", "flink-realtime")  # on demand
     all_ += [ff(n, p[n], n.replace("-", "_")) for n in jobs]
     all_ += [
@@ -195,6 +196,7 @@ def function_env(
     if PORT_OFFSET:  # the BFF finds the shifted functions
         env.update({f"ZEROREC_{n.upper()}_URL": f"http://127.0.0.1:{PORTS[n]}" for n in SERVING})
         env["ZEROREC_GRPC_PORT"] = str(PORTS["recommender-grpc"])
+        env["ZEROREC_RECOMMENDER_URL"] = f"http://127.0.0.1:{PORTS['recommender']}"  # for the dashboard
     env.update(extra or {})
     return env
 

@@ -219,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         f"  curl -s localhost:{ev_port}/events -H 'content-type: application/json'{key} "
         f"""-d '{{"kind": "click", "user_id": "{user}", "item_id": "{clicked}", "timestamp": "{ts}"}}'\n"""
         f"  curl -s localhost:{rec_port}/openapi.json   # the API;  gRPC on {p['recommender-grpc']}\n"
+        f"  open http://localhost:{p['dashboard']}/users/{user}   # the dashboard (overview at /)\n"
         "  .venv/bin/python local/functions.py status   # what runs; logs in .local-infra/functions/\n"
         "Stop everything: ./local/task down"
     )

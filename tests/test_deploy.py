@@ -53,7 +53,7 @@ def test_dry_run_renders_every_object_valid(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr
     objs = rendered(tmp_path)
     _ns, source = deploy.load_objects()
-    assert names(objs) == names(source) and len(objs) == len(source) >= 22  # 14 Services, Job, eventing
+    assert names(objs) == names(source) and len(objs) == len(source) >= 23  # 15 Services, Job, eventing
     # Every rendered file passes the validator on its own (strict CRD schemas + webhook rules).
     report = kv.validate_paths([tmp_path / "objects"], CRDS, strict=True)
     assert report.errors == [] and report.checked == len(objs)
@@ -68,9 +68,11 @@ def test_dry_run_renders_every_object_valid(tmp_path: Path) -> None:
     # Apply order: the Job first, the sources after the Services they feed.
     order = [p.name for p in sorted((tmp_path / "objects").glob("*.yaml"))]
     assert order[0].endswith("-job-zerorec-init.yaml")
-    position = {name.split("-", 1)[1]: k for k, name in enumerate(order)}  # without the number
-    assert position["data-service-consumer.yaml"] < position["data-kafkasource-behavior-to-consumer.yaml"]
-    assert position["core-service-recall.yaml"] < position["core-kafkasource-models-to-recall.yaml"]
+    def at(suffix: str) -> int:  # the numbers shift as Services are added
+        return next(k for k, name in enumerate(order) if name.endswith(suffix))
+
+    assert at("-data-service-consumer.yaml") < at("-data-kafkasource-behavior-to-consumer.yaml")
+    assert at("-core-service-recall.yaml") < at("-core-kafkasource-models-to-recall.yaml")
 
 
 def test_phases_partition_the_objects(tmp_path: Path) -> None:
@@ -85,7 +87,7 @@ def test_phases_partition_the_objects(tmp_path: Path) -> None:
     assert seen == names(source)
     assert by_phase == {
         "core": {"recommender", "recommender-grpc", "recall", "ranking", "reranking"},
-        "data": {"user", "item", "behavior", "consumer", "worker"},
+        "data": {"user", "item", "behavior", "consumer", "worker", "dashboard"},
         "compute": {"model-training", "feature-engineering", "vector-generation", "flink-realtime"},
     }
     assert ("Job", "zerorec-init") in names(deploy.select(source, "core"))

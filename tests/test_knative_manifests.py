@@ -31,13 +31,13 @@ VERSION = re.search(r'^version = "(.+)"', (REPO / "pyproject.toml").read_text(),
 LATENCY_CRITICAL = {"recommender", "recommender-grpc", "recall", "ranking", "reranking", "user", "item"}
 JOB_FUNCTIONS = {"model-training", "feature-engineering", "vector-generation", "flink-realtime"}
 ALWAYS_ON_JOBS = {"flink-realtime"}  # a streaming job: scale-to-zero would stop it
-EXPECTED_SERVICES = LATENCY_CRITICAL | JOB_FUNCTIONS | {"behavior", "consumer", "worker"}
+EXPECTED_SERVICES = LATENCY_CRITICAL | JOB_FUNCTIONS | {"behavior", "consumer", "worker", "dashboard"}
 PUBLIC = {"recommender", "recommender-grpc", "behavior"}  # the BFF, and event intake from outside
 BFF = {"recommender", "recommender-grpc"}
 # The seed's deployment phases (seed/services-v2.md), as deploy's PHASE selects them.
 PHASE_OF = {
     **dict.fromkeys(["recommender", "recommender-grpc", "recall", "ranking", "reranking"], "core"),
-    **dict.fromkeys(["user", "item", "behavior", "consumer", "worker"], "data"),
+    **dict.fromkeys(["user", "item", "behavior", "consumer", "worker", "dashboard"], "data"),
     **dict.fromkeys(JOB_FUNCTIONS, "compute"),
 }
 SECRET_KEYS = {"zerorec-s3": {"access-key", "secret-key"}, "zerorec-api-keys": {"behavior", "admin"}}

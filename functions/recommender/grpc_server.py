@@ -26,6 +26,7 @@ import recommender_pb2 as pb
 import recommender_pb2_grpc as pb_grpc
 from zerorec.api import MAX_BODY_BYTES, RecommendRequest, RecommendResponse, validation_reason
 from zerorec.bff import Recommender
+from zerorec.experiments import require_valid_experiment
 from zerorec.settings import get_settings
 
 log = logging.getLogger("zerorec.recommender.grpc")
@@ -51,9 +52,12 @@ def encode(resp: RecommendResponse) -> pb.RecommendResponse:
     out = pb.RecommendResponse(
         user_id=resp.user_id, source=resp.source, degraded=resp.degraded,
         timings_ms=resp.timings_ms, model_versions=resp.model_versions,
+        recommendation_id=resp.recommendation_id, variant=resp.variant,
     )
     for it in resp.items:
-        item = out.items.add(item_id=it.item_id, score=it.score, channel=it.channel, reasons=it.reasons)
+        item = out.items.add(
+            item_id=it.item_id, score=it.score, channel=it.channel, reasons=it.reasons, position=it.position
+        )
         if it.metadata is not None:
             meta = struct_pb2.Struct()
             meta.update(it.metadata.model_dump(mode="json"))
@@ -116,6 +120,7 @@ def _port(cli_port: int | None) -> int:
 
 
 async def _main(host: str, port: int) -> None:
+    require_valid_experiment(get_settings())
     recommender = Recommender()
     server, bound = await serve(host, port, recommender)
     log.warning("recommender gRPC listening on %s:%d", host, bound)

@@ -18,9 +18,12 @@ from zerorec.api import MAX_BODY_BYTES, RecommendRequest, is_json_error, openapi
 from zerorec.bff import Recommender
 from zerorec.bff_platform import ROUTES as PLATFORM_ROUTES
 from zerorec.bff_platform import StageFailed
+from zerorec.experiments import require_valid_experiment
 from zerorec.request_body import BodyTooLarge, read_limited
+from zerorec.settings import get_settings
 
 log = logging.getLogger("zerorec.recommender")
+require_valid_experiment(get_settings())
 _recommender: Recommender | None = None
 
 

@@ -36,6 +36,7 @@ PORTS: dict[str, int] = {
     "vector-generation": 8093,
     "flink-realtime": 8094,
     "recommender": 10071,
+    "dashboard": 8095,
 }
 MAX_RETRY = 100
 MAX_BACKOFF_S = 60.0

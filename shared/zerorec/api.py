@@ -105,6 +105,7 @@ class RecommendedItem(_Response):
     channel: str = Field(description="recall channel the item came from (als, cf, hot, ...)")
     reasons: list[str] = Field(default_factory=list)
     metadata: ItemMeta | None = Field(default=None, description="null when the item function was unavailable")
+    position: int = Field(default=0, description="1-based place in the answer (impressions, clicks)")
 
 
 class RecommendResponse(_Response):
@@ -118,6 +119,10 @@ class RecommendResponse(_Response):
     degraded: list[str] = Field(default_factory=list, description="e.g. ranking_timeout, recall_unavailable")
     timings_ms: dict[str, float] = Field(default_factory=dict, description="per stage and total")
     model_versions: dict[str, str] = Field(default_factory=dict)
+    recommendation_id: str = Field(
+        default="", description="send it with impression and click events (POST /events) to count the CTR"
+    )
+    variant: str = Field(default="", description="the experiment variant that served the answer")
 
 
 # --------------------------------------------------------------------------- internal contracts

@@ -49,6 +49,8 @@ from zerorec.api import (
     UserProfile,
     UserRequest,
 )
+from zerorec.ctr import Served, ServedLog, new_recommendation_id
+from zerorec.experiments import Assigner, Variant
 from zerorec.feedback import DEMOTE, GUEST_USER_ID, demoted_score
 from zerorec.observability import outgoing_traceparent, record_recommendation, traceparent_header_line
 from zerorec.settings import Settings, get_settings
@@ -329,8 +331,10 @@ class Recommender:
         settings: Settings | None = None,
         client: Any = None,
         hot_refresh_s: float = 60.0,
+        served_log: ServedLog | None = None,
     ) -> None:
-        """`client`: a Transport, or an httpx.AsyncClient (wrapped); default: our own HTTPPool."""
+        """`client`: a Transport, or an httpx.AsyncClient (wrapped); default: our own HTTPPool.
+        `served_log`: where answers are recorded for CTR attribution; default: the configured KV."""
         self.settings = settings or get_settings()
         self._own_client = client is None
         if client is None:
@@ -345,6 +349,17 @@ class Recommender:
         self._hot_cache: list[HotItem] = []
         self._hot_cached_at = float("-inf")
         self._background: set[asyncio.Task[Any]] = set()
+        self.assigner = Assigner.from_settings(self.settings)
+        self.served_log = served_log or ServedLog(self.settings)
+        self._arm_settings: dict[str, Settings] = {}
+
+    def _settings_for(self, arm: Variant | None) -> Settings:
+        """The settings of an experiment arm (its URL / candidate overrides), built once per arm."""
+        if arm is None or not arm.url_overrides():
+            return self.settings
+        if arm.name not in self._arm_settings:
+            self._arm_settings[arm.name] = self.settings.model_copy(update=arm.url_overrides())
+        return self._arm_settings[arm.name]
 
     async def aclose(self) -> None:
         """Cancel background refreshes and close the HTTP client (if it is ours)."""
@@ -449,13 +464,14 @@ class Recommender:
         """One recommendation; never raises for a downstream failure."""
         start = time.perf_counter()
         end = start + self.budget_s
-        s = self.settings
+        # A guest (no user_id): the session's recent items stand in for the profile (zerorec.feedback).
+        user_id = req.user_id or GUEST_USER_ID
+        variant, arm = self.assigner.assign(user_id)  # guests share one arm
+        s = self._settings_for(arm)
         degraded: list[str] = []
         timings: dict[str, float] = {}
         versions: dict[str, str] = {}
         excluded = set(req.exclude)
-        # A guest (no user_id): the session's recent items stand in for the profile (zerorec.feedback).
-        user_id = req.user_id or GUEST_USER_ID
 
         # 1. user and recall, concurrently.
         if req.user_id is None:
@@ -508,8 +524,10 @@ class Recommender:
         # 3. ranking (personalized candidates only), then 4. reranking.
         final: list[RecommendedItem]
         if source == "personalized" and candidates:
-            # recall's candidate objects (and their signals) go on as received.
-            rank_res = await self._timed(
+            # recall's candidate objects (and their signals) go on as received; an experiment arm
+            # without ranking serves recall's order (reranked all the same).
+            ranking_off = arm is not None and not arm.ranking
+            rank_res = StageError("ranking", "off") if ranking_off else await self._timed(
                 "ranking",
                 timings,
                 self._call(
@@ -528,7 +546,8 @@ class Recommender:
             if not isinstance(rank_res, StageError) and len(rank_res[0]) != len(candidates):
                 rank_res = StageError("ranking", "bad_response")
             if isinstance(rank_res, StageError):
-                degraded.append(rank_res.reason)
+                if rank_res.cause != "off":
+                    degraded.append(rank_res.reason)
                 ranked = _ranked(candidates)  # recall order
             else:
                 scores, rank_version = rank_res
@@ -559,6 +578,14 @@ class Recommender:
         else:
             final = self._top(_ranked(candidates), blocked, req.n)
         final = _dedupe(final)
+        for position, f in enumerate(final, start=1):
+            f.position = position
+        rec_id = new_recommendation_id()
+        recording = asyncio.ensure_future(  # runs alongside item hydration
+            self.served_log.record(
+                Served(rec_id, user_id, variant, tuple((f.item_id, f.channel) for f in final), versions)
+            )
+        )
 
         # 5. item metadata.
         if final:
@@ -582,6 +609,7 @@ class Recommender:
 
         if source == "personalized":
             self._maybe_refresh_hot()
+        await recording
         timings["total"] = round((time.perf_counter() - start) * 1000, 3)
         record_recommendation(source, degraded)  # zerorec_recommendations / zerorec_degraded
         return RecommendResponse(
@@ -591,6 +619,8 @@ class Recommender:
             degraded=degraded,
             timings_ms=timings,
             model_versions=versions,
+            recommendation_id=rec_id,
+            variant=variant,
         )
 
     @staticmethod

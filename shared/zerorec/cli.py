@@ -405,5 +405,74 @@ def bench_state(ctx: typer.Context) -> None:
     raise typer.Exit(main(list(ctx.args)))
 
 
+experiment_app = typer.Typer(help="A/B experiments: simulated traffic, CTR by variant.", no_args_is_help=True)
+app.add_typer(experiment_app, name="experiment")
+
+
+@experiment_app.command("report")
+def experiment_report_cmd(
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of the table")] = False,
+    hours: Annotated[int, typer.Option(help="hours of CTR series to read (1..192)")] = 24,
+) -> None:
+    """CTR per variant with its Wilson 95% interval and the offline metrics of each variant's model."""
+    from zerorec.errors import BackendUnavailableError
+    from zerorec.experiments import experiment_report, format_report
+    from zerorec.settings import get_settings
+    from zerorec.storage import kv_store, object_store
+
+    settings = get_settings()
+    try:
+        report = experiment_report(kv_store(settings), object_store(settings), settings.model_name, hours)
+    except BackendUnavailableError as exc:
+        typer.echo(f"error: the key-value store is unavailable: {exc}", err=True)
+        raise typer.Exit(3) from None
+    typer.echo(json.dumps(report, indent=2) if as_json else format_report(report))
+
+
+@experiment_app.command("simulate")
+def experiment_simulate_cmd(
+    users: Annotated[int, typer.Option(min=1, max=100_000, help="simulated users (one session each)")] = 200,
+    recommender: Annotated[str | None, typer.Option(help="BFF URL (ZEROREC_RECOMMENDER_URL)")] = None,
+    behavior: Annotated[str, typer.Option(help="behavior function URL")] = "http://127.0.0.1:8086",
+    click_rate: Annotated[float, typer.Option(min=0.0, max=1.0, help="click chance at position 1")] = 0.3,
+    seed: Annotated[int, typer.Option(help="random seed of the clicks")] = 0,
+    user_prefix: Annotated[str, typer.Option(help="simulated user ids: PREFIX0, PREFIX1, ...")] = "sim",
+    wait_s: Annotated[float, typer.Option(help="wait for the consumer to count them (0: no)")] = 60,
+) -> None:
+    """Simulated users against a running stack: recommendation, impression, clicks (POST /events)."""
+    import httpx
+
+    from zerorec.experiment_sim import simulate, wait_counted
+    from zerorec.settings import get_settings
+    from zerorec.storage import kv_store
+
+    settings = get_settings()
+    before = None
+    kv = kv_store(settings)
+    if wait_s > 0:
+        from zerorec.ctr import read_ctr
+
+        before = read_ctr(kv, hours=1).overall
+    try:
+        result = simulate(
+            recommender or settings.recommender_url,
+            behavior,
+            users,
+            click_rate=click_rate,
+            seed=seed,
+            user_prefix=user_prefix,
+            api_key=settings.behavior_api_key,
+        )
+    except httpx.HTTPError as exc:
+        typer.echo(f"error: {exc!r} (is the stack running? ./local/task run)", err=True)
+        raise typer.Exit(3) from None
+    typer.echo(json.dumps(result.to_json()))
+    if before is not None and not wait_counted(
+        kv, before.impressions + result.impressions, before.clicks + result.clicks, wait_s
+    ):
+        typer.echo(f"error: the consumer did not count the events within {wait_s} s", err=True)
+        raise typer.Exit(4)
+
+
 if __name__ == "__main__":
     app()

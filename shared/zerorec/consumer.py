@@ -28,11 +28,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from zerorec.cloudevents_io import CloudEvent, effective_type, event_data, validate
+from zerorec.ctr import IMPRESSION_TYPE, ctr_writes
 from zerorec.errors import BackendUnavailableError, InvalidInputError
 from zerorec.event_schemas import SchemaCatalogue, catalogue, parse_timestamp
 from zerorec.feedback import NEGATIVE_KINDS
 from zerorec.realtime import (
     DEDUPE_WINDOW_S,
+    USER_STATE_TTL_S,
     BehaviorEvent,
     ItemRecord,
     behavior_token,
@@ -43,13 +45,15 @@ from zerorec.realtime import (
     item_delete_writes,
     item_event_token,
     item_upsert_writes,
+    user_key,
 )
-from zerorec.storage.kv import KVStore, Token, WriteOp, ZRem
+from zerorec.storage.kv import Expire, KVStore, Token, WriteOp, ZRem
 
 BEHAVIOR_TYPE = "dev.zerorec.behavior.v1"
 UPSERT_TYPE = "dev.zerorec.item.upserted.v1"
 DELETE_TYPE = "dev.zerorec.item.deleted.v1"
-HANDLED_TYPES = (BEHAVIOR_TYPE, UPSERT_TYPE, DELETE_TYPE)
+HANDLED_TYPES = (BEHAVIOR_TYPE, IMPRESSION_TYPE, UPSERT_TYPE, DELETE_TYPE)
+USER_EVENT_TYPES = (BEHAVIOR_TYPE, IMPRESSION_TYPE)  # token in the user's record, batched together
 CACHE_MAX = 100_000
 
 
@@ -152,14 +156,13 @@ class EventApplier:
     def apply(self, event: CloudEvent) -> Applied:
         """Validate and apply one event; InvalidInputError for anything the consumer must refuse."""
         event_type = handled_type(event)
+        if event_type in USER_EVENT_TYPES:
+            token, ops = self._behavior_ops(event)
+            return Applied(str(event["id"]), event_type, self.kv.apply_once(token, ops, self.window_s))
         validate(event, self.catalogue)
         data = event_data(event)
         token: Token = item_event_token(str(event["id"]))
-        if event_type == BEHAVIOR_TYPE:
-            behavior = behavior_from(data)
-            ops = behavior_writes(behavior, self._categories_of(behavior), self.weights)
-            token = behavior_token(behavior.user_id, str(event["id"]))
-        elif event_type == UPSERT_TYPE:
+        if event_type == UPSERT_TYPE:
             item = item_from(data)
             old = self.item_categories(item.item_id, cached=False)
             ops = _upsert_ops(item, old)
@@ -172,10 +175,18 @@ class EventApplier:
         return Applied(str(event["id"]), event_type, applied)
 
     def _behavior_ops(self, event: CloudEvent) -> tuple[Token, list[WriteOp]]:
+        """A behavior or impression event's token and writes (the user state, then the CTR counters)."""
         validate(event, self.catalogue)
-        behavior = behavior_from(event_data(event))
-        token = behavior_token(behavior.user_id, str(event["id"]))
-        return token, behavior_writes(behavior, self._categories_of(behavior), self.weights)
+        data = event_data(event)
+        event_type = effective_type(event)
+        timestamp_s = parse_timestamp(data["timestamp"]).timestamp()
+        token = behavior_token(data["user_id"], str(event["id"]))
+        if event_type == IMPRESSION_TYPE:  # not an interaction: only the CTR and the record's TTL
+            ops: list[WriteOp] = [Expire(user_key(data["user_id"]), USER_STATE_TTL_S)]
+        else:
+            behavior = behavior_from(data)
+            ops = behavior_writes(behavior, self._categories_of(behavior), self.weights)
+        return token, ops + ctr_writes(self.kv, event_type, data, timestamp_s)
 
     def apply_batch(self, events: Sequence[CloudEvent | InvalidInputError]) -> list[dict[str, Any]]:
         """One result per event, in order: `{"id", "type", "status": 200, "applied"}` or
@@ -188,8 +199,8 @@ class EventApplier:
                 if isinstance(event, InvalidInputError):
                     raise event
                 event_type = handled_type(event)
-                if event_type == BEHAVIOR_TYPE:
-                    group.append(_Pending(position, str(event["id"]), *self._behavior_ops(event)))
+                if event_type in USER_EVENT_TYPES:
+                    group.append(_Pending(position, str(event["id"]), *self._behavior_ops(event), event_type))
                     continue
                 self._flush(group, results)  # an item event reads state: what came before goes first
                 group = []
@@ -224,7 +235,7 @@ class EventApplier:
                 except BackendUnavailableError as exc:
                     results[p.position] = {"status": 503, "error": f"key-value store unavailable: {exc}"}
                     continue
-            results[p.position] = {"status": 200, **Applied(p.event_id, BEHAVIOR_TYPE, ok).to_json()}
+            results[p.position] = {"status": 200, **Applied(p.event_id, p.event_type, ok).to_json()}
 
 
 @dataclass(frozen=True)
@@ -235,6 +246,7 @@ class _Pending:
     event_id: str
     token: Token
     ops: list[WriteOp]
+    event_type: str = BEHAVIOR_TYPE
 
 
 def handled_type(event: CloudEvent) -> str:

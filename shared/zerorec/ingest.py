@@ -30,6 +30,8 @@ from zerorec.event_schemas import MAX_DATA_DEPTH, SchemaCatalogue, catalogue, ne
 from zerorec.storage.bus import EventBus, OutgoingRecord
 
 BEHAVIOR_TYPE = "dev.zerorec.behavior.v1"
+IMPRESSION_TYPE = "dev.zerorec.impression.v1"  # zerorec.ctr: `{"kind": "impression", ...}` payloads
+ACCEPTED_TYPES = (BEHAVIOR_TYPE, IMPRESSION_TYPE)
 SOURCE = "/zerorec/behavior"
 DEFAULT_MAX_BATCH = 1000
 DEFAULT_MAX_BODY_BYTES = 2 * 1024 * 1024
@@ -118,9 +120,9 @@ class BehaviorIngest:
         self.catalogue = catalogue_ or catalogue()
 
     def check(self, payload: Any) -> str | None:
-        """Why `payload` is not a valid behavior event, or None."""
+        """Why `payload` is not a valid behavior (or impression) event, or None."""
         try:
-            self.catalogue.validate_data(BEHAVIOR_TYPE, payload)
+            self.catalogue.validate_data(event_type_of(payload), payload)
         except InvalidInputError as exc:
             return str(exc)
         return None
@@ -137,7 +139,7 @@ class BehaviorIngest:
                 result.errors.append({"index": index, "reason": reason})
                 continue
             event = new_event(
-                BEHAVIOR_TYPE,
+                event_type_of(payload),
                 payload,
                 source=SOURCE,
                 subject=payload["user_id"],
@@ -155,11 +157,12 @@ class BehaviorIngest:
     def accept_cloudevent(self, event: CloudEvent) -> IngestResult:
         """Accept one client-built behavior CloudEvent; its id is kept (client retries dedup)."""
         validate(event, self.catalogue)
-        if event["type"] != BEHAVIOR_TYPE:
-            raise InvalidInputError(f"this endpoint takes {BEHAVIOR_TYPE} events, got {event['type']!r}")
+        if event["type"] not in ACCEPTED_TYPES:
+            takes = " or ".join(ACCEPTED_TYPES)
+            raise InvalidInputError(f"this endpoint takes {takes} events, got {event['type']!r}")
         payload = event_data(event)
         fresh = new_event(
-            BEHAVIOR_TYPE,
+            event["type"],
             payload,
             source=str(event["source"]),
             subject=payload["user_id"],
@@ -168,3 +171,9 @@ class BehaviorIngest:
         )
         self.bus.publish(self.topic, [to_kafka_record(fresh, key=payload["user_id"])])
         return IngestResult(ids=[str(event["id"])])
+
+
+def event_type_of(payload: Any) -> str:
+    """The event type of a plain JSON payload: an impression says `"kind": "impression"`."""
+    impression = isinstance(payload, dict) and payload.get("kind") == "impression"
+    return IMPRESSION_TYPE if impression else BEHAVIOR_TYPE

@@ -75,6 +75,19 @@ class Settings(BaseSettings):
     total_budget_ms: int = Field(default=1000, gt=0, description="budget of one whole recommendation")
     recall_candidates: int = Field(default=500, ge=1, le=2000, description="candidates asked of recall")
     grpc_port: int = Field(default=10072, gt=0, lt=65536, description="recommender gRPC port")
+    # --- impressions, CTR and experiments (zerorec.ctr, zerorec.experiments) --------------------
+    variant: str = Field(
+        default="default", min_length=1, max_length=40, pattern=r"^[A-Za-z0-9_.-]+$",
+        description="this revision's variant name, in every answer (a Knative revision sets its own)",
+    )
+    experiment: str = Field(default="", description="in-revision experiment (JSON, zerorec.experiments)")
+    recommendation_ttl_s: int = Field(
+        default=1800, ge=0, description="how long the BFF keeps what it served, for CTR attribution (0: off)"
+    )
+    recommender_url: str = Field(default="http://127.0.0.1:10071", description="the BFF (for the dashboard)")
+    evaluation_dir: Path = Field(
+        default=Path("docs/evaluation"), description="`zerorec evaluate`'s report.json and .png"
+    )
 
     # --- serving functions (recall, ranking, reranking, user, item) ---------------------------
     model_name: str = Field(default="recommender", description="bundle the serving functions load")

@@ -18,7 +18,7 @@ sys.path.insert(0, str(REPO / "tests" / "functions"))
 
 from fn_bundles import publish, train_tiny  # noqa: E402
 
-BASE_PORTS = (8081, 8082, 8083, 8084, 8085, 8086, 8087, 8088, 10071, 10072)
+BASE_PORTS = (8081, 8082, 8083, 8084, 8085, 8086, 8087, 8088, 8095, 10071, 10072)
 
 
 def _free(port: int) -> bool:

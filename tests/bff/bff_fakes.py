@@ -70,7 +70,9 @@ class Fakes:
         urls = {f"{s}_url": (f"http://127.0.0.1:{closed_port()}" if s in down else self.urls[s])
                 for s in SERVICES}
         # Generous by default (tests run on loaded machines); deadline tests set their own.
-        values: dict[str, Any] = {"deadline_ms": 2000, "total_budget_ms": 5000, "recall_candidates": 50}
+        # The records of what was served (zerorec.ctr) go to the in-process KV, not a file.
+        values: dict[str, Any] = {"deadline_ms": 2000, "total_budget_ms": 5000, "recall_candidates": 50,
+                                  "kv_store": "memory"}
         values.update(urls)
         values.update(overrides)
         return Settings(**values)

@@ -15,6 +15,7 @@ REPO = Path(__file__).resolve().parents[2]
 BEHAVIOR = "dev.zerorec.behavior.v1"
 EXPECTED_TYPES = {
     "dev.zerorec.behavior.v1",
+    "dev.zerorec.impression.v1",
     "dev.zerorec.item.upserted.v1",
     "dev.zerorec.item.deleted.v1",
     "dev.zerorec.model.published.v1",

@@ -22,21 +22,23 @@ class RecommendRequest(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., n: _Optional[int] = ..., context: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., exclude: _Optional[_Iterable[str]] = ..., recent_items: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RecommendedItem(_message.Message):
-    __slots__ = ("item_id", "score", "channel", "reasons", "metadata")
+    __slots__ = ("item_id", "score", "channel", "reasons", "metadata", "position")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     CHANNEL_FIELD_NUMBER: _ClassVar[int]
     REASONS_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     score: float
     channel: str
     reasons: _containers.RepeatedScalarFieldContainer[str]
     metadata: _struct_pb2.Struct
-    def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., channel: _Optional[str] = ..., reasons: _Optional[_Iterable[str]] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    position: int
+    def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., channel: _Optional[str] = ..., reasons: _Optional[_Iterable[str]] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., position: _Optional[int] = ...) -> None: ...
 
 class RecommendResponse(_message.Message):
-    __slots__ = ("user_id", "items", "source", "degraded", "timings_ms", "model_versions")
+    __slots__ = ("user_id", "items", "source", "degraded", "timings_ms", "model_versions", "recommendation_id", "variant")
     class TimingsMsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -57,10 +59,14 @@ class RecommendResponse(_message.Message):
     DEGRADED_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_MS_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    RECOMMENDATION_ID_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     items: _containers.RepeatedCompositeFieldContainer[RecommendedItem]
     source: str
     degraded: _containers.RepeatedScalarFieldContainer[str]
     timings_ms: _containers.ScalarMap[str, float]
     model_versions: _containers.ScalarMap[str, str]
-    def __init__(self, user_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., source: _Optional[str] = ..., degraded: _Optional[_Iterable[str]] = ..., timings_ms: _Optional[_Mapping[str, float]] = ..., model_versions: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    recommendation_id: str
+    variant: str
+    def __init__(self, user_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., source: _Optional[str] = ..., degraded: _Optional[_Iterable[str]] = ..., timings_ms: _Optional[_Mapping[str, float]] = ..., model_versions: _Optional[_Mapping[str, str]] = ..., recommendation_id: _Optional[str] = ..., variant: _Optional[str] = ...) -> None: ...
