@@ -1097,17 +1097,25 @@ def evaluate_protocol(
     log: Progress | None = None,
     k: int = 20,
     trainer: Callable[..., tuple[Recommender, dict[str, Any]]] | None = None,
+    ablation: bool = False,
 ) -> dict[str, Any]:
     """temporal-user-20: train on the train split (the ranker's validation cut is taken inside it),
     then one row per channel, the merged recall, recall+ranking and the full pipeline.
-    ``trainer``: another engine with train_recommender's signature (the Spark engine)."""
+    ``trainer``: another engine with train_recommender's signature (the Spark engine).
+    ``ablation`` (local engine): one more full-pipeline row per feature group switched off
+    (`ranking.features.FEATURE_GROUPS`): the same channels, the ranker retrained and the serving
+    order chosen again without the group (for "vectors", the vector channel's quota is 0 too)."""
     from zerorec.evaluation import candidate_recall, full_report, protocol_split
 
     config = config or PipelineConfig()
     ps = protocol_split(interactions, items)
     t0 = time.perf_counter()
-    train = trainer or train_recommender
-    rec, info = train(ps.train_frame, items, config, progress=progress, log=log)
+    if trainer is None:
+        rec, info = train_recommender(
+            ps.train_frame, items, config, progress=progress, log=log, keep_rows=ablation
+        )
+    else:
+        rec, info = trainer(ps.train_frame, items, config, progress=progress, log=log)
     train_s = time.perf_counter() - t0
     runs = _run_users(rec, ps.users.tolist(), k, {"full": None}, progress)
     truth = _truth(rec, ps)
@@ -1131,7 +1139,48 @@ def evaluate_protocol(
         metrics["wall_seconds"] = runs.wall[n]
         report["rows"][n] = metrics
     report["stages"] = stage_gains(report["rows"])
+    report["serving_choice"] = {
+        "blend_channel": rec.config.blend_channel,
+        "blend_weight": rec.config.blend_weight,
+        "rerank": rec.config.rerank_diversity > 0 or rec.config.rerank_freshness > 0,
+        "validation": (info.get("serving_choice") or {}).get("table"),
+    }
+    if ablation and "ranker_data" in info:
+        report["ablation"] = _ablation_rows(rec, info.pop("ranker_data"), config, ps, k, progress, log)
     return report
+
+
+def _ablation_rows(
+    rec: Recommender,
+    ranker_data: tuple[RankerData, Recommender],
+    config: PipelineConfig,
+    ps: Any,
+    k: int,
+    progress: bool,
+    log: Progress | None,
+) -> dict[str, dict[str, float]]:
+    """The full pipeline with each feature group off: "full -<group>" -> its metrics."""
+    from zerorec.evaluation import full_report
+
+    rd, inner_rec = ranker_data
+    say = log or (lambda msg: None)
+    truth = _truth(rec, ps)
+    out: dict[str, dict[str, float]] = {}
+    for group in FEATURE_GROUPS:
+        t = time.perf_counter()
+        say(f"ablation: the ranker without the {group} features")
+        cfg = dataclasses.replace(
+            config, feature_groups=tuple(g for g in config.feature_groups if g != group)
+        )
+        cfg, onnx_bytes, _ = ranker_variant(rd, inner_rec, cfg, progress, say)
+        variant = Recommender(rec.data, rec.channels, cfg, onnx_bytes, rec.items)
+        variant.event_log = rec.event_log
+        runs = _run_users(variant, ps.users.tolist(), k, {"full": None}, progress)
+        metrics = full_report(np.array(runs.rows["full"]), truth, rec.data)
+        metrics["wall_seconds"] = runs.wall["full"]
+        metrics["train_seconds"] = time.perf_counter() - t - runs.wall["full"]
+        out[f"full -{group}"] = metrics
+    return out
 
 
 def tune_rerank(

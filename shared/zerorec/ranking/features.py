@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from zerorec.realtime import (
-    EVENT_WEIGHTS,
+    event_weight,
     item_features_key,
     rt_counts_from,
     rt_feature_reads,
@@ -93,7 +93,7 @@ def service_dense(snap: ServiceSnapshot, groups: Sequence[str] = FEATURE_GROUPS)
     if "spark" in groups:
         cnt = np.maximum(snap.item_counts, 0.0)
         out[:, 0:3] = np.log1p(cnt)
-        out[:, 3] = (cnt[:, 1] + 1.0) / (cnt[:, 2] + 1.0)
+        out[:, 3] = np.log((cnt[:, 1] + 1.0) / (cnt[:, 2] + 1.0))  # <= 0; 0 = no trend or unknown
         out[:, 4] = math.log1p(max(snap.user_events, 0.0))
         out[:, 5] = 1.0 - snap.user_views / snap.user_events if snap.user_events > 0 else 0.0
         out[:, 6] = snap.category_affinity
@@ -182,8 +182,11 @@ class EventLog:
         item_index: Mapping[str, int],
         item_genres: Any,
     ) -> EventLog:
-        """From a normalised interactions frame (user_id, item_id, timestamp[, event_type]); rows of
-        users or items outside the indexes are left out."""
+        """From a normalised interactions frame (user_id, item_id, timestamp[, event_type, value]):
+        weights as `realtime.event_weight` (feature-engineering's); rows of users or items outside
+        the indexes are left out."""
+        import pandas as pd
+
         users = frame["user_id"].map(user_index)
         items = frame["item_id"].map(item_index)
         keep = (users.notna() & items.notna()).to_numpy()
@@ -192,7 +195,15 @@ class EventLog:
             if "event_type" in frame
             else np.full(int(keep.sum()), "interaction")
         )
-        weight = np.array([EVENT_WEIGHTS.get(k, 1.0) for k in kinds], np.float64)
+        values = (
+            pd.to_numeric(frame["value"], errors="coerce").to_numpy(np.float64)[keep]
+            if "value" in frame
+            else np.full(len(kinds), np.nan)
+        )
+        weight = np.array(
+            [event_weight(k, None if math.isnan(v) else v) for k, v in zip(kinds, values, strict=True)],
+            np.float64,
+        )
         return cls(
             items.to_numpy()[keep].astype(np.int64),
             users.to_numpy()[keep].astype(np.int64),
