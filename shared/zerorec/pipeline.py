@@ -326,8 +326,9 @@ class Recommender:
                 else ServiceSnapshot.empty(len(merged))
             )
         base_sparse = sparse.shape[1]
+        clock = service.as_of if service.as_of is not None else now
         ctx = np.broadcast_to(
-            context_indices(context, now, groups), (len(merged), len(CONTEXT_CARDINALITIES))
+            context_indices(context, clock, groups), (len(merged), len(CONTEXT_CARDINALITIES))
         )
         sparse = np.concatenate([sparse, ctx], axis=1)
         dense = np.concatenate([dense, service_dense(service, groups)], axis=1)

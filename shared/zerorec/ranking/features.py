@@ -20,6 +20,7 @@ a ranker trained that way learns nothing from the service):
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
 
     from zerorec.storage.kv import KVStore
 
+log = logging.getLogger(__name__)
 FEATURE_GROUPS = ("spark", "flink", "context", "vectors")
 DAY_S = 86_400.0
 SPARK_WINDOWS_DAYS = (1, 7, 30)  # jobs.feature_engineering.job.WINDOWS_DAYS
@@ -79,6 +81,7 @@ class ServiceSnapshot:
     user_events: float = 0.0  # the user's events in 30 days
     user_views: float = 0.0  # of them, views
     user_rt: tuple[float, float] = (0.0, 0.0)  # the user's events in the last minute / hour
+    as_of: float | None = None  # the request time the values hold at (the context's default clock)
 
     @classmethod
     def empty(cls, m: int) -> ServiceSnapshot:
@@ -227,7 +230,7 @@ class EventLog:
         items = np.asarray(items, np.int64)
         counts = np.stack([self._item_window(items, t, d * DAY_S) for d in SPARK_WINDOWS_DAYS], axis=1)
         rt = np.stack([self._item_window(items, t, s) for s in RT_WINDOWS_S], axis=1)
-        snap = ServiceSnapshot(counts, rt, np.zeros(len(items)))
+        snap = ServiceSnapshot(counts, rt, np.zeros(len(items)), as_of=float(t))
         if user is None:
             return snap
         lo, hi = np.searchsorted(self.user_sorted, [user, user + 1])
@@ -290,6 +293,7 @@ def snapshot_from_kv(
         user_events=_num(user.get("n_total")),
         user_views=_num(user.get("n_view")),
         user_rt=(float(user_rt[0]), float(user_rt[1])),
+        as_of=now,
     )
 
 
@@ -302,13 +306,29 @@ def read_service_features(
 ) -> ServiceSnapshot:
     """The ranking stage's one call: one pipelined KV round trip for the user and every candidate.
     An unreachable KV gives the defaults (ranking degrades, it does not fail)."""
+    return read_ranking_inputs(kv, user_id or "", item_ids, item_categories, now)[0]
+
+
+def read_ranking_inputs(
+    kv: KVStore,
+    user_id: str,
+    item_ids: Sequence[str],
+    item_categories: Sequence[Sequence[str]],
+    now: float,
+    with_reads: Sequence[ReadOp] = (),
+) -> tuple[ServiceSnapshot, list[Any] | None]:
+    """The ranking stage's hook: ``with_reads`` (its user-state read) and every service feature in
+    ONE pipelined round trip. Returns the snapshot and the results of ``with_reads``; an
+    unreachable KV gives the defaults and None (the stage serves without real-time state)."""
     from zerorec.errors import BackendUnavailableError
 
     try:
-        results = kv.read(service_feature_reads(user_id, item_ids))
-    except BackendUnavailableError:
-        return ServiceSnapshot.empty(len(item_ids))
-    return snapshot_from_kv(results, item_ids, item_categories, now)
+        results = kv.read([*with_reads, *service_feature_reads(user_id, item_ids)])
+    except BackendUnavailableError as exc:
+        log.warning("KV unavailable, ranking %s without service features: %s", user_id, exc)
+        return ServiceSnapshot.empty(len(item_ids)), None
+    n = len(with_reads)
+    return snapshot_from_kv(results[n:], item_ids, item_categories, now), list(results[:n])
 
 
 def _mapping(value: Any) -> Mapping[str, Any]:
