@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from zerorec.api import CONTEXT_DEVICES, CONTEXT_SURFACES
 from zerorec.realtime import (
     event_weight,
     item_features_key,
@@ -65,8 +66,8 @@ FLINK_DENSE = ("item_rt_1m", "item_rt_1h", "user_rt_1m", "user_rt_1h")
 SERVICE_DENSE = SPARK_DENSE + FLINK_DENSE
 
 # The context's sparse fields: index 0 = unknown (the default), then the declared values.
-DEVICES = ("web", "ios", "android", "tv", "other")
-SURFACES = ("home", "item", "search", "cart", "email", "other")
+DEVICES = CONTEXT_DEVICES  # declared with the API's RankingContext
+SURFACES = CONTEXT_SURFACES
 CONTEXT_FIELDS = ("hour", "weekday", "device", "surface")
 CONTEXT_CARDINALITIES = (24 + 1, 7 + 1, len(DEVICES) + 1, len(SURFACES) + 1)
 
