@@ -20,6 +20,7 @@ import numpy as np
 from zerorec.data.interactions import InteractionData
 from zerorec.errors import IntegrityError, InvalidInputError
 from zerorec.features import (
+    GENRE_SLOTS,
     ItemFeatures,
     build_features,
     channel_signals,
@@ -698,7 +699,7 @@ def ranker_training_data(
     with threadpool_limits(1, "blas"):  # per-user matvecs: BLAS threads only add sync cost
         for user in progress_iter(sorted(labels)):
             keep_eval = eval_users is not None and user in eval_users
-            hit, part, ev = _user_ranker_rows(rec, user, labels[user], rng, keep_eval)
+            hit, part, ev = _user_rows(rec, user, labels[user], rng, keep_eval)
             hits.append(hit)
             if part is not None:
                 parts.append(part)
@@ -709,6 +710,15 @@ def ranker_training_data(
 
 
 def _user_ranker_rows(
+    rec: Recommender, user: int, pos: np.ndarray, rng: np.random.Generator
+) -> tuple[float, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None]:
+    """One user's rows (positives, sampled hard and random negatives) and candidate recall (the
+    Spark engine's workers call this)."""
+    hit, part, _ = _user_rows(rec, user, pos, rng)
+    return hit, part
+
+
+def _user_rows(
     rec: Recommender, user: int, pos: np.ndarray, rng: np.random.Generator, keep_eval: bool = False
 ) -> tuple[float, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None, UserEval | None]:
     """One user's rows (positives, sampled hard and random negatives), candidate recall, and
@@ -852,8 +862,6 @@ def ranker_variant(
     """Train the ranker on ``rd`` with ``config.feature_groups`` (other groups' columns masked to
     their defaults) and choose the serving order on the validation cut. Returns the config with
     the choice, the ONNX bytes and facts for the training info."""
-    from zerorec.ranking.deepfm import DeepFMEnsemble, export_onnx
-
     say = say or (lambda msg: None)
     rd = _masked(rd, config, inner_rec.data.n_items)
     info: dict[str, Any] = {}
@@ -863,16 +871,33 @@ def ranker_variant(
         config = dataclasses.replace(config, **choice)
         info["serving_choice"] = {**choice, "table": table}
     say(f"training the ranker ({max(config.ranker_ensemble, 1)} seeds averaged)")
+    onnx_bytes, ranker_info = _train_ranker(rd, inner_rec.data, config, progress)
+    return config, onnx_bytes, {**info, **ranker_info}
+
+
+def ranker_widths() -> tuple[int, int]:
+    """(sparse, dense) columns of a ranker row."""
+    return 3 + GENRE_SLOTS + len(CONTEXT_CARDINALITIES), len(dense_names(CHANNEL_ORDER)) + len(SERVICE_DENSE)
+
+
+def _train_ranker(
+    rd: RankerData, data: InteractionData, config: PipelineConfig, progress: bool
+) -> tuple[bytes, dict[str, Any]]:
+    """The served ranker: ``config.ranker_ensemble`` DeepFMs (seeds seed, seed+1, ...) averaged in
+    one ONNX graph; (ONNX bytes, training facts)."""
+    from zerorec.ranking.deepfm import DeepFMEnsemble, export_onnx
+
     members = [
-        _fit_ranker(rd, inner_rec.data, dataclasses.replace(config, seed=config.seed + i), progress)
+        _fit_ranker(rd, data, dataclasses.replace(config, seed=config.seed + i), progress)
         for i in range(max(config.ranker_ensemble, 1))
     ]
     model = members[0] if len(members) == 1 else DeepFMEnsemble(members)
     buf = io.BytesIO()
     export_onnx(model, buf)
-    info["ranker_best_epoch"] = getattr(model, "best_epoch", None)
-    info["ranker_history"] = getattr(model, "history", None)
-    return config, buf.getvalue(), info
+    return buf.getvalue(), {
+        "ranker_best_epoch": getattr(model, "best_epoch", None),
+        "ranker_history": getattr(model, "history", None),
+    }
 
 
 def _masked(rd: RankerData, config: PipelineConfig, n_items: int) -> RankerData:

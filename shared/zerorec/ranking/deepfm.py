@@ -394,11 +394,37 @@ def _fit(
         bar.close()
     if best_state is not None:
         model.load_state_dict(best_state)
+    _neutralise_unseen(model, s, d)
     model = model.cpu()
     model.eval()
     model.history = history
     model.best_epoch = best_epoch
     return model
+
+
+@torch.no_grad()
+def _neutralise_unseen(model: DeepFM, s: np.ndarray, d: np.ndarray) -> None:
+    """Inputs training never saw contribute nothing at serving, as an unknown index does: the
+    embedding and weight of every index absent from the training rows (e.g. a device value no
+    training event had) and the weights of every dense column that was constant there (its
+    normalised value was always 0, so its weights kept their random start) are set to zero."""
+    seen = torch.zeros(model.embedding.num_embeddings, dtype=torch.bool)
+    offsets = model.field_offset.cpu().numpy()
+    for f in range(model.n_sparse):
+        used = np.unique(s[:, f])
+        used = used[(used > 0) & (used < model.cardinalities[f])]
+        seen[torch.from_numpy(used + offsets[f])] = True
+    model.embedding.weight[~seen.to(model.embedding.weight.device)] = 0.0
+    model.weight.weight[~seen.to(model.weight.weight.device)] = 0.0
+    constant = (
+        torch.from_numpy(d.std(axis=0) < 1e-6) if len(d) else torch.zeros(model.n_dense, dtype=torch.bool)
+    )
+    if constant.any():
+        constant = constant.to(model.dense_vectors.device)
+        model.dense_vectors[constant] = 0.0
+        model.dense_linear[constant] = 0.0
+        first = next(m for m in model.mlp if isinstance(m, nn.Linear))
+        first.weight[:, model.n_sparse * model.config.embed_dim :][:, constant] = 0.0
 
 
 def export_onnx(model: DeepFM | DeepFMEnsemble, path_or_buffer: str | Path | IO[bytes]) -> None:
