@@ -297,9 +297,10 @@ class RankingStage:
     """DeepFM (ONNX) scores for a candidate batch, with C's features for this user: the channel
     features come from recall's signals, so this stage holds no channel but hot."""
 
-    def __init__(self, model: ServingModel, kv: KVStore) -> None:
+    def __init__(self, model: ServingModel, kv: KVStore, clock: Callable[[], float] = time.time) -> None:
         self.model = model
         self.kv = kv
+        self.clock = clock  # the request time of the feature windows and the context's default
 
     def score(self, req: RankingRequest) -> RankingResponse:
         """One score per candidate, same order; ids the model does not know score 0."""
@@ -313,7 +314,7 @@ class RankingStage:
             req.user_id,
             [cands[k]["item_id"] for k in known],
             [rec.data.item_categories[i] for i in idx[known]],
-            time.time(),
+            self.clock(),
             user_state_reads(req.user_id),
         )
         state = (
