@@ -669,7 +669,7 @@ class RankerData:
 
 
 SELECT_K = 20  # the serving choice's validation lists: NDCG@10 + Recall@20 of their top 20
-SELECT_MAX_USERS = 2000  # validation users whose whole candidate sets are kept for the choice
+SELECT_MAX_USERS = 1000  # validation users whose whole candidate sets are kept (~0.2 GB at 500 candidates)
 
 
 def ranker_training_data(
