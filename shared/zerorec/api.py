@@ -34,8 +34,27 @@ ContextKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 ContextValue = Annotated[str, StringConstraints(max_length=256)] | int | float | bool
 
 
+# The request context the ranker reads (`RankingContext`); any other key passes through unread.
+CONTEXT_DEVICES = ("web", "ios", "android", "tv", "other")
+CONTEXT_SURFACES = ("home", "item", "search", "cart", "email", "other")
+
+
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, defer_build=True)
+
+
+class RankingContext(BaseModel):
+    """The keys of a request's `context` that the ranker reads (zerorec.ranking.features): a
+    missing or out-of-schema value is "unknown" to the ranker (hour and weekday then come from the
+    server's UTC clock), never an error; other keys are allowed and ignored."""
+
+    model_config = ConfigDict(extra="allow", defer_build=True)
+    hour: int | None = Field(default=None, ge=0, le=23, description="hour of day of the request, 0-23")
+    weekday: int | None = Field(default=None, ge=0, le=6, description="day of the week, Monday = 0")
+    device: Literal[CONTEXT_DEVICES] | None = Field(default=None, description="the client's device")  # type: ignore[valid-type]
+    surface: Literal[CONTEXT_SURFACES] | None = Field(  # type: ignore[valid-type]
+        default=None, description="where the list is shown"
+    )
 
 
 class _Response(BaseModel):
@@ -73,7 +92,9 @@ class RecommendRequest(_Request):
     )
     n: int = Field(default=10, ge=1, le=100, description="how many items to return")
     context: dict[ContextKey, ContextValue] = Field(
-        default_factory=dict, max_length=32, description="request context (device, page, hour...)"
+        default_factory=dict,
+        max_length=32,
+        description="request context; the ranker reads hour, weekday, device, surface (RankingContext)",
     )
     exclude: list[Id] = Field(
         default_factory=list, max_length=MAX_EXCLUDE, description="item ids never to return"

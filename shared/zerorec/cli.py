@@ -191,8 +191,13 @@ def evaluate(
     out: Annotated[Path, typer.Option(help="folder for report.json and report.png")] = Path("out/evaluation"),
     engine: Annotated[str, typer.Option(help="training engine: local or spark")] = "local",
     master: Annotated[str | None, typer.Option(help="Spark master (spark engine)")] = None,
+    ablation: Annotated[
+        bool, typer.Option(help="one more row per feature group switched off (local engine)")
+    ] = True,
 ) -> None:
-    """The temporal-user-20 protocol (EVALUATION.md): one row per channel, merged, ranked, full."""
+    """The temporal-user-20 protocol (EVALUATION.md): one row per channel, merged, ranked, full,
+    and the ablation rows: the full pipeline without each feature service (Spark, Flink, context,
+    vectors)."""
     from threadpoolctl import threadpool_limits
 
     from zerorec.pipeline import evaluate_protocol
@@ -202,7 +207,12 @@ def evaluate(
     log = StageLog(lambda line: typer.echo(line, err=True))
     with threadpool_limits(2):
         report = evaluate_protocol(
-            interactions, items, progress=True, log=log, trainer=_trainer(engine, master)
+            interactions,
+            items,
+            progress=True,
+            log=log,
+            trainer=_trainer(engine, master),
+            ablation=ablation and engine == "local",
         )
     report["dataset"] = dataset.name if dataset else "synthetic"  # a name, not a machine path
     report["engine"] = engine
@@ -216,6 +226,27 @@ def evaluate(
     typer.echo(f"{'row':10s}" + "".join(f"{m:>13s}" for m in ROW_METRICS))
     for row, metrics in report["rows"].items():
         typer.echo(f"{row:10s}" + "".join(f"{metrics[m]:13.4f}" for m in ROW_METRICS))
+    choice = report.get("serving_choice") or {}
+    typer.echo(
+        "serving order (chosen on the validation cut): "
+        + (
+            "DeepFM"
+            if not choice.get("blend_channel") or not choice.get("blend_weight")
+            else f"DeepFM blended with {choice['blend_channel']} (weight {choice['blend_weight']:g})"
+            if choice["blend_weight"] < 1
+            else f"the {choice['blend_channel']} channel's order"
+        )
+        + (", reranked" if choice.get("rerank") else ", not reranked")
+    )
+    if report.get("ablation"):
+        typer.echo("ablation (the full pipeline with one feature group off; ranker retrained):")
+        full = report["rows"]["full"]
+        for row, metrics in report["ablation"].items():
+            typer.echo(
+                f"{row:16s}"
+                + "".join(f"{metrics[m]:13.4f}" for m in ROW_METRICS)
+                + f"   ndcg@10 {metrics['ndcg@10'] - full['ndcg@10']:+.4f}"
+            )
     typer.echo("which stage earns what (change over the previous line):")
     for st in report.get("stages", []):
         typer.echo(

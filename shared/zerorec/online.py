@@ -26,6 +26,7 @@ import binascii
 import dataclasses
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -56,6 +57,7 @@ from zerorec.coldstart import ALL_PARTS, ModelParts
 from zerorec.errors import BackendUnavailableError, InvalidInputError, NotFoundError
 from zerorec.feedback import demote_near_negatives
 from zerorec.pipeline import CHANNEL_ORDER, USER_FILES, Recommender
+from zerorec.ranking.features import read_ranking_inputs
 from zerorec.realtime import (
     RECENT_MAX,
     SEEN_MAX,
@@ -306,19 +308,33 @@ class RankingStage:
     """DeepFM (ONNX) scores for a candidate batch, with C's features for this user: the channel
     features come from recall's signals, so this stage holds no channel but hot."""
 
-    def __init__(self, model: ServingModel, kv: KVStore) -> None:
+    def __init__(self, model: ServingModel, kv: KVStore, clock: Callable[[], float] = time.time) -> None:
         self.model = model
         self.kv = kv
+        self.clock = clock  # the request time of the feature windows and the context's default
 
     def score(self, req: RankingRequest) -> RankingResponse:
         """One score per candidate, same order; ids the model does not know score 0."""
         rec = self.model.rec
-        state = _read_user(self.kv, req.user_id)  # the only KV round trip
-        query = rec.query(req.user_id, state.recent_items)
-        query.categories = state.category_affinity
         cands = req.candidates
         idx = self.model.index([c["item_id"] for c in cands])
         known = np.flatnonzero(idx >= 0)
+        # the only KV round trip: the user's state and the feature services' values of the candidates
+        service, state_results = read_ranking_inputs(
+            self.kv,
+            req.user_id,
+            [cands[k]["item_id"] for k in known],
+            [rec.data.item_categories[i] for i in idx[known]],
+            self.clock(),
+            user_state_reads(req.user_id),
+        )
+        state = (
+            user_state_from(req.user_id, state_results)
+            if state_results is not None
+            else UserState(req.user_id, [], [], {})
+        )
+        query = rec.query(req.user_id, state.recent_items)
+        query.categories = state.category_affinity
         out = np.zeros(len(cands), dtype=np.float32)
         if len(known):
             kept = [cands[k] for k in known]
@@ -328,7 +344,8 @@ class RankingStage:
                 [c["channel"] for c in kept],
                 [c.get("channel_scores") or {} for c in kept],
             )
-            out[known] = rec.rank(query, merged, signals=decode_signals(kept, req.signal_channels))
+            signals = decode_signals(kept, req.signal_channels)
+            out[known] = rec.rank(query, merged, signals=signals, service=service, context=req.context)
         return RankingResponse.model_construct(scores=out.tolist(), model_version=self.model.version)
 
 

@@ -7,6 +7,7 @@ the stage calls (``query``, ``candidates``, ``rank``, ``rerank``) for one user i
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import time
@@ -19,11 +20,21 @@ import numpy as np
 from zerorec.data.interactions import InteractionData
 from zerorec.errors import IntegrityError, InvalidInputError
 from zerorec.features import (
+    GENRE_SLOTS,
     ItemFeatures,
     build_features,
     channel_signals,
     dense_names,
     sparse_cardinalities,
+)
+from zerorec.ranking.features import (
+    CONTEXT_CARDINALITIES,
+    FEATURE_GROUPS,
+    SERVICE_DENSE,
+    ServiceSnapshot,
+    context_indices,
+    mask_groups,
+    service_dense,
 )
 from zerorec.recall.base import Candidates, RecallChannel, UserQuery
 from zerorec.recall.merge import MergedCandidates, merge
@@ -77,11 +88,21 @@ class PipelineConfig:
     rerank_freshness: float = 0.15
     rerank_max_per_category: int | None = None
     rerank_pool: int = 100
+    # Which feature services the ranker reads (zerorec.ranking.features.FEATURE_GROUPS; an ablation
+    # switches one off: its columns hold defaults, "vectors" also drops the vector channel's quota).
+    feature_groups: tuple[str, ...] = FEATURE_GROUPS
+    # The final order, chosen on the validation cut (`select_serving`): DeepFM's scores blended with
+    # one channel's order, 0 = DeepFM alone, 1 = the channel's order (when nothing beats it).
+    blend_channel: str | None = None
+    blend_weight: float = 0.0
+    select_serving: bool = True  # cross-fit the ranker on the validation cut and choose the above
+    ranker_ensemble: int = 3  # DeepFMs (seeds seed, seed+1, ...) averaged into the served ranker
     seed: int = 0
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
         out["ranker_hidden"] = list(self.ranker_hidden)
+        out["feature_groups"] = list(self.feature_groups)
         return out
 
     @classmethod
@@ -89,7 +110,15 @@ class PipelineConfig:
         known = {k: v for k, v in raw.items() if k in cls.__dataclass_fields__}
         if "ranker_hidden" in known:
             known["ranker_hidden"] = tuple(known["ranker_hidden"])
+        if "feature_groups" in known:
+            known["feature_groups"] = tuple(known["feature_groups"])
         return cls(**known)
+
+    def quota(self, channel: str) -> int:
+        """The channel's recall quota (0 for the vector channel when the vectors group is off)."""
+        if channel == "vector" and "vectors" not in self.feature_groups:
+            return 0
+        return self.quotas.get(channel, 0)
 
 
 @dataclass
@@ -163,6 +192,9 @@ class Recommender:
         self.config = config
         self.items = items or ItemFeatures.from_data(data)
         self.ranker_onnx = ranker_onnx
+        # Offline only (training, evaluation, recommend-batch): the training events, for the service
+        # features as of each query's time. Serving passes a KV snapshot to `rank` instead.
+        self.event_log: Any = None
         self.scorer = None
         if ranker_onnx is not None:
             from zerorec.ranking.onnx_scorer import OnnxScorer
@@ -233,7 +265,7 @@ class Recommender:
         for name in CHANNEL_ORDER:
             if name not in lists:
                 continue
-            quota = self.config.quotas.get(name, 0)
+            quota = self.config.quota(name)
             if cold and name in ("hot", "fresh"):
                 quota = n  # cold start: hot + fresh fill the list
             if quota <= 0:
@@ -263,13 +295,24 @@ class Recommender:
         return channel_signals(lists, self.candidate_scores(query, merged.items), merged.items, CHANNEL_ORDER)
 
     def features(
-        self, query: UserQuery, merged: MergedCandidates, signals: np.ndarray
+        self,
+        query: UserQuery,
+        merged: MergedCandidates,
+        signals: np.ndarray,
+        service: ServiceSnapshot | None = None,
+        context: Mapping[str, Any] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
+        """DeepFM's (sparse, dense): `features.build_features` (channels, popularity, the user's
+        history) then the service features (`ranking.features`: Spark, Flink, context).
+
+        ``service``: the serving snapshot from the KV; without one, the offline event log's as of
+        the query's time (point in time), else defaults."""
         from zerorec.recall.channels import HotChannel
 
+        groups = self.config.feature_groups
         hot = self.channels.get("hot")
         now = query.reference_time(self.data.max_time())
-        return build_features(
+        sparse, dense = build_features(
             query,
             merged,
             signals,
@@ -278,6 +321,30 @@ class Recommender:
             hot if isinstance(hot, HotChannel) else None,
             now,
         )
+        if service is None:
+            service = (
+                self.event_log.snapshot(query.user, merged.items, now)
+                if self.event_log is not None
+                else ServiceSnapshot.empty(len(merged))
+            )
+        base_sparse = sparse.shape[1]
+        clock = service.as_of if service.as_of is not None else now
+        ctx = np.broadcast_to(
+            context_indices(context, clock, groups), (len(merged), len(CONTEXT_CARDINALITIES))
+        )
+        sparse = np.concatenate([sparse, ctx], axis=1)
+        dense = np.concatenate([dense, service_dense(service, groups)], axis=1)
+        mask_groups(sparse, dense, groups, dense_names(CHANNEL_ORDER), base_sparse, self.data.n_items)
+        return self._fit_width(sparse, dense)
+
+    def _fit_width(self, sparse: np.ndarray, dense: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A ranker of an older bundle takes a prefix of today's columns (new ones are appended)."""
+        if self.scorer is not None:
+            if self.scorer.n_sparse is not None:
+                sparse = sparse[:, : self.scorer.n_sparse]
+            if self.scorer.n_dense is not None:
+                dense = dense[:, : self.scorer.n_dense]
+        return np.ascontiguousarray(sparse), np.ascontiguousarray(dense)
 
     def rank(
         self,
@@ -285,11 +352,16 @@ class Recommender:
         merged: MergedCandidates,
         lists: Mapping[str, Candidates] | None = None,
         signals: np.ndarray | None = None,
+        service: ServiceSnapshot | None = None,
+        context: Mapping[str, Any] | None = None,
     ) -> np.ndarray:
-        """Ranker scores for the merged candidates (DeepFM via ONNX; fallback: EASE then hot).
+        """Ranker scores for the merged candidates (DeepFM via ONNX, blended with a channel's order
+        as chosen on validation, `blend_scores`; fallback: EASE then hot).
 
         With ``signals`` (recall's, see `signals`) the channels are not asked here: the ranking
-        function holds no channel but hot. ``lists``: `retrieve`'s answer (computed if needed)."""
+        function holds no channel but hot. ``lists``: `retrieve`'s answer (computed if needed).
+        ``service`` / ``context``: the serving snapshot of the feature services and the request
+        context (see `features`)."""
         if len(merged) == 0:
             return np.zeros(0, np.float32)
         if self.scorer is None:
@@ -297,8 +369,9 @@ class Recommender:
         if signals is None:
             lists = lists if lists is not None else self.retrieve(query)
             signals = self.signals(query, merged, lists)
-        sparse, dense = self.features(query, merged, signals)
-        return self.scorer.score(sparse, dense)
+        sparse, dense = self.features(query, merged, signals, service, context)
+        probs = self.scorer.score(sparse, dense)
+        return blend_scores(probs, signals, self.config.blend_channel, self.config.blend_weight)
 
     def rerank(
         self,
@@ -383,7 +456,7 @@ class Recommender:
             "config": self.config.to_json(),
             "item_ids": self.data.item_ids.tolist(),
             "item_categories": self.data.item_categories,
-            "dense_features": dense_names(CHANNEL_ORDER),
+            "dense_features": [*dense_names(CHANNEL_ORDER), *SERVICE_DENSE],
             "n_users": self.data.n_users,
             "max_time": self.data.max_time(),
         }
@@ -540,6 +613,23 @@ def _npz(mat: sp.spmatrix) -> bytes:
     return buf.getvalue()
 
 
+def blend_scores(probs: np.ndarray, signals: np.ndarray, channel: str | None, weight: float) -> np.ndarray:
+    """DeepFM's probabilities blended with ``channel``'s order (its rank in `signals`):
+    1 / ((1 + model rank)^(1 - w) * (1 + channel rank)^w), a weighted reciprocal-rank fusion.
+    w = 0 returns ``probs`` as they are; w = 1 is the channel's own order (DeepFM breaks ties among
+    items off its list)."""
+    if channel is None or weight <= 0 or channel not in CHANNEL_ORDER or len(probs) == 0:
+        return probs
+    p = np.asarray(probs, np.float64)
+    model_rank = np.empty(len(p))
+    model_rank[np.lexsort((np.arange(len(p)), -p))] = np.arange(len(p))
+    chan_rank = signals[:, CHANNEL_ORDER.index(channel), 1].astype(np.float64)
+    chan_rank = np.where(np.isnan(chan_rank), float(len(p) + 1_000_000), chan_rank)
+    w = min(float(weight), 1.0)
+    fused = -((1.0 - w) * np.log1p(model_rank) + w * np.log1p(chan_rank))
+    return (np.exp(fused) + 1e-9 * p).astype(np.float32)
+
+
 def fallback_scores(merged: MergedCandidates, scores: Mapping[str, np.ndarray]) -> np.ndarray:
     """Without a ranker: EASE score, hot popularity as a small tie-breaker (``scores``: each
     channel's scores of the merged items, `Recommender.candidate_scores`)."""
@@ -557,11 +647,29 @@ def fallback_scores(merged: MergedCandidates, scores: Mapping[str, np.ndarray]) 
 
 # ---- training -------------------------------------------------------------------------------
 @dataclass
+class UserEval:
+    """One validation user's full candidate set with its features: what `select_serving` scores."""
+
+    user: int
+    labels: np.ndarray
+    merged: MergedCandidates
+    signals: np.ndarray
+    sparse: np.ndarray
+    dense: np.ndarray
+    tops: dict[str, np.ndarray]  # each channel's own top list (SELECT_K items)
+
+
+@dataclass
 class RankerData:
     sparse: np.ndarray
     dense: np.ndarray
     labels: np.ndarray
     groups: np.ndarray  # user index per row
+    evals: list[UserEval] = field(default_factory=list)
+
+
+SELECT_K = 20  # the serving choice's validation lists: NDCG@10 + Recall@20 of their top 20
+SELECT_MAX_USERS = 1000  # validation users whose whole candidate sets are kept (~0.2 GB at 500 candidates)
 
 
 def ranker_training_data(
@@ -570,29 +678,51 @@ def ranker_training_data(
     config: PipelineConfig,
     labels: Mapping[int, np.ndarray],
     progress_iter: Callable[[Any], Any] = lambda x: x,
+    event_log: Any = None,
+    eval_users: set[int] | None = None,
 ) -> tuple[RankerData, float]:
     """Candidates of the merged recall per user, labelled by held-out items; hard negatives (not
-    clicked candidates, sampled) and random catalogue negatives. Returns data and candidate recall."""
+    clicked candidates, sampled) and random catalogue negatives. Returns data and candidate recall.
+
+    ``event_log``: the cut's events (`ranking.features.EventLog`): each row's service features
+    as of its user's request time, the newest event of the user's history (point in time: the
+    held-out events, later by construction, never count). ``eval_users``: users whose whole
+    candidate sets are kept (`RankerData.evals`) for `select_serving`."""
     from threadpoolctl import threadpool_limits
 
     rng = np.random.default_rng(config.seed)
     rec = Recommender(data, channels, config)
+    rec.event_log = event_log
     parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+    evals: list[UserEval] = []
     hits = []
     with threadpool_limits(1, "blas"):  # per-user matvecs: BLAS threads only add sync cost
         for user in progress_iter(sorted(labels)):
-            hit, part = _user_ranker_rows(rec, user, labels[user], rng)
+            keep_eval = eval_users is not None and user in eval_users
+            hit, part, ev = _user_rows(rec, user, labels[user], rng, keep_eval)
             hits.append(hit)
             if part is not None:
                 parts.append(part)
-    out = RankerData(*(np.concatenate([p[i] for p in parts]) for i in range(4)))
+            if ev is not None:
+                evals.append(ev)
+    out = RankerData(*(np.concatenate([p[i] for p in parts]) for i in range(4)), evals=evals)
     return out, float(np.mean(hits)) if hits else 0.0
 
 
 def _user_ranker_rows(
     rec: Recommender, user: int, pos: np.ndarray, rng: np.random.Generator
 ) -> tuple[float, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None]:
-    """One user's rows (positives, sampled hard and random negatives) and candidate recall."""
+    """One user's rows (positives, sampled hard and random negatives) and candidate recall (the
+    Spark engine's workers call this)."""
+    hit, part, _ = _user_rows(rec, user, pos, rng)
+    return hit, part
+
+
+def _user_rows(
+    rec: Recommender, user: int, pos: np.ndarray, rng: np.random.Generator, keep_eval: bool = False
+) -> tuple[float, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None, UserEval | None]:
+    """One user's rows (positives, sampled hard and random negatives), candidate recall, and
+    (``keep_eval``) the user's whole candidate set with features."""
     data, config = rec.data, rec.config
     query = UserQuery.from_data(data, user)
     lists = rec.retrieve(query)
@@ -608,17 +738,30 @@ def _user_ranker_rows(
     blocked[pos] = True
     pool = np.flatnonzero(~blocked)
     rand = rng.choice(pool, min(config.random_negatives, len(pool)), replace=False)
+    if keep_eval:  # every candidate, then the random negatives: one feature pass per user
+        keep = np.concatenate([keep, np.arange(len(merged), len(merged) + len(rand))])
+        base = np.arange(len(merged))
+    else:
+        base = keep
     n_ch = len(merged.channel_names)
-    both = MergedCandidates(  # hard then random negatives: one feature pass per user
-        np.concatenate([merged.items[keep], rand.astype(np.int64)]),
-        [merged.channel[i] for i in keep] + ["random"] * len(rand),
+    both = MergedCandidates(
+        np.concatenate([merged.items[base], rand.astype(np.int64)]),
+        [merged.channel[i] for i in base] + ["random"] * len(rand),
         merged.channel_names,
-        np.vstack([merged.channel_scores[keep], np.full((len(rand), n_ch), np.nan, np.float32)]),
+        np.vstack([merged.channel_scores[base], np.full((len(rand), n_ch), np.nan, np.float32)]),
     )
     if len(both) == 0:
-        return hit, None
-    s, d = rec.features(query, both, rec.signals(query, both, lists))
-    return hit, (s, d, np.isin(both.items, pos).astype(np.float32), np.full(len(both), user))
+        return hit, None, None
+    sig = rec.signals(query, both, lists)
+    s, d = rec.features(query, both, sig)
+    rows = keep if keep_eval else np.arange(len(both))
+    part = (s[rows], d[rows], np.isin(both.items[rows], pos).astype(np.float32), np.full(len(rows), user))
+    ev = None
+    if keep_eval and len(merged):
+        m = len(merged)
+        tops = {c: lists[c].items[:SELECT_K] for c in lists}
+        ev = UserEval(user, pos, merged, sig[:m], s[:m], d[:m], tops)
+    return hit, part, ev
 
 
 def train_recommender(
@@ -628,9 +771,12 @@ def train_recommender(
     progress: bool = False,
     train_ranker: bool = True,
     log: Progress | None = None,
+    keep_rows: bool = False,
 ) -> tuple[Recommender, dict[str, Any]]:
     """Fit the channels on a validation cut, train DeepFM on their candidates (labels: the cut's
-    held-out items), then refit the channels on all interactions. Returns (recommender, info)."""
+    held-out items), choose the serving order on that cut (`select_serving`), then refit the
+    channels on all interactions. Returns (recommender, info); ``keep_rows``: info["ranker_data"]
+    holds the ranker's rows and validation users (for `ranker_variant`, the ablations)."""
     from tqdm.auto import tqdm
 
     config = config or PipelineConfig()
@@ -664,13 +810,24 @@ def train_recommender(
                 sorted(labels), config.ranker_max_users, replace=False
             )
             labels = {int(u): labels[int(u)] for u in pick}
-        say("building ranker training data")
+        eval_users: set[int] = set()
+        if config.select_serving and len(labels) >= 20:
+            chosen = np.random.default_rng(config.seed + 1).permutation(sorted(labels))[:SELECT_MAX_USERS]
+            eval_users = {int(u) for u in chosen}
+        say("building ranker training data (features as of each user's request time)")
         it = (lambda x: tqdm(x, desc="ranker data", leave=False)) if progress else (lambda x: x)
-        rd, cand_recall = ranker_training_data(inner_data, inner_channels, config, labels, it)
+        inner_log = _event_log(inner, inner_data)
+        rd, cand_recall = ranker_training_data(
+            inner_data, inner_channels, config, labels, it, inner_log, eval_users
+        )
         info["validation_candidate_recall"] = cand_recall
         info["ranker_rows"] = len(rd.labels)
-        onnx_bytes, ranker_info = _train_ranker(rd, inner_data, config, progress)
+        inner_rec = Recommender(inner_data, inner_channels, config)
+        config, onnx_bytes, ranker_info = ranker_variant(rd, inner_rec, config, progress, say)
         info.update(ranker_info)
+        info["config"] = config.to_json()
+        if keep_rows:
+            info["ranker_data"] = (rd, inner_rec)
     say("fitting channels on all interactions")
     data = InteractionData.from_frame(interactions, items, item_vocabulary=vocab)
     channels = fit_channels(data, config, say)
@@ -682,22 +839,109 @@ def train_recommender(
         "users": data.n_users,
         "items": data.n_items,
     }
-    return Recommender(data, channels, config, onnx_bytes), info
+    rec = Recommender(data, channels, config, onnx_bytes)
+    rec.event_log = _event_log(interactions, data)
+    return rec, info
+
+
+def _event_log(frame: pd.DataFrame, data: InteractionData) -> Any:
+    from zerorec.ranking.features import EventLog
+
+    return EventLog.from_frame(
+        frame, data.user_index, data.item_index, ItemFeatures.from_data(data).genre_matrix
+    )
+
+
+def ranker_variant(
+    rd: RankerData,
+    inner_rec: Recommender,
+    config: PipelineConfig,
+    progress: bool = False,
+    say: Progress | None = None,
+) -> tuple[PipelineConfig, bytes, dict[str, Any]]:
+    """Train the ranker on ``rd`` with ``config.feature_groups`` (other groups' columns masked to
+    their defaults) and choose the serving order on the validation cut. Returns the config with
+    the choice, the ONNX bytes and facts for the training info."""
+    say = say or (lambda msg: None)
+    rd = _masked(rd, config, inner_rec.data.n_items)
+    info: dict[str, Any] = {}
+    if config.select_serving and rd.evals:
+        say("choosing the serving order on the validation cut (2-fold cross-fitted ranker)")
+        choice, table = select_serving(rd, inner_rec, config, progress)
+        config = dataclasses.replace(config, **choice)
+        info["serving_choice"] = {**choice, "table": table}
+    say(f"training the ranker ({max(config.ranker_ensemble, 1)} seeds averaged)")
+    onnx_bytes, ranker_info = _train_ranker(rd, inner_rec.data, config, progress)
+    return config, onnx_bytes, {**info, **ranker_info}
+
+
+def ranker_widths() -> tuple[int, int]:
+    """(sparse, dense) columns of a ranker row."""
+    return 3 + GENRE_SLOTS + len(CONTEXT_CARDINALITIES), len(dense_names(CHANNEL_ORDER)) + len(SERVICE_DENSE)
 
 
 def _train_ranker(
     rd: RankerData, data: InteractionData, config: PipelineConfig, progress: bool
 ) -> tuple[bytes, dict[str, Any]]:
-    from zerorec.ranking.deepfm import DeepFMConfig, export_onnx, train_deepfm
+    """The served ranker: ``config.ranker_ensemble`` DeepFMs (seeds seed, seed+1, ...) averaged in
+    one ONNX graph; (ONNX bytes, training facts)."""
+    from zerorec.ranking.deepfm import DeepFMEnsemble, export_onnx
 
+    members = [
+        _fit_ranker(rd, data, dataclasses.replace(config, seed=config.seed + i), progress)
+        for i in range(max(config.ranker_ensemble, 1))
+    ]
+    model = members[0] if len(members) == 1 else DeepFMEnsemble(members)
+    buf = io.BytesIO()
+    export_onnx(model, buf)
+    return buf.getvalue(), {
+        "ranker_best_epoch": getattr(model, "best_epoch", None),
+        "ranker_history": getattr(model, "history", None),
+    }
+
+
+def _masked(rd: RankerData, config: PipelineConfig, n_items: int) -> RankerData:
+    """``rd`` with the columns of the groups ``config`` switches off at their defaults (copies)."""
+    if set(FEATURE_GROUPS) <= set(config.feature_groups):
+        return rd
+    base_sparse = rd.sparse.shape[1] - len(CONTEXT_CARDINALITIES)
+    names = dense_names(CHANNEL_ORDER)
+
+    def mask(s: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return mask_groups(s.copy(), d.copy(), config.feature_groups, names, base_sparse, n_items)
+
+    s, d = mask(rd.sparse, rd.dense)
+    evals = [
+        dataclasses.replace(e, **dict(zip(("sparse", "dense"), mask(e.sparse, e.dense), strict=True)))
+        for e in rd.evals
+    ]
+    return RankerData(s, d, rd.labels, rd.groups, evals)
+
+
+def _fit_ranker(
+    rd: RankerData,
+    data: InteractionData,
+    config: PipelineConfig,
+    progress: bool,
+    rows: np.ndarray | None = None,
+) -> Any:
+    """DeepFM on ``rd`` (or its ``rows``), early-stopped on a tenth of its users."""
+    from zerorec.ranking.deepfm import DeepFMConfig, train_deepfm
+
+    sparse, dense, labels, groups = rd.sparse, rd.dense, rd.labels, rd.groups
+    if rows is not None:
+        sparse, dense, labels, groups = sparse[rows], dense[rows], labels[rows], groups[rows]
     rng = np.random.default_rng(config.seed)
-    users = np.unique(rd.groups)
+    users = np.unique(groups)
     valid_users = rng.choice(users, max(1, len(users) // 10), replace=False)
-    is_valid = np.isin(rd.groups, valid_users)
-    if rd.labels[~is_valid].min() == rd.labels[~is_valid].max():
+    is_valid = np.isin(groups, valid_users)
+    if labels[~is_valid].min() == labels[~is_valid].max():
         is_valid[:] = False
     n_genres = int(rd.sparse[:, 2:5].max())
-    cards = sparse_cardinalities(data.n_users, data.n_items, n_genres, len(CHANNEL_ORDER))
+    cards = [
+        *sparse_cardinalities(data.n_users, data.n_items, n_genres, len(CHANNEL_ORDER)),
+        *CONTEXT_CARDINALITIES,
+    ]
     cfg = DeepFMConfig(
         embed_dim=config.ranker_embed_dim,
         hidden=config.ranker_hidden,
@@ -707,16 +951,83 @@ def _train_ranker(
         shared_vocab_groups=((2, 3, 4),),
     )
     tr = ~is_valid
-    valid = (rd.sparse[is_valid], rd.dense[is_valid], rd.labels[is_valid]) if is_valid.any() else None
-    model = train_deepfm(
-        rd.sparse[tr], rd.dense[tr], rd.labels[tr], cards, cfg, valid=valid, progress=progress
-    )
-    buf = io.BytesIO()
-    export_onnx(model, buf)
-    return buf.getvalue(), {
-        "ranker_best_epoch": getattr(model, "best_epoch", None),
-        "ranker_history": getattr(model, "history", None),
+    valid = (sparse[is_valid], dense[is_valid], labels[is_valid]) if is_valid.any() else None
+    return train_deepfm(sparse[tr], dense[tr], labels[tr], cards, cfg, valid=valid, progress=progress)
+
+
+# Blends tried on the validation cut: DeepFM alone (0), with a channel's order, the channel alone (1).
+BLEND_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def select_serving(
+    rd: RankerData, inner_rec: Recommender, config: PipelineConfig, progress: bool = False
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Choose the final order on the validation cut, never on test: a 2-fold cross-fitted DeepFM
+    (each half of the validation users scored by a ranker trained without them) blended with each
+    of the two best channels' orders at BLEND_WEIGHTS, then the rerank rules on DeepFM alone and on
+    the best of those; the best NDCG@10 +
+    Recall@20 (the protocol's two headline figures) wins, ties to the earlier, simpler setting.
+    Weight 1 without rerank is the channel alone, so the choice is never below the best channel on
+    this cut. Returns the config fields and the table."""
+    from threadpoolctl import threadpool_limits
+
+    from zerorec.evaluation import ranking_metrics
+
+    rng = np.random.default_rng(config.seed + 2)
+    users = np.array([e.user for e in rd.evals])
+    fold = np.zeros(len(users), np.int64)
+    fold[rng.permutation(len(users))[: len(users) // 2]] = 1
+    oof: dict[int, np.ndarray] = {}
+    for f in (0, 1):
+        held_users = users[fold == f]
+        model = _fit_ranker(
+            rd, inner_rec.data, config, progress, np.flatnonzero(~np.isin(rd.groups, held_users))
+        )
+        for e in rd.evals:
+            if e.user in set(held_users.tolist()):
+                oof[e.user] = model.predict_proba(e.sparse, e.dense)
+    truth = [e.labels for e in rd.evals]
+
+    def metrics(lists: list[np.ndarray]) -> dict[str, float]:
+        m = ranking_metrics(np.array([_pad(x, SELECT_K) for x in lists]), truth, (10, 20))
+        return {"ndcg@10": m["ndcg@10"], "recall@20": m["recall@20"], "score": m["ndcg@10"] + m["recall@20"]}
+
+    channels = {
+        c: metrics([e.tops.get(c, np.zeros(0, np.int64)) for e in rd.evals])
+        for c in CHANNEL_ORDER
+        if any(c in e.tops for e in rd.evals)
     }
+    best = sorted(channels, key=lambda c: -channels[c]["score"])[:2]
+    settings: list[tuple[str | None, float]] = [(None, 0.0)] + [
+        (c, w) for c in best for w in BLEND_WEIGHTS if w > 0
+    ]
+    table: list[dict[str, Any]] = []
+
+    def run(c: str | None, w: float, reranked: bool) -> None:
+        lists = []
+        for e in rd.evals:
+            scores = blend_scores(oof[e.user], e.signals, c, w)
+            if reranked:
+                query = UserQuery.from_data(inner_rec.data, e.user)
+                out = inner_rec.rerank(query, e.merged, scores, SELECT_K)
+                lists.append(np.array([inner_rec.data.item_index[r.item_id] for r in out], np.int64))
+            else:  # what rerank without rules returns: the best scores (candidates are never seen)
+                lists.append(e.merged.items[np.lexsort((np.arange(len(scores)), -scores))[:SELECT_K]])
+        table.append({"channel": c, "weight": w, "rerank": reranked, **metrics(lists)})
+
+    with threadpool_limits(1, "blas"):
+        for c, w in settings:
+            run(c, w, False)
+        # the rerank rules (tuned for DeepFM's order) on DeepFM alone and on the best blend
+        best_plain = max(table, key=lambda r: r["score"])
+        for c, w in dict.fromkeys([(None, 0.0), (best_plain["channel"], best_plain["weight"])]):
+            run(c, w, True)
+    best_row = max(table, key=lambda r: r["score"])  # max keeps the first of equals
+    choice: dict[str, Any] = {"blend_channel": best_row["channel"], "blend_weight": best_row["weight"]}
+    if not best_row["rerank"]:
+        choice.update(rerank_diversity=0.0, rerank_freshness=0.0, rerank_max_per_category=None)
+    table.append({"channels_alone": channels})
+    return choice, table
 
 
 # ---- evaluation -----------------------------------------------------------------------------
@@ -825,17 +1136,25 @@ def evaluate_protocol(
     log: Progress | None = None,
     k: int = 20,
     trainer: Callable[..., tuple[Recommender, dict[str, Any]]] | None = None,
+    ablation: bool = False,
 ) -> dict[str, Any]:
     """temporal-user-20: train on the train split (the ranker's validation cut is taken inside it),
     then one row per channel, the merged recall, recall+ranking and the full pipeline.
-    ``trainer``: another engine with train_recommender's signature (the Spark engine)."""
+    ``trainer``: another engine with train_recommender's signature (the Spark engine).
+    ``ablation`` (local engine): one more full-pipeline row per feature group switched off
+    (`ranking.features.FEATURE_GROUPS`): the same channels, the ranker retrained and the serving
+    order chosen again without the group (for "vectors", the vector channel's quota is 0 too)."""
     from zerorec.evaluation import candidate_recall, full_report, protocol_split
 
     config = config or PipelineConfig()
     ps = protocol_split(interactions, items)
     t0 = time.perf_counter()
-    train = trainer or train_recommender
-    rec, info = train(ps.train_frame, items, config, progress=progress, log=log)
+    if trainer is None:
+        rec, info = train_recommender(
+            ps.train_frame, items, config, progress=progress, log=log, keep_rows=ablation
+        )
+    else:
+        rec, info = trainer(ps.train_frame, items, config, progress=progress, log=log)
     train_s = time.perf_counter() - t0
     runs = _run_users(rec, ps.users.tolist(), k, {"full": None}, progress)
     truth = _truth(rec, ps)
@@ -859,7 +1178,48 @@ def evaluate_protocol(
         metrics["wall_seconds"] = runs.wall[n]
         report["rows"][n] = metrics
     report["stages"] = stage_gains(report["rows"])
+    report["serving_choice"] = {
+        "blend_channel": rec.config.blend_channel,
+        "blend_weight": rec.config.blend_weight,
+        "rerank": rec.config.rerank_diversity > 0 or rec.config.rerank_freshness > 0,
+        "validation": (info.get("serving_choice") or {}).get("table"),
+    }
+    if ablation and "ranker_data" in info:
+        report["ablation"] = _ablation_rows(rec, info.pop("ranker_data"), config, ps, k, progress, log)
     return report
+
+
+def _ablation_rows(
+    rec: Recommender,
+    ranker_data: tuple[RankerData, Recommender],
+    config: PipelineConfig,
+    ps: Any,
+    k: int,
+    progress: bool,
+    log: Progress | None,
+) -> dict[str, dict[str, float]]:
+    """The full pipeline with each feature group off: "full -<group>" -> its metrics."""
+    from zerorec.evaluation import full_report
+
+    rd, inner_rec = ranker_data
+    say = log or (lambda msg: None)
+    truth = _truth(rec, ps)
+    out: dict[str, dict[str, float]] = {}
+    for group in FEATURE_GROUPS:
+        t = time.perf_counter()
+        say(f"ablation: the ranker without the {group} features")
+        cfg = dataclasses.replace(
+            config, feature_groups=tuple(g for g in config.feature_groups if g != group)
+        )
+        cfg, onnx_bytes, _ = ranker_variant(rd, inner_rec, cfg, progress, say)
+        variant = Recommender(rec.data, rec.channels, cfg, onnx_bytes, rec.items)
+        variant.event_log = rec.event_log
+        runs = _run_users(variant, ps.users.tolist(), k, {"full": None}, progress)
+        metrics = full_report(np.array(runs.rows["full"]), truth, rec.data)
+        metrics["wall_seconds"] = runs.wall["full"]
+        metrics["train_seconds"] = time.perf_counter() - t - runs.wall["full"]
+        out[f"full -{group}"] = metrics
+    return out
 
 
 def tune_rerank(

@@ -468,3 +468,39 @@ def read_realtime_counts(
 def feature_hash_writes(key: str, fields: Mapping[str, object]) -> list[WriteOp]:
     """Replace the feature hash `key` with `fields` (values become strings)."""
     return [Delete(key), HSet(key, {k: str(v) for k, v in fields.items()})]
+
+
+def rt_feature_reads(user_id: str, item_ids: Sequence[str]) -> list[ReadOp]:
+    """The real-time window counts of a user and of items (the ranker's flink features): one
+    HGetAll per key, to be read with other reads in one round trip; parse with `rt_counts_from`.
+    The one reader of the rt:* layout (flink-realtime's sink writes it)."""
+    return [HGetAll(rt_item_counts_key(i)) for i in item_ids] + [HGetAll(rt_user_key(user_id))]
+
+
+def rt_counts_from(
+    results: Sequence, n_items: int, now: float, windows_s: Sequence[int], window_len_s: int = 60
+) -> tuple[list[list[float]], list[float]]:
+    """(per item, the user): events in the windows that ended within each of ``windows_s`` seconds
+    before ``now``, from the results of `rt_feature_reads`. Item hashes map window start (epoch
+    s) -> count; the user's hash holds its last window (window_start, events). Missing or
+    malformed fields count 0."""
+
+    def count(fields: object, start_s: float) -> float:
+        if not isinstance(fields, Mapping):
+            return 0.0
+        total = 0.0
+        for key, value in fields.items():
+            try:
+                ws, n = float(key), float(value)
+            except (TypeError, ValueError):
+                continue  # "total" and other bookkeeping fields
+            if math.isfinite(ws) and math.isfinite(n) and ws + window_len_s > start_s and ws <= now:
+                total += max(n, 0.0)
+        return total
+
+    items = [[count(r, now - w) for w in windows_s] for r in list(results)[:n_items]]
+    user = results[n_items] if len(results) > n_items else {}
+    user_windows: dict[str, object] = {}
+    if isinstance(user, Mapping) and "window_start" in user:
+        user_windows = {str(user["window_start"]): user.get("events", 0)}
+    return items, [count(user_windows, now - w) for w in windows_s]

@@ -67,6 +67,8 @@ def test_recommend_never_returns_seen_and_round_trips(trained, tmp_path):
     store = LocalObjectStore(tmp_path)
     version = publish_bundle(store, "recommender", rec.to_files(), params=info["config"])
     loaded = Recommender.from_files(load_bundle(store, "recommender", version).files)
+    # the service features come from outside the bundle (the KV at serving, the events offline)
+    loaded.event_log = rec.event_log
     assert [r.item_id for r in loaded.recommend(user, 10)] == [r.item_id for r in out]
 
 

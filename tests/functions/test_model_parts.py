@@ -26,10 +26,14 @@ from zerorec.online import (
     stage_loader,
 )
 from zerorec.pipeline import CHANNEL_ORDER
+from zerorec.ranking.features import read_service_features
+from zerorec.realtime import feature_hash_writes, item_features_key
 from zerorec.serving import json_response
 from zerorec.settings import Settings
 from zerorec.storage.kv_memory import MemoryKVStore
 from zerorec.storage.objects_local import LocalObjectStore
+
+NOW = 1_717_000_000.0  # the ranking stage's clock in the tests that compare it with the model
 
 
 def test_data_only_model_answers_like_the_full_one(tiny: Tiny, tmp_path: Path) -> None:
@@ -121,6 +125,12 @@ def test_ranking_with_recall_signals_scores_like_the_full_model(tiny: Tiny, tmp_
     ranking = load_model(store, "recommender", parts=RANKING_PARTS)
     assert set(ranking.rec.channels) == {"hot"} and ranking.rec.scorer is not None
     kv = MemoryKVStore()
+    for n, item in enumerate(full.rec.data.item_ids.tolist()):  # feature-engineering's item windows
+        kv.write(
+            feature_hash_writes(
+                item_features_key(item), {"cnt_1d": n % 3, "cnt_7d": n % 7, "cnt_30d": n % 11}
+            )
+        )
     recall = RecallStage(load_model(store, "recommender", parts=RECALL_PARTS), kv)
     for user in tiny.interactions.user_id.astype(str).unique()[:10]:
         wire = json_response(recall.recall(RecallRequest(user_id=user, n=80))).body
@@ -129,12 +139,15 @@ def test_ranking_with_recall_signals_scores_like_the_full_model(tiny: Tiny, tmp_
         req = RankingRequest.model_validate(
             {"user_id": user, "candidates": doc["candidates"], "signal_channels": doc["signal_channels"]}
         )
-        got = RankingStage(ranking, kv).score(req).scores
+        got = RankingStage(ranking, kv, clock=lambda: NOW).score(req).scores
         rec = full.rec
         query = rec.query(user)
         merged = rec.candidates(query, 80, np.zeros(0, np.int64), fill=True)
-        assert [c["item_id"] for c in doc["candidates"]] == rec.data.item_ids[merged.items].tolist()
-        np.testing.assert_array_equal(np.asarray(got, np.float32), rec.rank(query, merged))
+        ids = rec.data.item_ids[merged.items].tolist()
+        assert [c["item_id"] for c in doc["candidates"]] == ids
+        cats = [rec.data.item_categories[i] for i in merged.items]
+        service = read_service_features(kv, user, ids, cats, NOW)  # what the stage reads, same clock
+        np.testing.assert_array_equal(np.asarray(got, np.float32), rec.rank(query, merged, service=service))
 
     # without signals the channels count as absent (still a score for every candidate); signals that
     # do not match signal_channels are refused

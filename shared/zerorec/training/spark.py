@@ -581,8 +581,7 @@ def spark_ranker_rows(
     per user in Spark's Python workers from a broadcast of the validation-cut model."""
     from pyspark.sql import functions as F
 
-    from zerorec.features import GENRE_SLOTS, dense_names
-    from zerorec.pipeline import CHANNEL_ORDER, RankerData
+    from zerorec.pipeline import RankerData, ranker_widths
     from zerorec.resources import RANKER_ROW_BYTES, require_memory
 
     labels = (
@@ -606,7 +605,7 @@ def spark_ranker_rows(
     )
     local = built.toPandas().sort_values("u", kind="stable")
     bc.unpersist()
-    n_sparse, n_dense = 3 + GENRE_SLOTS, len(dense_names(CHANNEL_ORDER))
+    n_sparse, n_dense = ranker_widths()
     keep = local[local["n"] > 0]
     sparse = np.frombuffer(b"".join(keep["sparse"]), dtype="<i8").reshape(-1, n_sparse)
     dense = np.frombuffer(b"".join(keep["dense"]), dtype="<f4").reshape(-1, n_dense)
