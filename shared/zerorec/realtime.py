@@ -481,9 +481,8 @@ def rt_counts_from(
     results: Sequence, n_items: int, now: float, windows_s: Sequence[int], window_len_s: int = 60
 ) -> tuple[list[list[float]], list[float]]:
     """(per item, the user): events in the windows that ended within each of ``windows_s`` seconds
-    before ``now``, from the results of `rt_feature_reads`. Item hashes map window start (epoch
-    s) -> count; the user's hash holds its last window (window_start, events). Missing or
-    malformed fields count 0."""
+    before ``now``, from the results of `rt_feature_reads`. User and item hashes both map window
+    start (epoch s) -> absolute count (docs/realtime.md). Missing or malformed fields count 0."""
 
     def count(fields: object, start_s: float) -> float:
         if not isinstance(fields, Mapping):
@@ -500,7 +499,4 @@ def rt_counts_from(
 
     items = [[count(r, now - w) for w in windows_s] for r in list(results)[:n_items]]
     user = results[n_items] if len(results) > n_items else {}
-    user_windows: dict[str, object] = {}
-    if isinstance(user, Mapping) and "window_start" in user:
-        user_windows = {str(user["window_start"]): user.get("events", 0)}
-    return items, [count(user_windows, now - w) for w in windows_s]
+    return items, [count(user, now - w) for w in windows_s]

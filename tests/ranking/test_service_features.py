@@ -83,7 +83,7 @@ def test_kv_snapshot_matches_the_point_in_time_one_in_one_round_trip() -> None:
         + [
             HSet(rt_item_counts_key("y"), {str(T - 60): "1", "total": "9"}),
             HSet(rt_item_counts_key("x"), {str(T - 120): "1", str(T - 7200): "5"}),  # 2 h ago: out
-            HSet(rt_user_key("a"), {"window_start": str(T - 60), "events": "1"}),
+            HSet(rt_user_key("a"), {str(T - 60): "1"}),  # window start -> count, like the items
         ]
     )
     calls: list[int] = []
