@@ -1,6 +1,7 @@
 """recall: `POST /` multi-channel candidates, `POST /hot` the hot list (degraded path).
 
-Also `GET /health` (503 until the model is loaded) and `POST /events/model-published` (reload).
+Also `GET /health` (503 until the model is loaded), `GET /openapi.json` (the contract) and
+`POST /events/model-published` (reload).
 Run: `python -m zerorec.runner --target recall --source functions/recall/main.py --port 8081`.
 """
 
@@ -16,6 +17,7 @@ import functions_framework.aio
 from starlette.requests import Request
 from starlette.responses import Response
 from zerorec.api import HotRequest, RecallRequest
+from zerorec.hops import recall_openapi
 from zerorec.online import RecallStage, default_kv, stage_slot
 from zerorec.serving import ModelSlot, dispatch, offload, parse
 
@@ -33,7 +35,7 @@ async def _hot(request: Request, stage: RecallStage) -> Response:
     return await offload(stage.hot, req.n, req.category)
 
 
-_handle = dispatch(SLOT, {"/": _candidates, "/hot": _hot})
+_handle = dispatch(SLOT, {"/": _candidates, "/hot": _hot}, openapi=recall_openapi)
 
 
 @functions_framework.aio.http

@@ -48,6 +48,7 @@ CANDIDATES = 500
 P99_TARGET_MS = 25.0
 P99_AT = 8
 COLD_START_TARGET_MS = 1000.0
+INPROCESS_WARMUP = 10
 COLD_STARTS = 3  # restarts per function: the figure is their median (a 2-core VM's page faults vary)
 RSS_BUDGET_MB = {  # the seed's memory limits (Mi)
     "recommender": 128,
@@ -463,18 +464,18 @@ class Probes:
         user = users[0]
         recall = httpx.post(stack.url("recall") + "/", json={"user_id": user, "n": CANDIDATES}, timeout=30)
         recall.raise_for_status()
-        recalled = recall.json()
-        cands, signal_channels = recalled["candidates"], recalled.get("signal_channels", [])
-        items = [{"item_id": c["item_id"], "score": c["score"], "channel": c["channel"]} for c in cands]
+        recalled = recall.json()  # a CandidateColumns batch (docs/HOPS.md)
+        ids = recalled["item_ids"]
+        ranked = {k: recalled[k] for k in ("item_ids", "scores", "channel", "channels")}
         bodies = {
             "recall": ("/", {"user_id": user, "n": CANDIDATES}),
-            "ranking": ("/", {"user_id": user, "candidates": cands, "signal_channels": signal_channels}),
-            "reranking": ("/", {"user_id": user, "items": items, "n": TOP_N, "seen": []}),
+            "ranking": ("/", {"user_id": user, "candidates": recalled}),
+            "reranking": ("/", {"user_id": user, "candidates": ranked, "n": TOP_N, "seen": []}),
             "user": ("/", {"user_id": user}),
-            "item": ("/", {"item_ids": [c["item_id"] for c in cands[:TOP_N]]}),
+            "item": ("/", {"item_ids": ids[:TOP_N]}),
             "recommender": ("/recommend", {"user_id": user, "n": TOP_N}),
         }
-        return cls(users, {k: (p, orjson.dumps(b)) for k, (p, b) in bodies.items()}, len(cands))
+        return cls(users, {k: (p, orjson.dumps(b)) for k, (p, b) in bodies.items()}, len(ids))
 
     def once(self, stack: Stack, name: str, timeout_s: float = 5.0) -> bool:
         """True when the function answered its real request with 200."""
@@ -575,6 +576,8 @@ def inprocess_times(settings: Any, users: Sequence[str], count: int) -> list[flo
         bff = Recommender(settings, client=client, hot_refresh_s=0)
         out = []
         try:
+            for k in range(INPROCESS_WARMUP):  # first calls build validators and touch the model's pages
+                await bff.recommend(RecommendRequest(user_id=users[k % len(users)], n=TOP_N))
             for k in range(count):
                 t = time.perf_counter()
                 resp = await bff.recommend(RecommendRequest(user_id=users[k % len(users)], n=TOP_N))

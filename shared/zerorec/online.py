@@ -21,9 +21,6 @@ A KV outage degrades a stage to the bundle alone (logged), it does not fail the 
 
 from __future__ import annotations
 
-import base64
-import binascii
-import dataclasses
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -38,13 +35,13 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from zerorec.api import (
+    MAX_CANDIDATES,
     HotItem,
     HotResponse,
     Id,
     ItemMeta,
     ItemResponse,
     RankingRequest,
-    RankingResponse,
     RecallRequest,
     RerankedItem,
     RerankRequest,
@@ -53,7 +50,8 @@ from zerorec.api import (
 )
 from zerorec.bundle import LoadedBundle, latest_version, load_bundle
 from zerorec.coldstart import ALL_PARTS, ModelParts
-from zerorec.errors import BackendUnavailableError, InvalidInputError, NotFoundError
+from zerorec.columnar import CandidateBatch, first_occurrences, member_of, recall_batch
+from zerorec.errors import BackendUnavailableError, NotFoundError, ZeroRecError
 from zerorec.pipeline import CHANNEL_ORDER, USER_FILES, Recommender
 from zerorec.realtime import (
     RECENT_MAX,
@@ -68,6 +66,7 @@ from zerorec.realtime import (
     user_state_reads,
 )
 from zerorec.recall.merge import MergedCandidates
+from zerorec.rerank import RerankConfig
 from zerorec.serving import ModelSlot
 from zerorec.settings import Settings, get_settings
 from zerorec.storage import EventBus, KVStore, ObjectStore, kv_store, object_store
@@ -137,101 +136,6 @@ def _read_user(kv: KVStore, user_id: str) -> UserState:
         return UserState(user_id, [], [], {})
 
 
-def _merged(
-    model: ServingModel,
-    idx: np.ndarray,
-    channels: Sequence[str],
-    channel_scores: Sequence[dict[str, float]] | None = None,
-) -> MergedCandidates:
-    """Candidates from the wire back into C's MergedCandidates (channel_scores NaN where absent)."""
-    names = list(CHANNEL_ORDER)
-    scores = np.full((len(idx), len(names)), np.nan, dtype=np.float32)
-    if channel_scores is not None:
-        col = {c: k for k, c in enumerate(names)}
-        for row, cs in enumerate(channel_scores):
-            for c, s in cs.items():
-                if c in col:
-                    scores[row, col[c]] = s
-    return MergedCandidates(idx, list(channels), names, scores)
-
-
-def _candidate_dicts(
-    item_ids: np.ndarray, merged: MergedCandidates, signals: np.ndarray
-) -> list[dict[str, Any]]:
-    """RecallCandidate dicts of merged candidates: `score` the merge order, finite channel scores,
-    `signals` the candidate's row of `features.channel_signals` (`encode_signals`)."""
-    m = len(merged)
-    names = merged.channel_names
-    ids = item_ids[merged.items].tolist()
-    scores: list[dict[str, float]] = [{} for _ in range(m)]
-    sc = merged.channel_scores
-    rows, cols = np.nonzero(np.isfinite(sc))  # row-major: each row's channels in channel order
-    for r, c, v in zip(rows.tolist(), cols.tolist(), sc[rows, cols].tolist(), strict=True):
-        scores[r][names[c]] = v
-    return [
-        {
-            "item_id": str(item),
-            "score": (m - pos) / m,
-            "channel": channel,
-            "channel_scores": cs,
-            "signals": sig,
-        }
-        for pos, (item, channel, cs, sig) in enumerate(
-            zip(ids, merged.channel, scores, encode_signals(signals), strict=True)
-        )
-    ]
-
-
-def encode_signals(signals: np.ndarray) -> list[str]:
-    """Each candidate's row of `features.channel_signals` [M, C, 2] as base64 of little-endian
-    float32 (score, rank) pairs: 64 characters for six channels. Exact (the channels score in
-    float32), and a string costs ranking's validation and the BFF's JSON a fraction of 12 numbers."""
-    rows = np.ascontiguousarray(signals, dtype="<f4").reshape(len(signals), -1)
-    return [base64.b64encode(row).decode("ascii") for row in rows]
-
-
-def decode_signals(candidates: Sequence[dict[str, Any]], signal_channels: Sequence[str]) -> np.ndarray:
-    """Recall's `signals` of `candidates` as `features.channel_signals` [M, C, 2] in the model's
-    channel order. NaN (the ranker's "channel absent") for a channel recall did not send, a
-    candidate without signals, and a value that is not finite; InvalidInputError when a candidate's
-    signals are not base64 of two float32 per channel of `signal_channels`."""
-    names = list(CHANNEL_ORDER)
-    out = np.full((len(candidates), len(names), 2), np.nan)
-    pairs = [(j, names.index(c)) for j, c in enumerate(signal_channels) if c in names]
-    width = 8 * len(signal_channels)  # bytes: two float32 per channel
-    chars = 4 * -(-width // 3)  # its base64 length
-    sigs = [c.get("signals") for c in candidates]
-    rows = [r for r, s in enumerate(sigs) if s]
-    for r in rows:
-        if len(sigs[r]) != chars:
-            raise InvalidInputError(
-                f"candidate {candidates[r]['item_id']!r}: its signals are not two float32 for each "
-                f"of the {len(signal_channels)} signal_channels"
-            )
-    try:  # unpadded (a multiple of 3 bytes each): one decode for all; else one per candidate
-        if width % 3 == 0:
-            blob = base64.b64decode("".join(sigs[r] for r in rows), validate=True)
-        else:
-            blob = b"".join(base64.b64decode(sigs[r], validate=True) for r in rows)
-    except (binascii.Error, ValueError):
-        bad = next(r for r in rows if not _is_base64(sigs[r]))
-        raise InvalidInputError(f"candidate {candidates[bad]['item_id']!r}: signals is not base64") from None
-    if rows and pairs:
-        values = np.frombuffer(blob, dtype="<f4").astype(np.float64).reshape(len(rows), -1, 2)
-        values[~np.isfinite(values) | (values[..., 1:2] < 0)] = np.nan  # a rank is never negative
-        src, dst = (list(t) for t in zip(*pairs, strict=True))
-        out[np.ix_(rows, dst)] = values[:, src]
-    return out
-
-
-def _is_base64(text: str) -> bool:
-    try:
-        base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        return False
-    return True
-
-
 class RecallStage:
     """Multi-channel candidates for one user; real-time recent items feed item-CF, EASE, vectors."""
 
@@ -240,11 +144,11 @@ class RecallStage:
         self.kv = kv
 
     def recall(self, req: RecallRequest) -> dict[str, Any]:
-        """RecallResponse as plain data (the function dumps it with orjson; no model objects for
-        hundreds of candidates): merged candidates, best first; `score` is the merge order (1 =
-        first), per-channel raw scores in `channel_scores`. Never an item of the user's history,
-        `exclude` or deleted since training; items added since training follow as channel `fresh`
-        (score 0)."""
+        """RecallResponse (a `CandidateColumns` batch) as plain data with numpy columns (the
+        function dumps it with orjson): merged candidates, best first; `score` is the merge order
+        (1 = first); `found` which channels returned each; `signals` ranking's channel features.
+        Never an item of the user's history, `exclude` or deleted since training; items added
+        since training follow as channel `fresh` (score 0, no signals)."""
         rec = self.model.rec
         recent, categories = list(req.recent_items), {}
         reads = catalogue_reads(FRESH_REALTIME)
@@ -264,15 +168,18 @@ class RecallStage:
         exclude = self.model.known([*req.exclude, *deleted])
         lists = rec.retrieve(query, req.n, exclude)  # each channel's index answer, n deep
         merged = rec.candidates(query, req.n, exclude, lists, fill=True)  # n as asked
-        out = _candidate_dicts(rec.data.item_ids, merged, rec.signals(query, merged, lists))
         skip = {*req.exclude, *deleted, *recent}
-        unknown = [i for i in fresh if i not in rec.data.item_index and i not in skip]
-        out += [{"item_id": i, "score": 0.0, "channel": "fresh", "channel_scores": {}} for i in unknown]
-        return {
-            "candidates": out,
-            "signal_channels": list(CHANNEL_ORDER),
-            "model_version": self.model.version,
-        }
+        room = MAX_CANDIDATES - len(merged)
+        unknown = [i for i in fresh if i not in rec.data.item_index and i not in skip][: max(room, 0)]
+        batch = recall_batch(
+            rec.data.item_ids,
+            merged,
+            rec.signals(query, merged, lists),
+            CHANNEL_ORDER,
+            self.model.version,
+            unknown,
+        )
+        return batch.to_wire()
 
     def hot(self, n: int, category: str | None = None) -> HotResponse:
         """The real-time hot list from the KV (consumer-maintained), else the bundle's."""
@@ -291,6 +198,11 @@ class RecallStage:
         return HotResponse(items=items)
 
 
+class SignalsVersionError(ZeroRecError):
+    """Recall's signals come from another model version than the ranker's (a rollout in progress):
+    the ranker's channel features would be another model's, so ranking refuses (409)."""
+
+
 class RankingStage:
     """DeepFM (ONNX) scores for a candidate batch, with C's features for this user: the channel
     features come from recall's signals, so this stage holds no channel but hot."""
@@ -299,74 +211,87 @@ class RankingStage:
         self.model = model
         self.kv = kv
 
-    def score(self, req: RankingRequest) -> RankingResponse:
-        """One score per candidate, same order; ids the model does not know score 0."""
+    def score(self, req: RankingRequest) -> dict[str, Any]:
+        """RankingResponse as plain data: one score per candidate, same order; ids the model does
+        not know score 0. SignalsVersionError when the batch's signals are another model's."""
+        batch = CandidateBatch.from_columns(req.candidates)
+        if batch.signals is not None and batch.model_version != self.model.version:
+            raise SignalsVersionError(
+                f"candidates.signals come from model {batch.model_version!r}, this ranker serves "
+                f"{self.model.version!r} (a rollout in progress): not scored"
+            )
         rec = self.model.rec
         state = _read_user(self.kv, req.user_id)  # the only KV round trip
         query = rec.query(req.user_id, state.recent_items)
         query.categories = state.category_affinity
-        cands = req.candidates
-        idx = self.model.index([c["item_id"] for c in cands])
+        idx = self.model.index(batch.item_ids)
         known = np.flatnonzero(idx >= 0)
-        out = np.zeros(len(cands), dtype=np.float32)
+        out = np.zeros(len(batch), dtype=np.float32)
         if len(known):
-            kept = [cands[k] for k in known]
-            merged = _merged(
-                self.model,
-                idx[known],
-                [c["channel"] for c in kept],
-                [c.get("channel_scores") or {} for c in kept],
+            kept = batch.take(known)
+            names = list(CHANNEL_ORDER)
+            found = kept.found_in(names)
+            merged = MergedCandidates(
+                idx[known], kept.channel_names(), names, np.where(found, np.float32(1), np.float32(np.nan))
             )
-            out[known] = rec.rank(query, merged, signals=decode_signals(kept, req.signal_channels))
-        return RankingResponse.model_construct(scores=out.tolist(), model_version=self.model.version)
+            out[known] = rec.rank(query, merged, signals=kept.signals_in(names))
+        return {"scores": out, "model_version": self.model.version}
 
 
 class RerankStage:
     """MMR, freshness and the seen filter (zerorec.rerank through the pipeline's rerank)."""
 
     def __init__(self, model: ServingModel, diversity: float | None = None) -> None:
+        """`diversity`: a per-deployment override of the trained config, kept here (the model is
+        shared: the compact topology serves recall and ranking from the same object)."""
         self.model = model
-        if diversity is not None:  # a per-deployment override of the trained config
-            rec = model.rec
-            rec.config = dataclasses.replace(rec.config, rerank_diversity=diversity)
+        cfg = model.rec.config
+        self.config = RerankConfig(
+            diversity=cfg.rerank_diversity if diversity is None else diversity,
+            freshness_weight=cfg.rerank_freshness,
+            max_per_category=cfg.rerank_max_per_category,
+        )
 
     def rerank(self, req: RerankRequest) -> RerankResponse:
-        """At most `n` items, never a seen one; ids the model does not know are dropped."""
+        """At most `n` items, never a seen one; ids the model does not know are dropped, but for
+        the fresh slot(s) at the end."""
         rec = self.model.rec
-        seen = set(req.seen)
-        items = [
-            it
-            for it in dict((it["item_id"], it) for it in reversed(req.items)).values()
-            if it["item_id"] not in seen
-        ][::-1]  # de-duplicated (first wins), seen removed
-        idx = self.model.index([it["item_id"] for it in items])
-        keep = [k for k in range(len(items)) if idx[k] >= 0]
-        new = [items[k] for k in range(len(items)) if idx[k] < 0][: min(FRESH_SLOTS, req.n)]
+        batch = CandidateBatch.from_columns(req.candidates)
+        ids = batch.item_ids
+        # de-duplicated (first wins), seen removed
+        keep = first_occurrences(ids) & ~member_of(ids, frozenset(req.seen))
+        idx = self.model.index(ids)
+        known = np.flatnonzero(keep & (idx >= 0))
+        new = np.flatnonzero(keep & (idx < 0))[: min(FRESH_SLOTS, req.n)]
         picked: list[RerankedItem] = []
-        if keep:
-            merged = _merged(self.model, idx[keep], [items[k]["channel"] for k in keep])
-            scores = np.array([items[k]["score"] for k in keep], dtype=np.float64)
+        if len(known):
+            channels = np.asarray(batch.channels, dtype=object)[batch.channel[known]].tolist()
+            merged = MergedCandidates(idx[known], channels, [], np.empty((len(known), 0), np.float32))
             picked = [
-                RerankedItem(item_id=r.item_id, score=r.score, channel=r.channel, reasons=list(r.reasons))
+                RerankedItem.model_construct(
+                    item_id=r.item_id, score=r.score, channel=r.channel, reasons=list(r.reasons)
+                )
                 for r in rec.rerank(
                     rec.query(req.user_id),
                     merged,
-                    scores,
+                    batch.scores[known],
                     req.n - len(new),
                     seen=self.model.known(req.seen).tolist(),
+                    rerank_config=self.config,
                 )
             ]
         # Items newer than the model: the last slot(s), so the catalogue's news gets seen.
-        picked += [
-            RerankedItem(
-                item_id=it["item_id"],
-                score=0.0,
-                channel=it["channel"],
-                reasons=[f"found by {it['channel']}", "new item, not in the model yet (fresh slot)"],
+        for k in new.tolist():
+            channel = batch.channels[batch.channel[k]]
+            picked.append(
+                RerankedItem.model_construct(
+                    item_id=ids[k],
+                    score=0.0,
+                    channel=channel,
+                    reasons=[f"found by {channel}", "new item, not in the model yet (fresh slot)"],
+                )
             )
-            for it in new
-        ]
-        return RerankResponse(items=picked)
+        return RerankResponse.model_construct(items=picked)
 
 
 class UserStage:

@@ -101,9 +101,9 @@ def _user(body: dict[str, Any]) -> Any:
 
 def _recall(body: dict[str, Any]) -> Any:
     excluded = set(body.get("exclude", []))
-    cands = [{"item_id": f"i{k}", "score": round(1 - k / 100, 4), "channel": "als",
-              "channel_scores": {"als": 1 - k / 100}} for k in range(min(body["n"], 30))]
-    return {"candidates": [c for c in cands if c["item_id"] not in excluded], "model_version": "als-1"}
+    ks = [k for k in range(min(body["n"], 30)) if f"i{k}" not in excluded]
+    return {"item_ids": [f"i{k}" for k in ks], "scores": [round(1 - k / 100, 4) for k in ks],
+            "channel": [0] * len(ks), "channels": ["als"], "found": [1] * len(ks), "model_version": "als-1"}
 
 
 def _hot(body: dict[str, Any]) -> Any:
@@ -112,12 +112,15 @@ def _hot(body: dict[str, Any]) -> Any:
 
 def _ranking(body: dict[str, Any]) -> Any:
     # Reverses recall's order so a test can tell ranked from recall order.
-    return {"scores": [float(k) for k in range(len(body["candidates"]))], "model_version": "deepfm-1"}
+    m = len(body["candidates"]["item_ids"])
+    return {"scores": [float(k) for k in range(m)], "model_version": "deepfm-1"}
 
 
 def _reranking(body: dict[str, Any]) -> Any:
     seen = set(body["seen"])
-    items = [dict(i, reasons=["mmr"]) for i in body["items"] if i["item_id"] not in seen]
+    c = body["candidates"]
+    items = [{"item_id": i, "score": s, "channel": c["channels"][ch], "reasons": ["mmr"]}
+             for i, s, ch in zip(c["item_ids"], c["scores"], c["channel"], strict=True) if i not in seen]
     return {"items": items[: body["n"]]}
 
 

@@ -53,7 +53,7 @@ def test_happy_path_order_and_result(fakes: Fakes) -> None:
     assert elapsed < 0.3 + 1.0, "user and recall were not concurrent"
     # The contract bodies the BFF sent.
     assert recall.body == {"user_id": "u1", "n": 50, "recent_items": [], "exclude": ["i29"]}
-    assert len(ranking.body["candidates"]) == 29
+    assert len(ranking.body["candidates"]["item_ids"]) == 29
     assert rerank.body["n"] == 5 and rerank.body["seen"] == ["i29", "i1"]
     assert item.body == {"item_ids": ids(resp)}
 
@@ -172,3 +172,18 @@ def test_total_budget_bounds_the_whole_request(fakes: Fakes) -> None:
     assert elapsed < 1.1
     assert resp.timings_ms["total"] < 1000
     assert ids(resp) == ["i0", "i2", "i3", "i4", "i5"]
+
+
+def test_an_oversized_answer_degrades_its_stage(fakes: Fakes) -> None:
+    """The BFF reads at most its cap of any internal answer: past it the stage degrades `too_large`."""
+    from zerorec.bff import HTTPPool
+
+    async def go() -> RecommendResponse:
+        rec = Recommender(fakes.settings(), client=HTTPPool(max_response=300), hot_refresh_s=0)
+        try:
+            return await rec.recommend(RecommendRequest(user_id="u1", n=5))
+        finally:
+            await rec.client.aclose()
+
+    resp = asyncio.run(go())
+    assert "recall_too_large" in resp.degraded and resp.source == "hot"
