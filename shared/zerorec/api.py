@@ -260,6 +260,23 @@ class RerankResponse(_Response):
     items: list[RerankedItem]
 
 
+class PipelineRequest(_Request):
+    """pipeline `/` (the compact topology: recall, ranking and reranking in one function)."""
+
+    user_id: UserId
+    n: int = Field(ge=1, le=100, description="how many items to return")
+    candidates: int = Field(default=500, ge=1, le=MAX_CANDIDATES, description="how many recall gathers")
+    exclude: list[Id] = Field(default_factory=list, max_length=MAX_EXCLUDE)
+    context: dict[ContextKey, ContextValue] = Field(default_factory=dict, max_length=32)
+
+
+class PipelineResponse(_Response):
+    """pipeline `/` response: reranked items (never excluded, seen or in the trained history)."""
+
+    items: list[RerankedItem]
+    model_version: str | None = None
+
+
 class ItemRequest(_Request):
     """item `/`."""
 

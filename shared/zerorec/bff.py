@@ -48,6 +48,8 @@ from zerorec.api import (
     ItemMeta,
     ItemRequest,
     ItemResponse,
+    PipelineRequest,
+    PipelineResponse,
     RankingResponse,
     RecallRequest,
     RecallResponse,
@@ -354,6 +356,7 @@ _PARSE_USER = pydantic_parser(UserProfile)
 _PARSE_HOT = pydantic_parser(HotResponse)
 _PARSE_RERANK = pydantic_parser(RerankResponse)
 _PARSE_ITEM = pydantic_parser(ItemResponse)
+_PARSE_PIPELINE = pydantic_parser(PipelineResponse)
 
 
 class Recommender:
@@ -450,11 +453,16 @@ class Recommender:
     def _url(self, base: str, path: str = "/") -> str:
         return base.rstrip("/") + path
 
+    @property
+    def _hot_url(self) -> str:
+        """recall's /hot; in the compact topology the pipeline function serves it."""
+        return self._url(self.settings.pipeline_url or self.settings.recall_url, "/hot")
+
     async def _hot(self, n: int, end: float, degraded: list[str]) -> tuple[list[HotItem], str]:
         """recall's /hot, else the last good hot list, else []."""
         try:
             hot = await self._call(
-                "hot", self._url(self.settings.recall_url, "/hot"), HotRequest(n=n), _PARSE_HOT, end
+                "hot", self._hot_url, HotRequest(n=n), _PARSE_HOT, end
             )
         except StageError as exc:
             degraded.append(exc.reason)
@@ -482,7 +490,7 @@ class Recommender:
             end = time.perf_counter() + self.deadline_s
             try:
                 hot = await self._call(
-                    "hot", self._url(self.settings.recall_url, "/hot"), HotRequest(n=100), _PARSE_HOT, end
+                    "hot", self._hot_url, HotRequest(n=100), _PARSE_HOT, end
                 )
                 self._remember_hot(hot.items)
             except StageError as exc:
@@ -502,8 +510,53 @@ class Recommender:
         degraded: list[str] = []
         timings: dict[str, float] = {}
         versions: dict[str, str] = {}
-        excluded = set(req.exclude)
+        stages = self._compact if s.pipeline_url else self._per_service
+        final, source = await stages(req, end, timings, versions, degraded)
+        final = _dedupe(final)
 
+        # 5. item metadata.
+        if final:
+            item_res = await self._timed(
+                "item",
+                timings,
+                self._call(
+                    "item",
+                    self._url(s.item_url),
+                    ItemRequest(item_ids=[f.item_id for f in final]),
+                    _PARSE_ITEM,
+                    end,
+                ),
+            )
+            if isinstance(item_res, StageError):
+                degraded.append(item_res.reason)
+            else:
+                for f in final:
+                    meta = item_res.items.get(f.item_id)
+                    f.metadata = meta if isinstance(meta, ItemMeta) else None
+
+        if source == "personalized":
+            self._maybe_refresh_hot()
+        timings["total"] = round((time.perf_counter() - start) * 1000, 3)
+        return RecommendResponse(
+            user_id=req.user_id,
+            items=final,
+            source=source,
+            degraded=degraded,
+            timings_ms=timings,
+            model_versions=versions,
+        )
+
+    async def _per_service(
+        self,
+        req: RecommendRequest,
+        end: float,
+        timings: dict[str, float],
+        versions: dict[str, str],
+        degraded: list[str],
+    ) -> tuple[list[RecommendedItem], str]:
+        """(items, source) from the user, recall, ranking and reranking functions."""
+        s = self.settings
+        excluded = set(req.exclude)
         # 1. user and recall, concurrently.
         user_call = self._call(
             "user", self._url(s.user_url), UserRequest(user_id=req.user_id), _PARSE_USER, end
@@ -544,49 +597,74 @@ class Recommender:
             )
         else:
             degraded.append(recall_res.reason)
-            t = time.perf_counter()
-            hot, source = await self._hot(min(req.n + len(blocked), MAX_CANDIDATES), end, degraded)
-            timings["hot"] = round((time.perf_counter() - t) * 1000, 3)
-            final = []
-            for h in hot:
-                if h.item_id not in blocked:
-                    channel = h.channel or "hot"
-                    final.append(RecommendedItem(item_id=h.item_id, score=h.score, channel=channel))
-                    if len(final) == req.n:
-                        break
-        final = _dedupe(final)
+            final, source = await self._hot_items(req, blocked, end, timings, degraded)
+        return final, source
 
-        # 5. item metadata.
-        if final:
-            item_res = await self._timed(
-                "item",
-                timings,
-                self._call(
-                    "item",
-                    self._url(s.item_url),
-                    ItemRequest(item_ids=[f.item_id for f in final]),
-                    _PARSE_ITEM,
-                    end,
-                ),
-            )
-            if isinstance(item_res, StageError):
-                degraded.append(item_res.reason)
-            else:
-                for f in final:
-                    meta = item_res.items.get(f.item_id)
-                    f.metadata = meta if isinstance(meta, ItemMeta) else None
-
-        if source == "personalized":
-            self._maybe_refresh_hot()
-        timings["total"] = round((time.perf_counter() - start) * 1000, 3)
-        return RecommendResponse(
+    async def _compact(
+        self,
+        req: RecommendRequest,
+        end: float,
+        timings: dict[str, float],
+        versions: dict[str, str],
+        degraded: list[str],
+    ) -> tuple[list[RecommendedItem], str]:
+        """(items, source) from the pipeline function (the compact topology: it reads the user's
+        seen items itself); the user function is asked only for the hot-list fallback."""
+        s = self.settings
+        excluded = set(req.exclude)
+        body = PipelineRequest(
             user_id=req.user_id,
-            items=final,
-            source=source,
-            degraded=degraded,
-            timings_ms=timings,
-            model_versions=versions,
+            n=req.n,
+            candidates=max(s.recall_candidates, req.n),
+            exclude=req.exclude,
+            context=req.context,
         )
+        res = await self._timed(
+            "pipeline", timings, self._call("pipeline", self._url(s.pipeline_url), body, _PARSE_PIPELINE, end)
+        )
+        if not isinstance(res, StageError):
+            if res.model_version:
+                versions["pipeline"] = res.model_version
+            items = [
+                RecommendedItem(item_id=r.item_id, score=r.score, channel=r.channel, reasons=r.reasons)
+                for r in res.items
+                if r.item_id not in excluded
+            ]
+            return items[: req.n], "personalized"
+        degraded.append(res.reason)
+        user_res = await self._timed(
+            "user",
+            timings,
+            self._call("user", self._url(s.user_url), UserRequest(user_id=req.user_id), _PARSE_USER, end),
+        )
+        seen: list[str] = []
+        if isinstance(user_res, StageError):
+            if user_res.cause != "http_404":
+                degraded.append(user_res.reason)
+        else:
+            seen = user_res.seen_items
+        return await self._hot_items(req, excluded | set(seen), end, timings, degraded)
+
+    async def _hot_items(
+        self,
+        req: RecommendRequest,
+        blocked: set[str],
+        end: float,
+        timings: dict[str, float],
+        degraded: list[str],
+    ) -> tuple[list[RecommendedItem], str]:
+        """(items, source) of the hot list (recall's, else the last good one), `blocked` removed."""
+        t = time.perf_counter()
+        hot, source = await self._hot(min(req.n + len(blocked), MAX_CANDIDATES), end, degraded)
+        timings["hot"] = round((time.perf_counter() - t) * 1000, 3)
+        final: list[RecommendedItem] = []
+        for h in hot:
+            if h.item_id not in blocked:
+                channel = h.channel or "hot"
+                final.append(RecommendedItem(item_id=h.item_id, score=h.score, channel=channel))
+                if len(final) == req.n:
+                    break
+        return final, source
 
     async def _rank_and_rerank(
         self,

@@ -12,6 +12,8 @@ from typing import Any
 from zerorec.api import (
     HotRequest,
     HotResponse,
+    PipelineRequest,
+    PipelineResponse,
     RankingRequest,
     RankingResponse,
     RecallRequest,
@@ -56,4 +58,15 @@ def reranking_openapi() -> dict[str, Any]:
         "ZeroRec reranking (internal)",
         "MMR diversity, freshness and the seen filter over ranked candidates. " + _BATCH,
         {"/": ("rerank", "Top n of a ranked batch, with reasons", RerankRequest, RerankResponse, {})},
+    )
+
+
+def pipeline_openapi() -> dict[str, Any]:
+    return function_openapi(
+        "ZeroRec pipeline (internal, compact topology)",
+        "Recall, ranking and reranking in one process: the reranked top n for a user.",
+        {
+            "/": ("pipeline", "Reranked items for a user", PipelineRequest, PipelineResponse, {}),
+            "/hot": ("hot", "The hot list (the BFF's degraded path)", HotRequest, HotResponse, {}),
+        },
     )

@@ -21,6 +21,7 @@ A KV outage degrades a stage to the bundle alone (logged), it does not fail the 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -41,6 +42,8 @@ from zerorec.api import (
     Id,
     ItemMeta,
     ItemResponse,
+    PipelineRequest,
+    PipelineResponse,
     RankingRequest,
     RecallRequest,
     RerankedItem,
@@ -149,7 +152,13 @@ class RecallStage:
         (1 = first); `found` which channels returned each; `signals` ranking's channel features.
         Never an item of the user's history, `exclude` or deleted since training; items added
         since training follow as channel `fresh` (score 0, no signals)."""
+        return self.candidates(req)[0].to_wire()
+
+    def candidates(self, req: RecallRequest) -> tuple[CandidateBatch, UserState | None]:
+        """`recall`'s batch, and the user's real-time state when it was read here (the request
+        gave no recent items)."""
         rec = self.model.rec
+        state = None
         recent, categories = list(req.recent_items), {}
         reads = catalogue_reads(FRESH_REALTIME)
         if not recent:  # the BFF did not pass the user's history: read it in the same round trip
@@ -179,7 +188,7 @@ class RecallStage:
             self.model.version,
             unknown,
         )
-        return batch.to_wire()
+        return batch, state
 
     def hot(self, n: int, category: str | None = None) -> HotResponse:
         """The real-time hot list from the KV (consumer-maintained), else the bundle's."""
@@ -214,15 +223,23 @@ class RankingStage:
     def score(self, req: RankingRequest) -> dict[str, Any]:
         """RankingResponse as plain data: one score per candidate, same order; ids the model does
         not know score 0. SignalsVersionError when the batch's signals are another model's."""
-        batch = CandidateBatch.from_columns(req.candidates)
+        scores = self.score_batch(req.user_id, CandidateBatch.from_columns(req.candidates))
+        # float64 on the wire: JSON then carries each float32 score exactly (its shortest float32
+        # repr would read back as a different float64), so every topology sorts the same numbers
+        return {"scores": scores.astype(np.float64), "model_version": self.model.version}
+
+    def score_batch(self, user_id: str, batch: CandidateBatch, state: UserState | None = None) -> np.ndarray:
+        """float32 scores of `batch` (same order) for the user (`state`: their real-time state,
+        read from the KV when not given)."""
         if batch.signals is not None and batch.model_version != self.model.version:
             raise SignalsVersionError(
                 f"candidates.signals come from model {batch.model_version!r}, this ranker serves "
                 f"{self.model.version!r} (a rollout in progress): not scored"
             )
         rec = self.model.rec
-        state = _read_user(self.kv, req.user_id)  # the only KV round trip
-        query = rec.query(req.user_id, state.recent_items)
+        if state is None:
+            state = _read_user(self.kv, user_id)  # the only KV round trip
+        query = rec.query(user_id, state.recent_items)
         query.categories = state.category_affinity
         idx = self.model.index(batch.item_ids)
         known = np.flatnonzero(idx >= 0)
@@ -235,7 +252,7 @@ class RankingStage:
                 idx[known], kept.channel_names(), names, np.where(found, np.float32(1), np.float32(np.nan))
             )
             out[known] = rec.rank(query, merged, signals=kept.signals_in(names))
-        return {"scores": out, "model_version": self.model.version}
+        return out
 
 
 class RerankStage:
@@ -255,14 +272,20 @@ class RerankStage:
     def rerank(self, req: RerankRequest) -> RerankResponse:
         """At most `n` items, never a seen one; ids the model does not know are dropped, but for
         the fresh slot(s) at the end."""
+        batch = CandidateBatch.from_columns(req.candidates, decode_signals=False)
+        return RerankResponse.model_construct(items=self.rerank_batch(req.user_id, batch, req.n, req.seen))
+
+    def rerank_batch(
+        self, user_id: str, batch: CandidateBatch, n: int, seen: Sequence[str]
+    ) -> list[RerankedItem]:
+        """At most `n` of `batch` (ranked: its scores), reranked; never one of `seen`."""
         rec = self.model.rec
-        batch = CandidateBatch.from_columns(req.candidates)
         ids = batch.item_ids
         # de-duplicated (first wins), seen removed
-        keep = first_occurrences(ids) & ~member_of(ids, frozenset(req.seen))
+        keep = first_occurrences(ids) & ~member_of(ids, frozenset(seen))
         idx = self.model.index(ids)
         known = np.flatnonzero(keep & (idx >= 0))
-        new = np.flatnonzero(keep & (idx < 0))[: min(FRESH_SLOTS, req.n)]
+        new = np.flatnonzero(keep & (idx < 0))[: min(FRESH_SLOTS, n)]
         picked: list[RerankedItem] = []
         if len(known):
             channels = np.asarray(batch.channels, dtype=object)[batch.channel[known]].tolist()
@@ -272,11 +295,11 @@ class RerankStage:
                     item_id=r.item_id, score=r.score, channel=r.channel, reasons=list(r.reasons)
                 )
                 for r in rec.rerank(
-                    rec.query(req.user_id),
+                    rec.query(user_id),
                     merged,
                     batch.scores[known],
-                    req.n - len(new),
-                    seen=self.model.known(req.seen).tolist(),
+                    n - len(new),
+                    seen=self.model.known(seen).tolist(),
                     rerank_config=self.config,
                 )
             ]
@@ -291,7 +314,35 @@ class RerankStage:
                     reasons=[f"found by {channel}", "new item, not in the model yet (fresh slot)"],
                 )
             )
-        return RerankResponse.model_construct(items=picked)
+        return picked
+
+
+class PipelineStage:
+    """The compact topology: recall, ranking and reranking in one process, over one model, with
+    the stages' own code and in-process calls instead of hops (the batch never leaves numpy)."""
+
+    def __init__(self, model: ServingModel, kv: KVStore, diversity: float | None = None) -> None:
+        self.model = model
+        self.recall = RecallStage(model, kv)
+        self.ranking = RankingStage(model, kv)
+        self.reranking = RerankStage(model, diversity)
+
+    def recommend(self, req: PipelineRequest) -> PipelineResponse:
+        """Reranked items for the user: recall's candidates, the ranker's order, then reranking,
+        which drops `exclude`, the user's real-time seen items and their trained history."""
+        recall_req = RecallRequest.model_construct(
+            user_id=req.user_id, n=req.candidates, recent_items=[], exclude=req.exclude
+        )
+        batch, state = self.recall.candidates(recall_req)
+        if state is None:  # the request's recent items spared recall the read
+            state = _read_user(self.ranking.kv, req.user_id)
+        scores = self.ranking.score_batch(req.user_id, batch, state)
+        ranked = dataclasses.replace(batch, scores=scores.astype(np.float64)).take(
+            np.argsort(-scores, kind="stable")
+        )
+        seen = list(dict.fromkeys([*req.exclude, *state.seen_items]))
+        items = self.reranking.rerank_batch(req.user_id, ranked, req.n, seen)
+        return PipelineResponse.model_construct(items=items, model_version=self.model.version)
 
 
 class UserStage:

@@ -24,6 +24,7 @@ from starlette.routing import Route
 from zerorec.api import (
     HotRequest,
     ItemRequest,
+    PipelineRequest,
     RankingRequest,
     RecallRequest,
     RerankRequest,
@@ -32,7 +33,7 @@ from zerorec.api import (
 )
 from zerorec.settings import Settings
 
-SERVICES = ("user", "recall", "ranking", "reranking", "item")
+SERVICES = ("user", "recall", "ranking", "reranking", "item", "pipeline")
 
 
 @dataclass
@@ -68,7 +69,11 @@ class Fakes:
     def settings(self, down: tuple[str, ...] = (), **overrides: Any) -> Settings:
         """Settings pointing the BFF at the fakes; services in `down` get a closed port."""
         urls = {f"{s}_url": (f"http://127.0.0.1:{closed_port()}" if s in down else self.urls[s])
-                for s in SERVICES}
+                for s in SERVICES if s != "pipeline"}
+        if overrides.pop("compact", False):  # the compact topology: the BFF calls the pipeline fake
+            urls["pipeline_url"] = (
+                f"http://127.0.0.1:{closed_port()}" if "pipeline" in down else self.urls["pipeline"]
+            )
         # Generous by default (tests run on loaded machines); deadline tests set their own.
         values: dict[str, Any] = {"deadline_ms": 2000, "total_budget_ms": 5000, "recall_candidates": 50}
         values.update(urls)
@@ -124,6 +129,14 @@ def _reranking(body: dict[str, Any]) -> Any:
     return {"items": items[: body["n"]]}
 
 
+def _pipeline(body: dict[str, Any]) -> Any:
+    # recall's fake candidates, minus excluded and the user's seen i1, best first
+    excluded = {*body["exclude"], "i1"}
+    items = [{"item_id": f"i{k}", "score": 1 - k / 100, "channel": "als", "reasons": ["compact"]}
+             for k in range(30) if f"i{k}" not in excluded]
+    return {"items": items[: body["n"]], "model_version": "pipe-1"}
+
+
 def _item(body: dict[str, Any]) -> Any:
     return {"items": {i: {"title": f"Title {i}", "categories": ["c1"], "created_at": "2026-01-01"}
                       for i in body["item_ids"]}}
@@ -132,11 +145,13 @@ def _item(body: dict[str, Any]) -> Any:
 REQUEST_MODELS: dict[tuple[str, str], type[BaseModel]] = {
     ("user", "/"): UserRequest, ("recall", "/"): RecallRequest, ("recall", "/hot"): HotRequest,
     ("ranking", "/"): RankingRequest, ("reranking", "/"): RerankRequest, ("item", "/"): ItemRequest,
+    ("pipeline", "/"): PipelineRequest, ("pipeline", "/hot"): HotRequest,
 }
 
 HANDLERS = {
     ("user", "/"): _user, ("recall", "/"): _recall, ("recall", "/hot"): _hot,
     ("ranking", "/"): _ranking, ("reranking", "/"): _reranking, ("item", "/"): _item,
+    ("pipeline", "/"): _pipeline, ("pipeline", "/hot"): _hot,
 }
 
 

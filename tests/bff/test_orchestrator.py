@@ -187,3 +187,23 @@ def test_an_oversized_answer_degrades_its_stage(fakes: Fakes) -> None:
 
     resp = asyncio.run(go())
     assert "recall_too_large" in resp.degraded and resp.source == "hot"
+
+
+def test_the_compact_topology_calls_one_pipeline_function(fakes: Fakes) -> None:
+    """With ZEROREC_PIPELINE_URL the BFF asks the pipeline function (recall, ranking and
+    reranking in one process) and hydrates its items; recall, ranking, reranking and user are not
+    called. When the pipeline fails, the hot list (from the pipeline function's /hot) minus what the
+    user has seen answers, degraded."""
+    resp = recommend(fakes.settings(compact=True), exclude=["i0"])
+    assert resp.degraded == [] and resp.source == "personalized"
+    assert ids(resp) == ["i2", "i3", "i4", "i5", "i6"] and resp.items[0].reasons == ["compact"]
+    assert resp.items[0].metadata is not None and resp.model_versions == {"pipeline": "pipe-1"}
+    (call,) = fakes.called("pipeline")
+    assert call.body == {"user_id": "u1", "n": 5, "candidates": 50, "exclude": ["i0"], "context": {}}
+    assert not any(fakes.called(s) for s in ("recall", "ranking", "reranking", "user"))
+
+    fakes.reset()
+    fakes.mode["pipeline"] = "http_500"
+    resp = recommend(fakes.settings(compact=True))
+    assert resp.degraded == ["pipeline_http_500"] and resp.source == "hot"
+    assert len(resp.items) == 5 and fakes.called("pipeline", "/hot") and fakes.called("user")

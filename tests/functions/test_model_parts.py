@@ -220,3 +220,38 @@ def test_a_bundle_of_more_users_than_max_users_serves_without_histories(tiny: Ti
     want = RecallStage(full, kv).recall(RecallRequest(user_id="someone-new", n=60, recent_items=recent))
     assert got["item_ids"] == want["item_ids"]
     assert not set(recent) & set(got["item_ids"])
+
+
+def test_the_compact_pipeline_answers_like_the_three_functions(tiny: Tiny, tmp_path: Path) -> None:
+    """PipelineStage (recall, ranking and reranking in one process, no hops) gives the same items,
+    scores and reasons as the per-service path: recall's batch as JSON to ranking, the batch sorted
+    by the ranker's scores as JSON to reranking (what the BFF does)."""
+    from zerorec.api import PipelineRequest
+    from zerorec.online import PipelineStage
+
+    store = LocalObjectStore(tmp_path)
+    publish(store, "recommender", tiny.files)
+    model = load_model(store, "recommender", parts=ALL_PARTS)
+    kv = MemoryKVStore()
+    recall, ranking, rerank = RecallStage(model, kv), RankingStage(model, kv), RerankStage(model)
+    pipeline = PipelineStage(model, kv)
+    for user in tiny.interactions.user_id.astype(str).unique()[:8]:
+        wire = json_response(recall.recall(RecallRequest(user_id=user, n=60, exclude=["i3"]))).body
+        req = RankingRequest.model_validate_json(b'{"user_id":"%s","candidates":%s}' % (user.encode(), wire))
+        scores = np.asarray(orjson.loads(json_response(ranking.score(req)).body)["scores"])
+        doc = orjson.loads(wire)
+        order = np.argsort(-scores, kind="stable")
+        ranked = {
+            "item_ids": [doc["item_ids"][k] for k in order],
+            "scores": scores[order].tolist(),
+            "channel": [doc["channel"][k] for k in order],
+            "channels": doc["channels"],
+        }
+        want = rerank.rerank(
+            RerankRequest.model_validate({"user_id": user, "candidates": ranked, "n": 10, "seen": ["i3"]})
+        ).items
+        got = pipeline.recommend(PipelineRequest(user_id=user, n=10, candidates=60, exclude=["i3"])).items
+        assert [(i.item_id, i.channel) for i in got] == [(i.item_id, i.channel) for i in want]
+        assert [i.reasons for i in got] == [i.reasons for i in want]
+        assert [i.score for i in got] == [i.score for i in want]
+        assert "i3" not in {i.item_id for i in got}
