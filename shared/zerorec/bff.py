@@ -404,14 +404,16 @@ class Recommender:
         body: BaseModel | dict[str, Any] | bytes,
         parse: Callable[[bytes], T],
         end: float,
+        deadlines: int = 1,
     ) -> T:
-        """POST body to url within min(deadline, what is left of the budget); parse the contract.
+        """POST body to url within min(`deadlines` x deadline, what is left of the budget); parse
+        the contract.
 
         A dict body (numpy columns allowed) is encoded by orjson, bytes are sent as they are (the
         hot path builds its batches without model instances); tests/bff checks every body the
         fakes receive against the request models.
         """
-        timeout = min(self.deadline_s, end - time.perf_counter())
+        timeout = min(self.deadline_s * deadlines, end - time.perf_counter())
         if timeout < MIN_CALL_S:
             raise StageError(stage, "skipped")
         if isinstance(body, bytes):
@@ -620,7 +622,10 @@ class Recommender:
             context=req.context,
         )
         res = await self._timed(
-            "pipeline", timings, self._call("pipeline", self._url(s.pipeline_url), body, _PARSE_PIPELINE, end)
+            "pipeline",
+            timings,
+            # the work of three calls (recall, ranking, reranking): their three deadlines
+            self._call("pipeline", self._url(s.pipeline_url), body, _PARSE_PIPELINE, end, deadlines=3),
         )
         if not isinstance(res, StageError):
             if res.model_version:

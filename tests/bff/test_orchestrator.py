@@ -207,3 +207,15 @@ def test_the_compact_topology_calls_one_pipeline_function(fakes: Fakes) -> None:
     resp = recommend(fakes.settings(compact=True))
     assert resp.degraded == ["pipeline_http_500"] and resp.source == "hot"
     assert len(resp.items) == 5 and fakes.called("pipeline", "/hot") and fakes.called("user")
+
+
+def test_the_pipeline_call_gets_the_three_stages_deadlines(fakes: Fakes) -> None:
+    """The pipeline does the work of recall, ranking and reranking: its call may take their three
+    deadlines (within the total budget), not one."""
+    fakes.delay["pipeline"] = 0.5
+    resp = recommend(fakes.settings(compact=True, deadline_ms=300, total_budget_ms=5000))
+    assert resp.degraded == [] and resp.source == "personalized"
+    fakes.reset()
+    fakes.delay["pipeline"] = 1.0
+    resp = recommend(fakes.settings(compact=True, deadline_ms=300, total_budget_ms=5000))
+    assert resp.degraded[0] == "pipeline_timeout"
