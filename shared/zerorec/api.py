@@ -25,6 +25,7 @@ MAX_BATCH_BODY_BYTES = 1024 * 1024
 # What the BFF reads of an internal function's answer at most (recall's largest batch is ~0.6 MB).
 MAX_INTERNAL_RESPONSE_BYTES = 2 * MAX_BATCH_BODY_BYTES
 MAX_EXCLUDE = 1000
+MAX_GUEST_ITEMS = 50  # a guest session's recent items (realtime.RECENT_MAX)
 MAX_CANDIDATES = 2000
 MAX_SIGNAL_CHANNELS = 16
 
@@ -62,7 +63,15 @@ class HealthResponse(_Response):
 class RecommendRequest(_Request):
     """`POST /recommend`."""
 
-    user_id: UserId = Field(description="the user to recommend for (letters, digits, _ . : @ -)")
+    user_id: UserId | None = Field(
+        default=None,
+        description="the user to recommend for (letters, digits, _ . : @ -); omit it for a guest",
+    )
+    recent_items: list[Id] = Field(
+        default_factory=list,
+        max_length=MAX_GUEST_ITEMS,
+        description="a guest's session (no user_id): the items seen in it, newest first",
+    )
     n: int = Field(default=10, ge=1, le=100, description="how many items to return")
     context: dict[ContextKey, ContextValue] = Field(
         default_factory=dict, max_length=32, description="request context (device, page, hour...)"
@@ -70,6 +79,14 @@ class RecommendRequest(_Request):
     exclude: list[Id] = Field(
         default_factory=list, max_length=MAX_EXCLUDE, description="item ids never to return"
     )
+
+    @model_validator(mode="after")
+    def _a_user_or_a_session(self) -> RecommendRequest:
+        if self.user_id is None and not self.recent_items:
+            raise ValueError("give user_id, or recent_items for a guest")
+        if self.user_id is not None and self.recent_items:
+            raise ValueError("recent_items is for guests: send it without user_id")
+        return self
 
 
 class ItemMeta(BaseModel):
@@ -136,6 +153,7 @@ class RecallRequest(_Request):
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 ChannelCode = Annotated[int, Field(ge=0, lt=MAX_SIGNAL_CHANNELS)]
 FoundMask = Annotated[int, Field(ge=0, lt=2**MAX_SIGNAL_CHANNELS)]
+DemoteFactor = Annotated[float, Field(gt=0, le=1)]
 # base64 of float32 [MAX_CANDIDATES, MAX_SIGNAL_CHANNELS, 2]
 MAX_SIGNALS_CHARS = 4 * -(-(MAX_CANDIDATES * MAX_SIGNAL_CHANNELS * 8) // 3)
 
@@ -165,6 +183,13 @@ class CandidateColumns(BaseModel):
         max_length=MAX_CANDIDATES,
         description="empty, or one per item: bit k set when channel k of `channels` returned the item",
     )
+    demote: list[DemoteFactor] = Field(
+        default_factory=list,
+        max_length=MAX_CANDIDATES,
+        description="empty, or one per item: a factor in (0, 1] the BFF applies to the item's score "
+        "after ranking (1: none; below 1: a near neighbour of an item the user disliked or hid, "
+        "zerorec.feedback)",
+    )
     signals: str = Field(
         default="",
         max_length=MAX_SIGNALS_CHARS,
@@ -177,10 +202,11 @@ class CandidateColumns(BaseModel):
     @model_validator(mode="after")
     def _shapes(self) -> CandidateColumns:
         m = len(self.item_ids)
-        if len(self.scores) != m or len(self.channel) != m or (self.found and len(self.found) != m):
+        optional = (self.found, self.demote)
+        if len(self.scores) != m or len(self.channel) != m or any(x and len(x) != m for x in optional):
             raise ValueError(
-                f"item_ids, scores, channel (and found, when given) must have one entry per item: "
-                f"{m}, {len(self.scores)}, {len(self.channel)}, {len(self.found)}"
+                f"item_ids, scores, channel (and found, demote, when given) must have one entry per "
+                f"item: {m}, {len(self.scores)}, {len(self.channel)}, {len(self.found)}, {len(self.demote)}"
             )
         if len(set(self.channels)) != len(self.channels):
             raise ValueError("channels must be distinct")
@@ -266,6 +292,9 @@ class PipelineRequest(_Request):
     user_id: UserId
     n: int = Field(ge=1, le=100, description="how many items to return")
     candidates: int = Field(default=500, ge=1, le=MAX_CANDIDATES, description="how many recall gathers")
+    recent_items: list[Id] = Field(
+        default_factory=list, max_length=MAX_GUEST_ITEMS, description="a guest's session items, newest first"
+    )
     exclude: list[Id] = Field(default_factory=list, max_length=MAX_EXCLUDE)
     context: dict[ContextKey, ContextValue] = Field(default_factory=dict, max_length=32)
 

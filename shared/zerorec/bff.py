@@ -61,7 +61,8 @@ from zerorec.api import (
     UserRequest,
     validation_reason,
 )
-from zerorec.columnar import CandidateBatch, member_of
+from zerorec.columnar import CandidateBatch, demoted, member_of
+from zerorec.feedback import GUEST_USER_ID
 from zerorec.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -540,7 +541,7 @@ class Recommender:
             self._maybe_refresh_hot()
         timings["total"] = round((time.perf_counter() - start) * 1000, 3)
         return RecommendResponse(
-            user_id=req.user_id,
+            user_id=req.user_id or GUEST_USER_ID,
             items=final,
             source=source,
             degraded=degraded,
@@ -559,15 +560,20 @@ class Recommender:
         """(items, source) from the user, recall, ranking and reranking functions."""
         s = self.settings
         excluded = set(req.exclude)
+        # A guest (no user_id): the session's recent items stand in for the profile (zerorec.feedback).
+        user_id = req.user_id or GUEST_USER_ID
         # 1. user and recall, concurrently.
-        user_call = self._call(
-            "user", self._url(s.user_url), UserRequest(user_id=req.user_id), _PARSE_USER, end
-        )
+        if req.user_id is None:
+            user_call: Awaitable[Any] = _guest_profile(req.recent_items)
+        else:
+            user_call = self._call(
+                "user", self._url(s.user_url), UserRequest(user_id=user_id), _PARSE_USER, end
+            )
         recall_n = max(s.recall_candidates, req.n)
         recall_call = self._call(
             "recall",
             self._url(s.recall_url),
-            RecallRequest(user_id=req.user_id, n=recall_n, exclude=req.exclude),
+            RecallRequest(user_id=user_id, n=recall_n, exclude=req.exclude, recent_items=req.recent_items),
             parse_recall,
             end,
         )
@@ -577,7 +583,7 @@ class Recommender:
         if isinstance(user_res, StageError):
             if user_res.cause != "http_404":  # 404: unknown user = new user, not a degradation
                 degraded.append(user_res.reason)
-            profile = UserProfile(user_id=req.user_id, is_new=True)
+            profile = UserProfile(user_id=user_id, is_new=True)
         else:
             profile = user_res
         # What reranking must not show: the caller's exclusions, then what the user has seen.
@@ -615,7 +621,8 @@ class Recommender:
         s = self.settings
         excluded = set(req.exclude)
         body = PipelineRequest(
-            user_id=req.user_id,
+            user_id=req.user_id or GUEST_USER_ID,
+            recent_items=req.recent_items,
             n=req.n,
             candidates=max(s.recall_candidates, req.n),
             exclude=req.exclude,
@@ -637,11 +644,12 @@ class Recommender:
             ]
             return items[: req.n], "personalized"
         degraded.append(res.reason)
-        user_res = await self._timed(
-            "user",
-            timings,
-            self._call("user", self._url(s.user_url), UserRequest(user_id=req.user_id), _PARSE_USER, end),
-        )
+        if req.user_id is None:  # a guest: the session's items are what it has seen
+            user_res: UserProfile | StageError = await _guest_profile(req.recent_items)
+        else:
+            ask = UserRequest(user_id=req.user_id)
+            call = self._call("user", self._url(s.user_url), ask, _PARSE_USER, end)
+            user_res = await self._timed("user", timings, call)
         seen: list[str] = []
         if isinstance(user_res, StageError):
             if user_res.cause != "http_404":
@@ -698,13 +706,15 @@ class Recommender:
         )
         if not isinstance(rank_res, StageError) and len(rank_res[0]) != len(batch):
             rank_res = StageError("ranking", "bad_response")
+        # recall's `demote` (zerorec.feedback): neighbours of the user's dislikes go down after ranking
         if isinstance(rank_res, StageError):
             degraded.append(rank_res.reason)
-            ranked = batch  # recall order
+            ranked = dataclasses.replace(batch, scores=demoted(batch.scores, batch.demote))  # recall order
         else:
             scores, rank_version = rank_res
             if rank_version:
                 versions["ranking"] = rank_version
+            scores = demoted(scores, batch.demote)
             ranked = dataclasses.replace(batch, scores=scores).take(np.argsort(-scores, kind="stable"))
         rerank_res = await self._timed(
             "reranking",
@@ -713,7 +723,7 @@ class Recommender:
                 "reranking",
                 self._url(s.reranking_url),
                 {
-                    "user_id": req.user_id,
+                    "user_id": req.user_id or GUEST_USER_ID,
                     "candidates": {
                         "item_ids": ranked.item_ids,
                         "scores": ranked.scores,
@@ -742,8 +752,13 @@ def ranking_body(req: RecommendRequest, batch: CandidateBatch, recalled: bytes) 
     """RankingRequest's JSON: recall's body spliced in as it came (`recalled`: a RecallResponse,
     so a CandidateColumns with its signals), else the batch re-encoded."""
     columns = recalled or orjson.dumps(batch.to_wire(), option=orjson.OPT_SERIALIZE_NUMPY)
-    head = orjson.dumps({"user_id": req.user_id, "context": req.context})
+    head = orjson.dumps({"user_id": req.user_id or GUEST_USER_ID, "context": req.context})
     return b"".join((head[:-1], b',"candidates":', columns, b"}"))
+
+
+async def _guest_profile(recent_items: list[str]) -> UserProfile:
+    """A guest's profile: the session's items, which are also not to be shown again."""
+    return UserProfile(user_id=GUEST_USER_ID, recent_items=recent_items, seen_items=recent_items, is_new=True)
 
 
 def _top(batch: CandidateBatch, blocked: set[str], n: int) -> list[RecommendedItem]:

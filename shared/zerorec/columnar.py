@@ -37,6 +37,7 @@ class CandidateBatch:
     found: np.ndarray  # int64 [M], bit k: channel k returned the item
     signals: np.ndarray | None = None
     model_version: str | None = None
+    demote: np.ndarray | None = None  # float64 [M]: factors in (0, 1] applied after ranking
 
     def __len__(self) -> int:
         return len(self.item_ids)
@@ -65,6 +66,7 @@ class CandidateBatch:
             np.asarray(cols.found, dtype=np.int64).reshape(m) if cols.found else np.zeros(m, np.int64),
             signals,
             cols.model_version,
+            np.asarray(cols.demote, dtype=np.float64).reshape(m) if cols.demote else None,
         )
 
     def to_wire(self, *, with_signals: bool = True) -> dict[str, Any]:
@@ -81,6 +83,8 @@ class CandidateBatch:
             out["signals"] = encode_signals(self.signals)
         if self.model_version is not None:
             out["model_version"] = self.model_version
+        if self.demote is not None:
+            out["demote"] = self.demote
         return out
 
     # ------------------------------------------------------------------ columns
@@ -96,6 +100,7 @@ class CandidateBatch:
             self.found[rows],
             None if self.signals is None else self.signals[rows],
             self.model_version,
+            None if self.demote is None else self.demote[rows],
         )
 
     def channel_names(self) -> list[str]:
@@ -148,6 +153,16 @@ def found_mask(finite: np.ndarray, columns: Sequence[str], channels: Sequence[st
     """int64 [M] bitmasks over `channels` from `finite` bool [M, len(columns)] (columns by name)."""
     weights = np.array([_bit(channels, c) for c in columns], dtype=np.int64)
     return finite.astype(np.int64) @ weights if len(columns) else np.zeros(len(finite), np.int64)
+
+
+def demoted(scores: np.ndarray, factors: np.ndarray | None) -> np.ndarray:
+    """`feedback.demoted_score` over arrays: each score pushed down by its factor in (0, 1) (scaled
+    towards 0 when positive, away when negative); a factor of 1 (or none) leaves it."""
+    if factors is None:
+        return scores
+    active = (factors > 0) & (factors < 1)
+    pushed = np.where(scores >= 0, scores * factors, scores / np.maximum(factors, 1e-6))
+    return np.where(active, pushed, scores)
 
 
 def first_occurrences(ids: Sequence[str]) -> np.ndarray:

@@ -53,8 +53,9 @@ from zerorec.api import (
 )
 from zerorec.bundle import LoadedBundle, latest_version, load_bundle
 from zerorec.coldstart import ALL_PARTS, ModelParts
-from zerorec.columnar import CandidateBatch, first_occurrences, member_of, recall_batch
+from zerorec.columnar import CandidateBatch, demoted, first_occurrences, member_of, recall_batch
 from zerorec.errors import BackendUnavailableError, NotFoundError, ZeroRecError
+from zerorec.feedback import neighbours_of
 from zerorec.pipeline import CHANNEL_ORDER, USER_FILES, Recommender
 from zerorec.realtime import (
     RECENT_MAX,
@@ -139,6 +140,13 @@ def _read_user(kv: KVStore, user_id: str) -> UserState:
         return UserState(user_id, [], [], {})
 
 
+def near_negatives(rec: Recommender, negatives: Sequence[str], per_item: int) -> frozenset[str]:
+    """Ids of the item-CF neighbours of the user's negatives (zerorec.feedback), negatives excluded."""
+    lists = getattr(rec.channels.get("itemcf"), "lists", None)
+    near = neighbours_of(rec.data.item_index, getattr(lists, "neighbours", None), negatives, per_item)
+    return frozenset(rec.data.item_ids[near].tolist()) - set(negatives)
+
+
 class RecallStage:
     """Multi-channel candidates for one user; real-time recent items feed item-CF, EASE, vectors."""
 
@@ -160,6 +168,7 @@ class RecallStage:
         rec = self.model.rec
         state = None
         recent, categories = list(req.recent_items), {}
+        negatives: list[str] = []  # disliked / hidden (zerorec.feedback)
         reads = catalogue_reads(FRESH_REALTIME)
         if not recent:  # the BFF did not pass the user's history: read it in the same round trip
             reads = user_state_reads(req.user_id) + reads
@@ -172,12 +181,13 @@ class RecallStage:
         if not recent:
             state = user_state_from(req.user_id, results[:-2])
             recent, categories = state.recent_items, state.category_affinity
+            negatives = state.negative_items
         query = rec.query(req.user_id, recent)
         query.categories = categories
-        exclude = self.model.known([*req.exclude, *deleted])
+        exclude = self.model.known([*req.exclude, *deleted, *negatives])
         lists = rec.retrieve(query, req.n, exclude)  # each channel's index answer, n deep
         merged = rec.candidates(query, req.n, exclude, lists, fill=True)  # n as asked
-        skip = {*req.exclude, *deleted, *recent}
+        skip = {*req.exclude, *deleted, *recent, *negatives}
         room = MAX_CANDIDATES - len(merged)
         unknown = [i for i in fresh if i not in rec.data.item_index and i not in skip][: max(room, 0)]
         batch = recall_batch(
@@ -188,6 +198,11 @@ class RecallStage:
             self.model.version,
             unknown,
         )
+        if negatives:  # item-CF neighbours of what the user disliked or hid go down after ranking
+            s = get_settings()
+            near = near_negatives(rec, negatives, s.negative_neighbours)
+            factors = np.where(member_of(batch.item_ids, near), s.negative_demotion, 1.0)
+            batch = dataclasses.replace(batch, demote=factors)
         return batch, state
 
     def hot(self, n: int, category: str | None = None) -> HotResponse:
@@ -331,16 +346,15 @@ class PipelineStage:
         """Reranked items for the user: recall's candidates, the ranker's order, then reranking,
         which drops `exclude`, the user's real-time seen items and their trained history."""
         recall_req = RecallRequest.model_construct(
-            user_id=req.user_id, n=req.candidates, recent_items=[], exclude=req.exclude
+            user_id=req.user_id, n=req.candidates, recent_items=req.recent_items, exclude=req.exclude
         )
         batch, state = self.recall.candidates(recall_req)
-        if state is None:  # the request's recent items spared recall the read
+        if state is None:  # a guest's session items spared recall the read
             state = _read_user(self.ranking.kv, req.user_id)
-        scores = self.ranking.score_batch(req.user_id, batch, state)
-        ranked = dataclasses.replace(batch, scores=scores.astype(np.float64)).take(
-            np.argsort(-scores, kind="stable")
-        )
-        seen = list(dict.fromkeys([*req.exclude, *state.seen_items]))
+        scores = demoted(self.ranking.score_batch(req.user_id, batch, state).astype(np.float64), batch.demote)
+        ranked = dataclasses.replace(batch, scores=scores).take(np.argsort(-scores, kind="stable"))
+        # a guest's session items are seen too (as the BFF's guest profile says)
+        seen = list(dict.fromkeys([*req.exclude, *req.recent_items, *state.seen_items]))
         items = self.reranking.rerank_batch(req.user_id, ranked, req.n, seen)
         return PipelineResponse.model_construct(items=items, model_version=self.model.version)
 

@@ -45,6 +45,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from zerorec.feedback import NEGATIVE_KINDS
 from zerorec.storage.kv import (
     Delete,
     Expire,
@@ -70,6 +71,8 @@ CATEGORIES_MAX = 8  # category affinities a user's record keeps (the largest: th
 USER_STATE_TTL_S = 30 * 24 * 3600
 DEDUPE_WINDOW_S = 3600
 HISTORY, CATEGORIES = "h", "c"  # sections of the user's record
+NEGATIVE = "x"  # section: items the user disliked or hid, newest first (zerorec.feedback)
+NEGATIVE_MAX = 50
 
 # How much each behaviour says about taste; ratings scale with the stars given.
 EVENT_WEIGHTS: Mapping[str, float] = {
@@ -122,8 +125,10 @@ def _record_safe(text: str) -> bool:
     return not any(c in text for c in "\x1c\x1d\x1e\x1f")
 
 
-def event_weight(kind: str, value: float | None = None) -> float:
-    weight = EVENT_WEIGHTS.get(kind, 1.0)
+def event_weight(kind: str, value: float | None = None, weights: Mapping[str, float] | None = None) -> float:
+    if kind in NEGATIVE_KINDS:  # dislike, hide: never interest, in any popularity or affinity
+        return 0.0
+    weight = (weights or EVENT_WEIGHTS).get(kind, 1.0)
     if kind == "rating" and value is not None:
         weight = max(0.0, (value - 2.5) / 2.5) + 0.2  # a 1-star rating still says "seen", barely liked
     return weight
@@ -142,14 +147,19 @@ class BehaviorEvent:
     value: float | None = None
 
 
-def behavior_writes(event: BehaviorEvent, item_categories: Sequence[str]) -> list[WriteOp]:
+def behavior_writes(
+    event: BehaviorEvent, item_categories: Sequence[str], weights: Mapping[str, float] | None = None
+) -> list[WriteOp]:
     """The KV writes one behavior event causes (apply them with apply_once and behavior_token).
 
     Categories holding a control character (the record's separators; the item schema allows
-    them) are left out of the user's affinities, not refused: the event is still good."""
-    weight = event_weight(event.kind, event.value)
-    hot_inc = decayed_increment(weight, event.timestamp_s)
+    them) are left out of the user's affinities, not refused: the event is still good.
+    A negative kind (dislike, hide) only joins the user's negative list: no history, no hot list."""
     user = user_key(event.user_id)
+    if event.kind in NEGATIVE_KINDS:
+        return [RecordPush(user, NEGATIVE, event.item_id, NEGATIVE_MAX), Expire(user, USER_STATE_TTL_S)]
+    weight = event_weight(event.kind, event.value, weights)
+    hot_inc = decayed_increment(weight, event.timestamp_s)
     ops: list[WriteOp] = [
         RecordPush(user, HISTORY, event.item_id, HISTORY_MAX),
         ZIncr(hot_key(), event.item_id, hot_inc),
@@ -222,6 +232,7 @@ class UserState:
     recent_items: list[str]
     seen_items: list[str]
     category_affinity: dict[str, float]
+    negative_items: list[str] = field(default_factory=list)  # disliked or hidden, newest first
 
     @property
     def is_new(self) -> bool:
@@ -240,11 +251,14 @@ def user_state_from(user_id: str, results: Sequence) -> UserState:
     if not isinstance(record, Record):
         record = Record()
     history = record.lists.get(HISTORY, [])
+    negative = record.lists.get(NEGATIVE, [])
     return UserState(
         user_id=user_id,
         recent_items=history[:RECENT_MAX],  # distinct, newest first
-        seen_items=list(history),
+        # disliked and hidden items count as seen: every stage that filters seen items drops them
+        seen_items=list(dict.fromkeys([*history, *negative])),
         category_affinity=dict(record.counters.get(CATEGORIES, {})),
+        negative_items=list(negative),
     )
 
 

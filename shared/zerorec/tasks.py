@@ -7,8 +7,9 @@
   behavior log over the last `window_hours`, keep the top `n` of each, and replace them atomically.
   This also bounds the hot zsets (the consumer only ever adds members).
 - `dev.zerorec.task.export-events.v1`: the behavior log -> Parquet under `<prefix>/<date>/...` for
-  training. Default: since the last export (consumer group `settings.export_group`, committed only
-  after the objects are written: a crash re-exports, never skips; rows carry `event_id` to dedup).
+  training (default prefix `exports/events`, where every reader looks). Default: since the last
+  export (consumer group `settings.export_group`, committed only after the objects are written:
+  a crash re-exports, never skips; rows carry `event_id` to dedup).
   With `since`/`until`: a backfill that reads the whole log and commits nothing.
 
 PingSources send the same tasks as `dev.knative.sources.ping` with the `zerorectype` extension;
@@ -52,6 +53,8 @@ BEHAVIOR_TYPE = "dev.zerorec.behavior.v1"
 # The categories whose hot lists the last rebuild wrote (the hot lists' hash tag: one slot).
 HOT_CATEGORIES_KEY = "hot:{hot}:cats"
 EXPORT_CHUNK = 100_000
+# Where the export writes and every reader (training, feature engineering, vectors) looks by default.
+EXPORT_PREFIX = "exports/events"
 MAX_RECORDS = 2_000_000
 IDLE_S = 1.5  # caught up: this long without a record once records came
 FIRST_WAIT_S = 5.0  # an empty log: this long without any record (a Kafka group join takes ~0.5 s)
@@ -94,8 +97,9 @@ def run_task(task_type: str, data: Any, stores: Stores) -> dict[str, Any]:
             stores.bus,
             stores.kv,
             s.topic_behavior,
-            window_hours=data.get("window_hours", 24),
-            n=data.get("n", 200),
+            # JSON Schema's "integer" admits 5.0: the slices and windows below need ints
+            window_hours=int(data.get("window_hours", 24)),
+            n=int(data.get("n", 200)),
         )
     if task_type == EXPORT_EVENTS:
         return export_events(
@@ -103,7 +107,7 @@ def run_task(task_type: str, data: Any, stores: Stores) -> dict[str, Any]:
             stores.objects,
             s.topic_behavior,
             group=s.export_group,
-            prefix=data.get("prefix", "events"),
+            prefix=data.get("prefix", EXPORT_PREFIX),
             since=data.get("since"),
             until=data.get("until"),
         )
@@ -242,6 +246,8 @@ def rebuild_hot(
                     continue
                 used += 1
                 weight = event_weight(row["kind"], row["value"])
+                if weight <= 0:  # negative feedback (dislike, hide) makes nothing hot
+                    continue
                 inc = decayed_increment(weight, row["timestamp"].timestamp())
                 scores[row["item_id"]] = scores.get(row["item_id"], 0.0) + inc
     items = list(scores)
@@ -299,7 +305,7 @@ def export_events(
     topic: str,
     *,
     group: str,
-    prefix: str = "events",
+    prefix: str = EXPORT_PREFIX,
     since: str | None = None,
     until: str | None = None,
     chunk: int = EXPORT_CHUNK,

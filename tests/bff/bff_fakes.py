@@ -107,8 +107,11 @@ def _user(body: dict[str, Any]) -> Any:
 def _recall(body: dict[str, Any]) -> Any:
     excluded = set(body.get("exclude", []))
     ks = [k for k in range(min(body["n"], 30)) if f"i{k}" not in excluded]
-    return {"item_ids": [f"i{k}" for k in ks], "scores": [round(1 - k / 100, 4) for k in ks],
-            "channel": [0] * len(ks), "channels": ["als"], "found": [1] * len(ks), "model_version": "als-1"}
+    out = {"item_ids": [f"i{k}" for k in ks], "scores": [round(1 - k / 100, 4) for k in ks],
+           "channel": [0] * len(ks), "channels": ["als"], "found": [1] * len(ks), "model_version": "als-1"}
+    if body.get("_demote"):  # set by the endpoint when fakes.mode["recall/demote"] is on
+        out["demote"] = [0.5 if k == 29 else 1.0 for k in ks]
+    return out
 
 
 def _hot(body: dict[str, Any]) -> Any:
@@ -178,6 +181,8 @@ def make_app(service: str, fakes: Fakes) -> Starlette:
                 return Response(b'{"error":"boom"}', status_code=500, media_type="application/json")
             if mode == "garbage":
                 return Response(b'{"unexpected": true}', media_type="application/json")
+            if fakes.mode.get(f"{service}/demote") == "on":
+                body = {**body, "_demote": True}
             result = HANDLERS[(service, path)](body)
             status = 200
             if isinstance(result, tuple):

@@ -199,7 +199,9 @@ def test_the_compact_topology_calls_one_pipeline_function(fakes: Fakes) -> None:
     assert ids(resp) == ["i2", "i3", "i4", "i5", "i6"] and resp.items[0].reasons == ["compact"]
     assert resp.items[0].metadata is not None and resp.model_versions == {"pipeline": "pipe-1"}
     (call,) = fakes.called("pipeline")
-    assert call.body == {"user_id": "u1", "n": 5, "candidates": 50, "exclude": ["i0"], "context": {}}
+    assert call.body == {
+        "user_id": "u1", "n": 5, "candidates": 50, "recent_items": [], "exclude": ["i0"], "context": {}
+    }
     assert not any(fakes.called(s) for s in ("recall", "ranking", "reranking", "user"))
 
     fakes.reset()

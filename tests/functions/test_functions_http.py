@@ -12,8 +12,8 @@ import httpx
 import numpy as np
 import orjson
 import pytest
-from conftest import Stack, Tiny
 from fn_bundles import publish
+from fn_stack import Stack, Tiny
 from zerorec.api import MAX_BATCH_BODY_BYTES, MAX_BODY_BYTES
 from zerorec.cloudevents_io import new_event, to_http_binary, to_http_structured
 from zerorec.columnar import encode_signals

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
-from conftest import Tiny
 from fn_bundles import publish
+from fn_stack import Tiny
 from pydantic import ValidationError
 from zerorec.api import CandidateColumns, RankingRequest, RecallRequest, RecallResponse, RerankRequest
 from zerorec.bundle import LoadedBundle

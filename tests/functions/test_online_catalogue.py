@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from conftest import Tiny
+from fn_stack import Tiny
 from zerorec.api import RecallRequest, RecallResponse, RerankRequest
 from zerorec.online import RecallStage, RerankStage, ServingModel
 from zerorec.pipeline import Recommender

@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from conftest import call, click
+from pipeline_helpers import REPO, call, click
 from zerorec import catalog
 from zerorec.cloudevents_io import PING_EVENT_TYPE, from_kafka_record, new_event, to_http_binary
 from zerorec.consumer import EventApplier
@@ -165,3 +165,37 @@ def test_invalid_task_events_are_400(app: Any) -> None:
     headers, body = to_http_binary(plain_ping)
     assert call(app, "POST", "/", headers=headers, content=body).status_code == 400
     assert get_settings().topic_items.endswith(".items")
+
+
+def test_export_events_default_prefix_is_where_the_readers_look(app: Any, namespace: str) -> None:
+    """Regression: the export's default prefix was `events` while training, feature engineering and
+    vector generation read `exports/events` by default, so a PingSource export without data was lost."""
+    _post_clicks(namespace, [click("u1", "i1")])
+    r = task(app, "dev.zerorec.task.export-events.v1", {}, ping=True)
+    assert r.status_code == 200, r.text
+    (key,) = r.json()["objects"]
+    assert key.startswith("exports/events/"), key
+    for reader in ("jobs/feature_engineering/__main__.py", "jobs/vector_generation/__main__.py"):
+        assert 'default="exports/events"' in (REPO / reader).read_text(encoding="utf-8"), reader
+
+
+def test_rebuild_hot_takes_integral_floats(app: Any, namespace: str) -> None:
+    """Regression (found by the fuzzer): JSON Schema's "integer" admits 5.0, and rebuild-hot sliced
+    with it: a 500 instead of a rebuild."""
+    _post_clicks(namespace, [click("u1", f"{namespace}a")])
+    r = task(app, "dev.zerorec.task.rebuild-hot.v1", {"window_hours": 24.0, "n": 5.0})
+    assert r.status_code == 200, r.text
+
+
+def test_rebuild_hot_ignores_negative_feedback(app: Any, namespace: str) -> None:
+    """Dislikes and hides are no popularity: many of them never make an item hot."""
+    _post_clicks(
+        namespace,
+        [click("u1", f"{namespace}liked")]
+        + [click(f"u{n}", f"{namespace}disliked", kind="dislike") for n in range(5)]
+        + [click(f"u{n}", f"{namespace}hidden", kind="hide") for n in range(5)],
+    )
+    r = task(app, "dev.zerorec.task.rebuild-hot.v1", {"window_hours": 24, "n": 10})
+    assert r.status_code == 200, r.text
+    (hot,) = kv_store().read([ZTop(hot_key(), 10)])
+    assert [m for m, _ in hot] == [f"{namespace}liked"]
