@@ -280,6 +280,12 @@ def _recommender_document() -> dict[str, Any]:
     return openapi_document()
 
 
+def _hops(builder: str) -> dict[str, Any]:
+    from zerorec import hops
+
+    return getattr(hops, builder)()
+
+
 # Every function that serves `/openapi.json`, with the builder of its document.
 PUBLISHED: dict[str, Callable[[], dict[str, Any]]] = {
     "recommender": _recommender_document,
@@ -288,6 +294,10 @@ PUBLISHED: dict[str, Callable[[], dict[str, Any]]] = {
     "user": user_document,
     "consumer": consumer_document,
     "worker": worker_document,
+    # the internal serving functions: their documents describe the columnar hops (zerorec.hops)
+    "recall": lambda: _hops("recall_openapi"),
+    "ranking": lambda: _hops("ranking_openapi"),
+    "reranking": lambda: _hops("reranking_openapi"),
 }
 
 
