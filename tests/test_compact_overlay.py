@@ -39,3 +39,6 @@ def test_the_overlay_renders_the_compact_topology() -> None:
         env = {e["name"]: e.get("value") for e in container["env"]}
         assert env["ZEROREC_PIPELINE_URL"] == "http://pipeline.zerorec.svc.cluster.local", bff
     assert all(d["metadata"].get("namespace") == "zerorec" for d in docs if d["kind"] != "Namespace")
+    # nothing points at a Service the overlay removed
+    sinks = [d["spec"]["sink"]["ref"]["name"] for d in docs if "sink" in d.get("spec", {})]
+    assert sinks and not {"recall", "ranking", "reranking"} & set(sinks), sinks

@@ -3,8 +3,8 @@
 
 The same stages as the recall, ranking and reranking functions, over one loaded model, called in
 process: the candidate batch never leaves numpy. The BFF uses it when ZEROREC_PIPELINE_URL is set
-(knative/overlays/compact). Also `GET /health`, `GET /openapi.json` and
-`POST /events/model-published` (reload).
+(knative/overlays/compact). Also `GET /health`, `GET /openapi.json`,
+`POST /events/model-published` (reload) and `POST /events/vectors-published` (as recall).
 Run: `python -m zerorec.runner --target pipeline --source functions/pipeline/main.py --port 8089`.
 """
 
@@ -22,12 +22,18 @@ from starlette.responses import Response
 from zerorec.api import HotRequest, PipelineRequest
 from zerorec.hops import pipeline_openapi
 from zerorec.online import PipelineStage, default_kv, stage_slot
+from zerorec.recall.published_vectors import VectorsFeed
 from zerorec.serving import ModelSlot, dispatch, offload, parse
 
 _kv = default_kv(_settings)
+_vectors = VectorsFeed(_settings)  # as recall: vector-generation's published vectors, when there are any
+_vectors.load()
 # Cold start: the model loads here, before the port opens.
 SLOT: ModelSlot[PipelineStage] = stage_slot(
-    lambda m: PipelineStage(m, _kv, _settings.rerank_diversity), ALL_PARTS, _settings, _bundle
+    lambda m: PipelineStage(_vectors.attach(m), _kv, _settings.rerank_diversity),
+    ALL_PARTS,
+    _settings,
+    _bundle,
 )
 
 
@@ -40,10 +46,19 @@ async def _hot(request: Request, stage: PipelineStage) -> Response:
     return await offload(stage.recall.hot, req.n, req.category)
 
 
-_handle = dispatch(SLOT, {"/": _recommend, "/hot": _hot}, openapi=pipeline_openapi)
+async def _vectors_published(request: Request, _stage: PipelineStage) -> Response:
+    return await _vectors.slot.on_event(request)
+
+
+_handle = dispatch(
+    SLOT,
+    {"/": _recommend, "/hot": _hot, "/events/vectors-published": _vectors_published},
+    openapi=pipeline_openapi,
+)
 
 
 @functions_framework.aio.http
 async def pipeline(request: Request) -> Response:
     """Entry point (routes on path)."""
+    _vectors.refresh_if_due()
     return await _handle(request)

@@ -66,6 +66,8 @@ from zerorec.realtime import (
     catalogue_reads,
     hot_reads,
     item_reads,
+    items_present_reads,
+    present_from,
     user_state_from,
     user_state_reads,
 )
@@ -188,8 +190,13 @@ class RecallStage:
         lists = rec.retrieve(query, req.n, exclude)  # each channel's index answer, n deep
         merged = rec.candidates(query, req.n, exclude, lists, fill=True)  # n as asked
         skip = {*req.exclude, *deleted, *recent, *negatives}
-        room = MAX_CANDIDATES - len(merged)
-        unknown = [i for i in fresh if i not in rec.data.item_index and i not in skip][: max(room, 0)]
+        unknown = [i for i in fresh if i not in rec.data.item_index and i not in skip]
+        if unknown:  # only items with metadata: a fresh marker without its item hash is a ghost
+            try:
+                unknown = present_from(unknown, self.kv.read(items_present_reads(unknown)))
+            except BackendUnavailableError:
+                unknown = []
+        unknown = unknown[: max(MAX_CANDIDATES - len(merged), 0)]
         batch = recall_batch(
             rec.data.item_ids,
             merged,

@@ -86,6 +86,11 @@ class Settings(BaseSettings):
     model_cache_dir: Path | None = Field(default=None, description="verified bundle files kept here")
     model_retry_s: float = Field(default=5.0, gt=0, description="retry period while no model is loaded")
     model_poll_s: float = Field(default=60.0, ge=0, description="how often LATEST is checked (0: never)")
+    vectors_model: str = Field(
+        default="vectors",
+        pattern=r"^[A-Za-z0-9._-]*$",
+        description="vector-generation's bundle, recall's vector channel ('': the model's own vectors)",
+    )
     rerank_diversity: float | None = Field(
         default=None, ge=0, le=1, description="MMR trade-off; None keeps the bundle's value"
     )
