@@ -298,6 +298,7 @@ PUBLISHED: dict[str, Callable[[], dict[str, Any]]] = {
     "recall": lambda: _hops("recall_openapi"),
     "ranking": lambda: _hops("ranking_openapi"),
     "reranking": lambda: _hops("reranking_openapi"),
+    "pipeline": lambda: _hops("pipeline_openapi"),  # the compact topology's function
 }
 
 
