@@ -95,6 +95,13 @@ ONE_THREAD=(--env OPENBLAS_NUM_THREADS=1 --env OMP_NUM_THREADS=1)
 HOT=(--scale-metric concurrency --scale 1..10 --annotation-revision autoscaling.knative.dev/scale-down-delay=2m)
 COLD=(--scale-metric concurrency --scale-window 60s)
 HTTP_PROBE=(--probe-readiness http:::/health)  # no port, no period: queue-proxy probes aggressively
+# Prometheus scrapes GET /metrics (zerorec.observability) on the function's own port, straight from
+# the pod: Knative allows one port per container (named http1), and scrapes that bypass the
+# activator and queue-proxy neither count as requests for the autoscaler nor wake a scaled-to-zero
+# Service. The prometheus.io annotations are what Prometheus' kubernetes-pods discovery reads; Knative
+# copies revision annotations to the pods.
+METRICS=(--port http1:8080 --annotation-revision prometheus.io/scrape=true
+  --annotation-revision prometheus.io/port=8080 --annotation-revision prometheus.io/path=/metrics)
 # CPU: the request is the seed's budget (what the scheduler reserves and the autoscaler sizes for);
 # the limit is one core, so a cold start's imports and model load (about one core-second) finish in
 # about a second instead of five at 200m (`zerorec bench containers --cpu-sweep`, README), and a
@@ -113,7 +120,9 @@ svc() {  # NAME PHASE IMAGE FUNCTION_TARGET [kn flags...]: one Service, unless S
   shift 4
   ((${#SELECTED[@]} == 0)) || [[ " ${SELECTED[*]} " == *" $name "* ]] || return 0
   local function_env=()
-  [[ $target == - ]] || function_env=(--env "FUNCTION_TARGET=$target" --env "FUNCTION_SOURCE=functions/$name/main.py")
+  # every zerorec.runner function serves /metrics (the gRPC BFF, target -, does not)
+  [[ $target == - ]] || function_env=(--env "FUNCTION_TARGET=$target" --env "FUNCTION_SOURCE=functions/$name/main.py"
+    "${METRICS[@]}")
   local out=()
   [[ -z $TARGET ]] || out=(--target "$TARGET/$name.yaml")
   # --no-wait: on a fresh cluster the serving Services are not Ready before the init Job has

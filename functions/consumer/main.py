@@ -34,6 +34,7 @@ from zerorec.cloudevents_io import BATCH, MAX_BODY_BYTES, from_http, from_http_b
 from zerorec.consumer import EventApplier
 from zerorec.errors import BackendUnavailableError, InvalidInputError
 from zerorec.feedback import configured_weights
+from zerorec.observability.consumer import ObservedApplier, refused_undecodable
 from zerorec.openapi_docs import openapi_response
 from zerorec.request_body import BodyTooLarge, read_limited
 from zerorec.settings import get_settings
@@ -41,11 +42,14 @@ from zerorec.storage import kv_store
 
 log = logging.getLogger("zerorec.consumer")
 _settings = get_settings()
-_applier = EventApplier(
-    kv_store(_settings),
-    category_cache_s=_settings.consumer_category_cache_s,
-    dedupe_window_s=_settings.dedupe_window_s,
-    weights=configured_weights(_settings),
+# ObservedApplier: applied / duplicate / dead-lettered / retry counts and lag on /metrics
+_applier = ObservedApplier(
+    EventApplier(
+        kv_store(_settings),
+        category_cache_s=_settings.consumer_category_cache_s,
+        dedupe_window_s=_settings.dedupe_window_s,
+        weights=configured_weights(_settings),
+    )
 )
 
 
@@ -69,6 +73,7 @@ async def consumer(request: Request) -> Response:
     if request.method != "POST":
         return _json({"error": "POST a CloudEvent"}, 405)
     batched = request.headers.get("content-type", "").lower().startswith(BATCH)
+    event = None
     try:
         body = await read_limited(request, _settings.consumer_max_batch_bytes if batched else MAX_BODY_BYTES)
         if batched:
@@ -83,6 +88,8 @@ async def consumer(request: Request) -> Response:
     except ClientDisconnect:
         return _json({"error": "client disconnected"}, 400)
     except InvalidInputError as exc:
+        if event is None:  # not even a CloudEvent (those that were are counted by the applier)
+            refused_undecodable()
         log.warning("refused event: %s", exc)
         return _json({"error": str(exc)}, 400)
     except BackendUnavailableError as exc:

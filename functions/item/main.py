@@ -1,4 +1,6 @@
-"""item: `POST /` batch metadata lookup; `POST /admin/items` catalogue upserts and deletions.
+"""item: `POST /` batch metadata lookup; `POST /admin/items` catalogue upserts and deletions;
+`POST /admin/items/import` (JSON lines or Parquet body) and `POST /admin/items/export` (JSON lines or
+Parquet answer), the catalogue in bulk (zerorec.platform_api).
 
 The admin endpoint produces `item.upserted.v1` / `item.deleted.v1` CloudEvents to the items topic
 (zerorec.catalog); the consumer applies them to the KV, which `POST /` reads. X-API-Key when
@@ -22,9 +24,11 @@ _settings = get_settings()
 require_api_key(_settings, _settings.admin_api_key, "ZEROREC_ADMIN_API_KEY", "item (POST /admin/items)")
 _bundle = prefetch(DATA_ONLY, _settings)  # downloads and verifies the model while the imports below run
 
+import asyncio
+
 import functions_framework.aio
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from zerorec.api import ItemRequest
 from zerorec.errors import BackendUnavailableError, DeliveryError
 from zerorec.ingest import check_api_key
@@ -36,7 +40,17 @@ from zerorec.online import (
     stage_slot,
 )
 from zerorec.openapi_docs import openapi_response
-from zerorec.serving import HTTPError, ModelSlot, dispatch, offload, parse
+from zerorec.platform_api import (
+    IMPORT_MAX_BYTES,
+    JSONL,
+    PARQUET,
+    ExportRequest,
+    catalogue_items,
+    import_items,
+    jsonl_chunks,
+    parquet_bytes,
+)
+from zerorec.serving import HTTPError, ModelSlot, dispatch, offload, parse, read_body
 from zerorec.storage import event_bus
 
 _kv = default_kv(_settings)
@@ -76,7 +90,50 @@ async def _admin_items(request: Request) -> Response:
     return response
 
 
-_handle = dispatch(SLOT, {}, {"/": _lookup, "/admin/items": _admin_items})
+def _require_admin(request: Request) -> None:
+    if not check_api_key(_settings.admin_api_key, request.headers.get("x-api-key")):
+        raise HTTPError(401, "missing or wrong X-API-Key")
+
+
+async def _import_items(request: Request) -> Response:
+    _require_admin(request)
+    if request.method != "POST":
+        raise HTTPError(405, f"POST a {JSONL} or {PARQUET} body")
+    body = await read_body(request, IMPORT_MAX_BYTES)
+    admin = _admin_instance()
+    try:
+        response = await offload(
+            import_items, admin.bus, admin.topic, body, request.headers.get("content-type", "")
+        )
+    except (DeliveryError, BackendUnavailableError) as exc:
+        raise HTTPError(503, f"items topic unavailable: {exc}") from None
+    response.status_code = 202
+    return response
+
+
+async def _export_items(request: Request) -> Response:
+    _require_admin(request)
+    req = await parse(request, ExportRequest)
+    loaded = SLOT.current
+    rows = catalogue_items(loaded.value.model if loaded else None, _kv, req.limit)
+    if req.format == "jsonl":
+        return StreamingResponse(jsonl_chunks(rows), media_type=JSONL)  # read from the KV as it is sent
+    try:
+        return Response(await asyncio.to_thread(parquet_bytes, rows), media_type=PARQUET)
+    except BackendUnavailableError as exc:
+        raise HTTPError(503, f"key-value store unavailable: {exc}") from None
+
+
+_handle = dispatch(
+    SLOT,
+    {},
+    {
+        "/": _lookup,
+        "/admin/items": _admin_items,
+        "/admin/items/import": _import_items,
+        "/admin/items/export": _export_items,
+    },
+)
 
 
 @functions_framework.aio.http

@@ -1,4 +1,5 @@
-"""recall: `POST /` multi-channel candidates, `POST /hot` the hot list (degraded path).
+"""recall: `POST /` multi-channel candidates, `POST /hot` the hot list (degraded path), and the
+platform API's `POST /similar-items` and `POST /latest` (zerorec.platform_api); `GET /openapi.json`.
 
 Also `GET /health` (503 until the model is loaded), `GET /openapi.json` (the contract),
 `POST /events/model-published` (reload the model) and `POST /events/vectors-published` (reload
@@ -20,10 +21,16 @@ import functions_framework.aio
 from starlette.requests import Request
 from starlette.responses import Response
 from zerorec.api import HotRequest, RecallRequest
-from zerorec.hops import recall_openapi
 from zerorec.online import RecallStage, default_kv, stage_slot
+from zerorec.platform_api import (
+    CategoryListRequest,
+    SimilarItemsRequest,
+    latest_items,
+    recall_openapi,
+    similar_items,
+)
 from zerorec.recall.published_vectors import VectorsFeed
-from zerorec.serving import ModelSlot, dispatch, offload, parse
+from zerorec.serving import HTTPError, ModelSlot, dispatch, json_response, offload, parse
 
 _kv = default_kv(_settings)
 _vectors = VectorsFeed(_settings)
@@ -47,10 +54,41 @@ async def _vectors_published(request: Request, _stage: RecallStage) -> Response:
     return await _vectors.slot.on_event(request)
 
 
+async def _similar_items(request: Request, stage: RecallStage) -> Response:
+    req = await parse(request, SimilarItemsRequest)
+    return await offload(similar_items, stage.model, req.item_id, req.n, req.channel, req.category)
+
+
+async def _latest(request: Request, stage: RecallStage) -> Response:
+    req = await parse(request, CategoryListRequest)
+    return await offload(latest_items, stage.model, stage.kv, req.n, req.category)
+
+
+_openapi_doc: bytes | None = None
+
+
+async def _openapi(request: Request, stage: RecallStage) -> Response:
+    """A model route, not a free one: a free route would make recall Ready before its model."""
+    global _openapi_doc
+    if request.method not in ("GET", "HEAD"):
+        raise HTTPError(405, "use GET /openapi.json")
+    if _openapi_doc is None:  # built on first use: nothing at cold start
+        import orjson
+
+        _openapi_doc = orjson.dumps(recall_openapi(), option=orjson.OPT_INDENT_2)
+    return json_response(_openapi_doc)
+
+
 _handle = dispatch(
     SLOT,
-    {"/": _candidates, "/hot": _hot, "/events/vectors-published": _vectors_published},
-    openapi=recall_openapi,
+    {
+        "/": _candidates,
+        "/hot": _hot,
+        "/similar-items": _similar_items,
+        "/latest": _latest,
+        "/openapi.json": _openapi,
+        "/events/vectors-published": _vectors_published,
+    },
 )
 
 

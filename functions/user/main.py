@@ -1,4 +1,5 @@
-"""user: `POST /` the user's profile (real-time state from the KV over the training history).
+"""user: `POST /` the user's profile (real-time state from the KV over the training history), and
+`POST /similar-users` (zerorec.platform_api: neighbours by trained item sets and real-time recent items).
 
 Also `GET /health` (503 until the model is loaded), `GET /openapi.json` and
 `POST /events/model-published` (reload).
@@ -19,6 +20,7 @@ from starlette.responses import Response
 from zerorec.api import UserRequest
 from zerorec.online import UserStage, default_kv, stage_slot
 from zerorec.openapi_docs import openapi_response
+from zerorec.platform_api import SimilarUsersRequest, similar_users_of
 from zerorec.serving import ModelSlot, dispatch, offload, parse
 
 _kv = default_kv(_settings)
@@ -31,7 +33,12 @@ async def _profile(request: Request, stage: UserStage) -> Response:
     return await offload(stage.profile, req.user_id)
 
 
-_handle = dispatch(SLOT, {"/": _profile})
+async def _similar_users(request: Request, stage: UserStage) -> Response:
+    req = await parse(request, SimilarUsersRequest)
+    return await offload(similar_users_of, stage.model, stage.kv, req.user_id, req.n)
+
+
+_handle = dispatch(SLOT, {"/": _profile, "/similar-users": _similar_users})
 
 
 @functions_framework.aio.http

@@ -470,7 +470,9 @@ def function_openapi(title: str, description: str, routes: dict[str, FunctionRou
 @cache
 def openapi_json() -> str:
     """The OpenAPI document as stable, pretty JSON (what functions/recommender/openapi.json holds)."""
-    return json.dumps(openapi_document(), indent=2, sort_keys=True) + "\n"
+    from zerorec.platform_api import merge_openapi  # similar items / users, latest, popular
+
+    return json.dumps(merge_openapi(openapi_document(), "recommender"), indent=2, sort_keys=True) + "\n"
 
 
 if __name__ == "__main__":

@@ -39,6 +39,8 @@ from typing import Any
 import httpx
 import orjson
 
+from zerorec.observability.scrape import recommend_counts, scrape
+
 REPO = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
 FUNCTIONS = ("recall", "ranking", "reranking", "user", "item", "recommender")
@@ -97,6 +99,7 @@ class LevelStats:
     degraded: int = 0
     stages_ms: dict[str, list[float]] = field(default_factory=dict)
     cpu_s: dict[str, float] = field(default_factory=dict)  # CPU seconds per process during the level
+    metrics: dict[str, float] = field(default_factory=dict)  # the BFF's /metrics deltas over the level
 
     def figures(self) -> dict[str, Any]:
         """p50/p95/p99 in ms, rps (successful answers per second), counts, per-stage p50s."""
@@ -114,6 +117,11 @@ class LevelStats:
             "stage_p50_ms": {k: _r(percentile(v, 50)) for k, v in sorted(self.stages_ms.items())},
             "cpu_ms_per_request": {k: _r(v * 1000 / max(ok, 1)) for k, v in self.cpu_s.items()},
             "cpu_ms_per_request_total": _r(sum(self.cpu_s.values()) * 1000 / max(ok, 1)),
+            # /metrics scraped before and after the level: the BFF's own counts of the same requests
+            "metrics": dict(self.metrics),
+            "metrics_match": bool(self.metrics)
+            and self.metrics.get("ok") == ok
+            and self.metrics.get("degraded") == self.degraded,
         }
 
 
@@ -195,6 +203,13 @@ def render(report: Mapping[str, Any]) -> str:
         lines.append(f"  stages p50 at {c}: {stages}")
         cpu = "  ".join(f"{k} {v}" for k, v in f.get("cpu_ms_per_request", {}).items())
         lines.append(f"  CPU ms per request at {c}: {cpu}  (sum {f.get('cpu_ms_per_request_total')})")
+        lines.append(f"  CPU ms per request at {c}: {cpu}")
+        if m := f.get("metrics"):
+            lines.append(
+                f"  /metrics at {c}: {m['requests']:.0f} requests, {m['ok']:.0f} ok, {m['degraded']:.0f} "
+                f"degraded (bench: {f['ok']} ok, {f['degraded']} degraded): "
+                f"{'match' if f['metrics_match'] else 'MISMATCH'}"
+            )
     ip = report["inprocess"]
     lines.append(
         f"in-process floor (no HTTP, one process): p50 {ip['p50_ms']} ms  p95 {ip['p95_ms']} ms  "
@@ -677,10 +692,12 @@ def run_bench(
         asyncio.run(drive(port, "/recommend", bodies, 4, 60.0, warmup))
         levels = []
         for c in concurrency:
+            scraped = scrape(stack.url("recommender"))
             cpu0 = cpu_seconds(stack)
             lv = asyncio.run(drive(port, "/recommend", bodies, c, duration_s, max_requests))
             cpu1 = cpu_seconds(stack)
             lv.cpu_s = {k: cpu1[k] - cpu0[k] for k in cpu0}
+            lv.metrics = dict(recommend_counts(scraped, scrape(stack.url("recommender"))))
             f = lv.figures()
             log(
                 f"bench: concurrency {c}: {f['ok']} ok, {f['errors']} errors, p50 {f['p50_ms']} ms, "

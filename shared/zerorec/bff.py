@@ -63,6 +63,7 @@ from zerorec.api import (
 )
 from zerorec.columnar import CandidateBatch, demoted, member_of
 from zerorec.feedback import GUEST_USER_ID
+from zerorec.observability import outgoing_traceparent, record_recommendation, traceparent_header_line
 from zerorec.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -229,7 +230,8 @@ class HTTPPool:
 
     async def _post(self, url: str, body: bytes) -> tuple[int, bytes]:
         key, head = self._target(url)
-        data = b"".join((head, b"Content-Length: %d\r\n\r\n" % len(body), body))
+        # traceparent: the request's trace goes on to every downstream function (zerorec.observability)
+        data = b"".join((head, traceparent_header_line(), b"Content-Length: %d\r\n\r\n" % len(body), body))
         idle = self._idle.setdefault(key, deque())
         while True:
             reused = bool(idle)
@@ -276,9 +278,10 @@ class HttpxTransport:
 
         try:
             async with asyncio.timeout(timeout):
-                req = self.client.build_request(
-                    "POST", url, content=body, timeout=timeout, headers={"content-type": "application/json"}
-                )
+                headers = {"content-type": "application/json"}
+                if (traceparent := outgoing_traceparent()) is not None:
+                    headers["traceparent"] = traceparent
+                req = self.client.build_request("POST", url, content=body, timeout=timeout, headers=headers)
                 resp = await self.client.send(req, stream=True)
                 try:
                     content = await self._read(resp)
@@ -540,6 +543,7 @@ class Recommender:
         if source == "personalized":
             self._maybe_refresh_hot()
         timings["total"] = round((time.perf_counter() - start) * 1000, 3)
+        record_recommendation(source, degraded)  # zerorec_recommendations / zerorec_degraded
         return RecommendResponse(
             user_id=req.user_id or GUEST_USER_ID,
             items=final,

@@ -280,22 +280,35 @@ def _recommender_document() -> dict[str, Any]:
     return openapi_document()
 
 
+def _platform(builder: str) -> dict[str, Any]:
+    from zerorec import platform_api
+
+    return getattr(platform_api, builder)()
+
+
 def _hops(builder: str) -> dict[str, Any]:
     from zerorec import hops
 
     return getattr(hops, builder)()
 
 
+def _with_platform_api(document: dict[str, Any], function: str) -> dict[str, Any]:
+    """The function's document with the platform API's routes it also serves (similar users, import...)."""
+    from zerorec.platform_api import merge_openapi
+
+    return merge_openapi(document, function)
+
+
 # Every function that serves `/openapi.json`, with the builder of its document.
 PUBLISHED: dict[str, Callable[[], dict[str, Any]]] = {
     "recommender": _recommender_document,
     "behavior": behavior_document,
-    "item": item_document,
-    "user": user_document,
+    "item": lambda: _with_platform_api(item_document(), "item"),
+    "user": lambda: _with_platform_api(user_document(), "user"),
     "consumer": consumer_document,
     "worker": worker_document,
     # the internal serving functions: their documents describe the columnar hops (zerorec.hops)
-    "recall": lambda: _hops("recall_openapi"),
+    "recall": lambda: _platform("recall_openapi"),  # recall's own routes and the platform API's
     "ranking": lambda: _hops("ranking_openapi"),
     "reranking": lambda: _hops("reranking_openapi"),
     "pipeline": lambda: _hops("pipeline_openapi"),  # the compact topology's function

@@ -10,7 +10,11 @@ clients that do not survive a fork (obstore's tokio runtime, our S3 client, hang
 forked child, so the worker could never reload a model). This runner builds the same Starlette app
 with `functions_framework.aio.create_asgi_app` and runs uvicorn on it directly. Flags and
 environment variables are the functions-framework CLI's (FUNCTION_TARGET, FUNCTION_SOURCE, HOST,
-PORT); LOG_LEVEL sets uvicorn's (default warning).
+PORT); LOG_LEVEL sets the log level (default warning).
+
+Every function is served through `zerorec.observability` (GET /metrics, request counts and latency,
+W3C traceparent, JSON logs, optional OpenTelemetry spans) and `zerorec.apidocs` (GET /docs, Swagger
+UI over the function's /openapi.json): implemented once here, not per function.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -41,18 +46,45 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not Path(args.source).is_file():
         parser.error(f"--source {args.source}: no such file")
 
+    from zerorec.observability import cold_start, configure_logging, instrument
+    from zerorec.settings import get_settings
+
+    settings = get_settings()
+    log_level = os.environ.get("LOG_LEVEL", "warning")
+    configure_logging(log_level, settings.log_format, args.target)
+
     import uvicorn
     from functions_framework.aio import create_asgi_app
 
+    from zerorec.apidocs import with_docs
+
     app = create_asgi_app(args.target, args.source)  # runs main.py: a serving function loads its model
+    served = instrument(with_docs(app, args.target), args.target, settings)
+    cold_start(args.target, process_age_s())
     uvicorn.run(
-        app,
+        served,
         host=args.host,
         port=args.port,
-        log_level=os.environ.get("LOG_LEVEL", "warning"),
-        access_log=False,
+        log_level=log_level,
+        log_config=None,  # uvicorn's loggers propagate to the root logger configured above
+        access_log=False,  # ZEROREC_ACCESS_LOG: one structured line per request instead
         lifespan="off",  # the app has no lifespan handlers: main.py did the start-up work
     )
+
+
+_T0 = time.monotonic()  # fallback start time where /proc is not there
+
+
+def process_age_s() -> float:
+    """Seconds since this process started (interpreter start included), from /proc on Linux."""
+    try:
+        with open("/proc/self/stat", encoding="ascii") as fh:
+            start_ticks = int(fh.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime", encoding="ascii") as fh:
+            uptime = float(fh.read().split()[0])
+        return max(uptime - start_ticks / os.sysconf("SC_CLK_TCK"), 0.0)
+    except (OSError, ValueError, IndexError):
+        return time.monotonic() - _T0
 
 
 if __name__ == "__main__":

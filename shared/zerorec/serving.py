@@ -24,6 +24,7 @@ from starlette.responses import Response
 
 from zerorec.api import MAX_BODY_BYTES, is_json_error, validation_reason
 from zerorec.errors import InvalidInputError, NotFoundError, ZeroRecError
+from zerorec.observability.metrics import model_loaded, model_refused
 from zerorec.request_body import BodyTooLarge, read_limited
 
 log = logging.getLogger("zerorec.serving")
@@ -173,14 +174,17 @@ class ModelSlot(Generic[T]):
             except ZeroRecError as exc:  # IntegrityError, NotFoundError, BackendUnavailableError ...
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("model %s/%s refused: %s", self.name, version, self.last_error)
+                model_refused(self.name)
                 return False
             except Exception as exc:  # a bundle that verifies but does not build is refused too
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.exception("model %s/%s failed to build", self.name, version)
+                model_refused(self.name)
                 return False
             ms = (time.perf_counter() - t0) * 1000
             self._current = Loaded(got, value, time.time(), round(ms, 1))
             self.last_error = None
+            model_loaded(self.name, got, ms)  # zerorec_model_info / zerorec_model_load_seconds
             log.warning("model %s/%s loaded in %.0f ms", self.name, got, ms)
             return True
 

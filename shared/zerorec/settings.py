@@ -123,6 +123,14 @@ class Settings(BaseSettings):
         default=16 * 1024 * 1024, ge=1024, description="body limit of one batched delivery to the consumer"
     )
 
+    # --- observability (zerorec.observability, applied to every function by zerorec.runner) -----
+    metrics_enabled: bool = Field(default=True, description="GET /metrics and request counting")
+    log_format: Literal["json", "text"] = Field(default="json", description="log lines: JSON objects or text")
+    access_log: bool = Field(default=False, description="one log line per request (route, status, ms)")
+    tracing: Literal["off", "otlp", "console"] = Field(
+        default="off", description="OpenTelemetry spans: off, OTLP/HTTP (OTEL_EXPORTER_OTLP_ENDPOINT), stdout"
+    )
+
     # --- cluster bring-up (`zerorec init-cluster`) ---------------------------------------------
     init_dataset: str | None = Field(
         default=None, description="dataset of the first model: a path or s3://bucket/prefix (None: synthetic)"

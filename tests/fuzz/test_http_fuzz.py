@@ -23,8 +23,17 @@ from zerorec.openapi_docs import PUBLISHED
 TOTALS: Counter[str] = Counter()
 
 
-def invariant_violation(status: int, body: bytes) -> str | None:
+# The BFF's pass-through routes (the platform API) have one source each, and the harness refuses
+# every downstream on purpose: their designed answer is a 503 naming the stage (/recommend has a
+# degraded path and must still answer 200).
+PASS_THROUGH = {"POST /similar-items", "POST /similar-users", "POST /latest", "POST /popular"}
+
+
+def invariant_violation(status: int, body: bytes, label: str = "", function: str = "") -> str | None:
     """Why a response breaks the contract, or None: no 5xx; a 4xx says why in {"error": "..."}."""
+    designed = function == "recommender" and label in PASS_THROUGH and body.endswith(b' unavailable"}')
+    if status == 503 and designed:
+        return None
     if status >= 500:
         return f"{status}: {body[:300]!r}"
     if 400 <= status < 500:
@@ -37,7 +46,9 @@ def invariant_violation(status: int, body: bytes) -> str | None:
     return None
 
 
-def _fuzz_operation(operation: Any, mode: GenerationMode, examples: int) -> tuple[int, list[str]]:
+def _fuzz_operation(
+    function: str, operation: Any, mode: GenerationMode, examples: int
+) -> tuple[int, list[str]]:
     cases = 0
     problems: list[str] = []
 
@@ -54,7 +65,7 @@ def _fuzz_operation(operation: Any, mode: GenerationMode, examples: int) -> tupl
         nonlocal cases
         cases += 1
         response = case.call()
-        problem = invariant_violation(response.status_code, response.content)
+        problem = invariant_violation(response.status_code, response.content, operation.label, function)
         if problem and len(problems) < 3:
             problems.append(f"{operation.label} [{mode.value}] body={str(case.body)[:200]} -> {problem}")
 
@@ -78,7 +89,7 @@ def test_fuzz_http_function(function: str, fuzz_apps: dict[str, Any]) -> None:
         operation = result.ok()
         TOTALS["operations"] += 1
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-            cases, problems = _fuzz_operation(operation, mode, examples)
+            cases, problems = _fuzz_operation(function, operation, mode, examples)
             TOTALS["cases"] += cases
             TOTALS[f"cases:{function}"] += cases
             failures += problems
