@@ -280,12 +280,6 @@ def _recommender_document() -> dict[str, Any]:
     return openapi_document()
 
 
-def _platform(builder: str) -> dict[str, Any]:
-    from zerorec import platform_api
-
-    return getattr(platform_api, builder)()
-
-
 def _hops(builder: str) -> dict[str, Any]:
     from zerorec import hops
 
@@ -307,8 +301,8 @@ PUBLISHED: dict[str, Callable[[], dict[str, Any]]] = {
     "user": lambda: _with_platform_api(user_document(), "user"),
     "consumer": consumer_document,
     "worker": worker_document,
-    # the internal serving functions: their documents describe the columnar hops (zerorec.hops)
-    "recall": lambda: _platform("recall_openapi"),  # recall's own routes and the platform API's
+    # the internal serving functions: their documents describe the columnar hops (zerorec.hops);
+    # recall serves platform_api.recall_openapi (its batch routes and the platform API's)
     "ranking": lambda: _hops("ranking_openapi"),
     "reranking": lambda: _hops("reranking_openapi"),
     "pipeline": lambda: _hops("pipeline_openapi"),  # the compact topology's function

@@ -313,7 +313,7 @@ def dispatch(
             return slot.health(ready_without_model=bool(free))
         if path == EVENTS_PATH:
             return await slot.on_event(request)
-        if path == "/openapi.json":
+        if path == "/openapi.json" and openapi is not None:  # else a route may serve it
             if request.method not in ("GET", "HEAD"):
                 raise HTTPError(405, "use GET /openapi.json")
             return openapi_body()

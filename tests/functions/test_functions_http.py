@@ -179,7 +179,8 @@ def test_internal_functions_publish_their_openapi_document(embedded: Stack, fn: 
     r = httpx.get(embedded.urls[fn] + "/openapi.json", timeout=5)
     assert r.status_code == 200, r.text
     doc = r.json()
-    assert doc["openapi"].startswith("3.1") and "/health" in doc["paths"]
+    assert doc["openapi"].startswith("3.1")
+    assert fn == "recall" or "/health" in doc["paths"]  # recall's: platform_api.recall_openapi
     schemas = doc["components"]["schemas"]
     for path, ops in doc["paths"].items():
         if "post" not in ops:
