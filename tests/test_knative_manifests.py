@@ -37,6 +37,7 @@ BFF = {"recommender", "recommender-grpc"}
 # The seed's deployment phases (seed/services-v2.md), as deploy's PHASE selects them.
 PHASE_OF = {
     **dict.fromkeys(["recommender", "recommender-grpc", "recall", "ranking", "reranking"], "core"),
+    "pipeline": "core",  # knative/overlays/compact: recall, ranking and reranking in one
     **dict.fromkeys(["user", "item", "behavior", "consumer", "worker", "dashboard"], "data"),
     **dict.fromkeys(JOB_FUNCTIONS, "compute"),
 }

@@ -1,10 +1,11 @@
 """recall: `POST /` multi-channel candidates, `POST /hot` the hot list (degraded path), and the
 platform API's `POST /similar-items` and `POST /latest` (zerorec.platform_api); `GET /openapi.json`.
 
-Also `GET /health` (503 until the model is loaded), `POST /events/model-published` (reload the
-model) and `POST /events/vectors-published` (reload vector-generation's bundle: the KafkaSource
-`models-to-recall` delivers its `model.published` events here). The vector channel searches the
-published vectors when there are any (`zerorec.recall.published_vectors`), else the model's own.
+Also `GET /health` (503 until the model is loaded), `GET /openapi.json` (the contract),
+`POST /events/model-published` (reload the model) and `POST /events/vectors-published` (reload
+vector-generation's bundle: the KafkaSource `models-to-recall` delivers its `model.published`
+events here). The vector channel searches the published vectors when there are any
+(`zerorec.recall.published_vectors`), else the model's own.
 Run: `python -m zerorec.runner --target recall --source functions/recall/main.py --port 8081`.
 """
 

@@ -1,6 +1,7 @@
 """reranking: `POST /` MMR, freshness and rules over ranked items; never a `seen` item.
 
-Also `GET /health` (503 until the model is loaded) and `POST /events/model-published` (reload).
+Also `GET /health` (503 until the model is loaded), `GET /openapi.json` (the contract) and
+`POST /events/model-published` (reload).
 Run: `python -m zerorec.runner --target reranking --source functions/reranking/main.py --port 8083`.
 """
 
@@ -16,6 +17,7 @@ import functions_framework.aio
 from starlette.requests import Request
 from starlette.responses import Response
 from zerorec.api import MAX_BATCH_BODY_BYTES, RerankRequest
+from zerorec.hops import reranking_openapi
 from zerorec.online import RerankStage, stage_slot
 from zerorec.serving import ModelSlot, dispatch, offload, parse
 
@@ -29,7 +31,7 @@ async def _rerank(request: Request, stage: RerankStage) -> Response:
     return await offload(stage.rerank, await parse(request, RerankRequest, MAX_BATCH_BODY_BYTES))
 
 
-_handle = dispatch(SLOT, {"/": _rerank})
+_handle = dispatch(SLOT, {"/": _rerank}, openapi=reranking_openapi)
 
 
 @functions_framework.aio.http

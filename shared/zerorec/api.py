@@ -14,15 +14,16 @@ from __future__ import annotations
 import json
 import sys
 from functools import cache
-from typing import Annotated, Any, Literal, NotRequired
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
-from typing_extensions import TypedDict
 
 MAX_BODY_BYTES = 64 * 1024
-# ranking and reranking take candidate batches (up to MAX_CANDIDATES items with their channel scores:
-# 500 are ~75 KB): their bodies may be larger than a public request's.
+# ranking and reranking take candidate batches (up to MAX_CANDIDATES items with their signals:
+# 500 are ~50 KB): their bodies may be larger than a public request's.
 MAX_BATCH_BODY_BYTES = 1024 * 1024
+# What the BFF reads of an internal function's answer at most (recall's largest batch is ~0.6 MB).
+MAX_INTERNAL_RESPONSE_BYTES = 2 * MAX_BATCH_BODY_BYTES
 MAX_EXCLUDE = 1000
 MAX_GUEST_ITEMS = 50  # a guest session's recent items (realtime.RECENT_MAX)
 MAX_CANDIDATES = 2000
@@ -175,33 +176,78 @@ class RecallRequest(_Request):
     exclude: list[Id] = Field(default_factory=list, max_length=MAX_EXCLUDE)
 
 
-class RecallCandidate(_Response):
-    """One recall candidate."""
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+ChannelCode = Annotated[int, Field(ge=0, lt=MAX_SIGNAL_CHANNELS)]
+FoundMask = Annotated[int, Field(ge=0, lt=2**MAX_SIGNAL_CHANNELS)]
+DemoteFactor = Annotated[float, Field(gt=0, le=1)]
+# base64 of float32 [MAX_CANDIDATES, MAX_SIGNAL_CHANNELS, 2]
+MAX_SIGNALS_CHARS = 4 * -(-(MAX_CANDIDATES * MAX_SIGNAL_CHANNELS * 8) // 3)
 
-    item_id: str
-    score: float
-    channel: str
-    channel_scores: dict[str, float] = Field(default_factory=dict)
-    demote: float | None = Field(
-        default=None,
-        description="a factor in (0, 1) the BFF applies to the item's score after ranking: a near "
-        "neighbour of an item the user disliked or hid (zerorec.feedback)",
+
+class CandidateColumns(BaseModel):
+    """A candidate batch as parallel arrays, one entry per candidate (docs/HOPS.md): the internal
+    hop contract of recall -> ranking -> reranking. Validated as arrays (types, ranges, equal
+    lengths); no object per candidate. `zerorec.columnar.CandidateBatch` is its numpy form."""
+
+    model_config = ConfigDict(extra="ignore", strict=True, defer_build=True)
+    item_ids: list[Id] = Field(max_length=MAX_CANDIDATES, description="candidate ids, best first")
+    scores: list[FiniteFloat] = Field(
+        max_length=MAX_CANDIDATES,
+        description="one per item: recall's merge order (1 = first) or a ranker score",
+    )
+    channel: list[ChannelCode] = Field(
+        max_length=MAX_CANDIDATES,
+        description="one per item: index into `channels` of the channel that found it",
+    )
+    channels: list[Id] = Field(
+        min_length=1,
+        max_length=MAX_SIGNAL_CHANNELS,
+        description="channel names (distinct): the codes' vocabulary",
+    )
+    found: list[FoundMask] = Field(
+        default_factory=list,
+        max_length=MAX_CANDIDATES,
+        description="empty, or one per item: bit k set when channel k of `channels` returned the item",
+    )
+    demote: list[DemoteFactor] = Field(
+        default_factory=list,
+        max_length=MAX_CANDIDATES,
+        description="empty, or one per item: a factor in (0, 1] the BFF applies to the item's score "
+        "after ranking (1: none; below 1: a near neighbour of an item the user disliked or hid, "
+        "zerorec.feedback)",
     )
     signals: str = Field(
         default="",
-        description="base64 of little-endian float32 pairs, one per channel of the response's "
-        "signal_channels: the channel's score for the item (its lowest score where it has none) and "
-        "the item's rank in it (how many items score higher, history excluded); empty for items newer "
-        "than the model. Ranking's channel features.",
+        max_length=MAX_SIGNALS_CHARS,
+        description="empty, or base64 of little-endian float32 [items, channels, 2]: for each item and "
+        "channel of `channels`, the channel's score for the item and the item's rank in the channel's "
+        "list (NaN: none). Ranking's channel features; valid only for `model_version`'s model.",
     )
+    model_version: str | None = Field(default=None, max_length=128, description="the model of `signals`")
+
+    @model_validator(mode="after")
+    def _shapes(self) -> CandidateColumns:
+        m = len(self.item_ids)
+        optional = (self.found, self.demote)
+        if len(self.scores) != m or len(self.channel) != m or any(x and len(x) != m for x in optional):
+            raise ValueError(
+                f"item_ids, scores, channel (and found, demote, when given) must have one entry per "
+                f"item: {m}, {len(self.scores)}, {len(self.channel)}, {len(self.found)}, {len(self.demote)}"
+            )
+        if len(set(self.channels)) != len(self.channels):
+            raise ValueError("channels must be distinct")
+        c = len(self.channels)
+        if m and max(self.channel) >= c:
+            raise ValueError(f"channel codes must be below len(channels) = {c}")
+        if self.found and max(self.found) >= 1 << c:
+            raise ValueError(f"found masks must have bits for the {c} channels only")
+        if self.signals and len(self.signals) != 4 * -(-(m * c * 8) // 3):
+            raise ValueError(f"signals must be base64 of float32 [{m} items, {c} channels, 2]")
+        return self
 
 
-class RecallResponse(_Response):
-    """recall `/` response."""
-
-    candidates: list[RecallCandidate]
-    signal_channels: list[str] = Field(default_factory=list, description="the channels of `signals`")
-    model_version: str | None = None
+class RecallResponse(CandidateColumns):
+    """recall `/` response: the candidate batch, best first (`model_version`: the serving model)."""
 
 
 class HotRequest(_Request):
@@ -225,25 +271,12 @@ class HotResponse(_Response):
     items: list[HotItem]
 
 
-class CandidateIn(TypedDict):
-    """A RecallCandidate inside a ranking request: validated like one, kept as a plain dict
-    (no model object per candidate: a request carries hundreds)."""
-
-    __pydantic_config__ = ConfigDict(extra="ignore")  # type: ignore[misc]
-    item_id: str
-    score: float
-    channel: str
-    channel_scores: NotRequired[dict[str, float]]
-    signals: NotRequired[Annotated[str, StringConstraints(max_length=4 * (8 * MAX_SIGNAL_CHANNELS // 3 + 1))]]
-
-
 class RankingRequest(_Request):
-    """ranking `/`: recall's candidates, and its `signal_channels` (without them, or for a candidate
-    without `signals`, the ranker sees the channels as absent)."""
+    """ranking `/`: recall's batch (its `signals` are used only when its `model_version` is the
+    ranker's own: otherwise 409, the caller keeps recall's order)."""
 
     user_id: UserId
-    candidates: list[CandidateIn] = Field(max_length=MAX_CANDIDATES)
-    signal_channels: list[Id] = Field(default_factory=list, max_length=MAX_SIGNAL_CHANNELS)
+    candidates: CandidateColumns
     context: dict[ContextKey, ContextValue] = Field(default_factory=dict, max_length=32)
 
 
@@ -254,20 +287,12 @@ class RankingResponse(_Response):
     model_version: str | None = None
 
 
-class RerankItem(TypedDict):
-    """An item entering reranking (validated, kept as a plain dict: a request carries hundreds)."""
-
-    __pydantic_config__ = ConfigDict(extra="ignore")  # type: ignore[misc]
-    item_id: str
-    score: float
-    channel: str
-
-
 class RerankRequest(_Request):
-    """reranking `/`."""
+    """reranking `/`: ranked candidates (`item_ids`, `scores`, `channel`, `channels` of the batch;
+    `found` and `signals` are not used)."""
 
     user_id: UserId
-    items: list[RerankItem] = Field(max_length=MAX_CANDIDATES)
+    candidates: CandidateColumns
     n: int = Field(ge=1, le=100)
     seen: list[Id] = Field(default_factory=list, max_length=2 * MAX_EXCLUDE)
 
@@ -285,6 +310,26 @@ class RerankResponse(_Response):
     """reranking `/` response."""
 
     items: list[RerankedItem]
+
+
+class PipelineRequest(_Request):
+    """pipeline `/` (the compact topology: recall, ranking and reranking in one function)."""
+
+    user_id: UserId
+    n: int = Field(ge=1, le=100, description="how many items to return")
+    candidates: int = Field(default=500, ge=1, le=MAX_CANDIDATES, description="how many recall gathers")
+    recent_items: list[Id] = Field(
+        default_factory=list, max_length=MAX_GUEST_ITEMS, description="a guest's session items, newest first"
+    )
+    exclude: list[Id] = Field(default_factory=list, max_length=MAX_EXCLUDE)
+    context: dict[ContextKey, ContextValue] = Field(default_factory=dict, max_length=32)
+
+
+class PipelineResponse(_Response):
+    """pipeline `/` response: reranked items (never excluded, seen or in the trained history)."""
+
+    items: list[RerankedItem]
+    model_version: str | None = None
 
 
 class ItemRequest(_Request):
@@ -388,6 +433,63 @@ def openapi_document() -> dict[str, Any]:
             },
         },
         "components": {"schemas": schemas},
+    }
+
+
+# A function route: (operationId, summary, request model, response model, statuses it may answer).
+FunctionRoute = tuple[str, str, type[BaseModel], type[BaseModel], dict[int, str]]
+INTERNAL_ERRORS = {
+    400: "body is not JSON",
+    404: "no such route",
+    405: "wrong method",
+    413: "body too large",
+    422: "unknown field, wrong type, value out of range, or arrays that do not fit together",
+    503: "no model loaded yet",
+}
+
+
+def function_openapi(title: str, description: str, routes: dict[str, FunctionRoute]) -> dict[str, Any]:
+    """OpenAPI 3.1 document of an internal serving function (recall, ranking, reranking): its
+    POST routes from their models, plus `/health` and this document."""
+    from pydantic.json_schema import models_json_schema
+
+    models = [(r[2], "validation") for r in routes.values()]
+    models += [(r[3], "serialization") for r in routes.values()]
+    models += [(ErrorResponse, "serialization"), (HealthResponse, "serialization")]
+    _, defs = models_json_schema(list(dict.fromkeys(models)), ref_template="#/components/schemas/{model}")
+
+    def body(model: type[BaseModel], description: str) -> dict[str, Any]:
+        ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+        return {"description": description, "content": {"application/json": {"schema": ref}}}
+
+    paths: dict[str, Any] = {}
+    for path, (op, summary, req, resp, statuses) in routes.items():
+        responses = {"200": body(resp, "the answer")}
+        responses.update({str(k): body(ErrorResponse, v) for k, v in {**INTERNAL_ERRORS, **statuses}.items()})
+        paths[path] = {
+            "post": {
+                "operationId": op,
+                "summary": summary,
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "$ref": f"#/components/schemas/{req.__name__}"
+                }}}},
+                "responses": responses,
+            }
+        }
+    paths["/health"] = {
+        "get": {
+            "operationId": "health",
+            "responses": {"200": body(HealthResponse, "ready"), "503": body(HealthResponse, "loading")},
+        }
+    }
+    paths["/openapi.json"] = {
+        "get": {"operationId": "openapi", "responses": {"200": {"description": "this document"}}}
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": title, "version": "0.1.0", "description": description},
+        "paths": paths,
+        "components": {"schemas": defs.get("$defs", {})},
     }
 
 

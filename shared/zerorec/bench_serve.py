@@ -44,15 +44,19 @@ from zerorec.observability.scrape import recommend_counts, scrape
 REPO = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
 FUNCTIONS = ("recall", "ranking", "reranking", "user", "item", "recommender")
+# The functions each topology runs: a function per stage, or recall + ranking + reranking in one.
+TOPOLOGIES = {"per-service": FUNCTIONS, "compact": ("pipeline", "user", "item", "recommender")}
 CONCURRENCY = (1, 8, 32)
 TOP_N = 20
 CANDIDATES = 500
 P99_TARGET_MS = 25.0
 P99_AT = 8
 COLD_START_TARGET_MS = 1000.0
+INPROCESS_WARMUP = 10
 COLD_STARTS = 3  # restarts per function: the figure is their median (a 2-core VM's page faults vary)
-RSS_BUDGET_MB = {  # the seed's memory limits (Mi)
+RSS_BUDGET_MB = {  # the seed's memory limits (Mi); pipeline: knative/overlays/compact
     "recommender": 128,
+    "pipeline": 1280,
     "recall": 512,
     "ranking": 512,
     "reranking": 256,
@@ -112,6 +116,7 @@ class LevelStats:
             "rps": _r(ok / self.wall_s if self.wall_s > 0 else 0.0, 1),
             "stage_p50_ms": {k: _r(percentile(v, 50)) for k, v in sorted(self.stages_ms.items())},
             "cpu_ms_per_request": {k: _r(v * 1000 / max(ok, 1)) for k, v in self.cpu_s.items()},
+            "cpu_ms_per_request_total": _r(sum(self.cpu_s.values()) * 1000 / max(ok, 1)),
             # /metrics scraped before and after the level: the BFF's own counts of the same requests
             "metrics": dict(self.metrics),
             "metrics_match": bool(self.metrics)
@@ -129,11 +134,10 @@ def targets(report: Mapping[str, Any]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     p99 = report["concurrency"].get(str(P99_AT), {}).get("p99_ms")
     out.append(_target(f"p99 at concurrency {P99_AT}", p99, P99_TARGET_MS, "ms"))
-    for name in FUNCTIONS:
-        fig = report["functions"].get(name, {})
+    for name, fig in report["functions"].items():
         out.append(_target(f"{name} cold start", fig.get("cold_start_ms"), COLD_START_TARGET_MS, "ms"))
-    for name, budget in RSS_BUDGET_MB.items():
-        out.append(_target(f"{name} RSS", report["functions"].get(name, {}).get("rss_mb"), budget, "MB"))
+    for name, fig in report["functions"].items():
+        out.append(_target(f"{name} RSS", fig.get("rss_mb"), RSS_BUDGET_MB[name], "MB"))
     return out
 
 
@@ -169,7 +173,7 @@ def assemble(
                 "cold_start_ms": None,
                 **cold_start.get(name, {}),
             }
-            for name in FUNCTIONS
+            for name in meta.get("functions", FUNCTIONS)
         },
     }
     report["targets"] = targets(report)
@@ -179,7 +183,10 @@ def assemble(
 def render(report: Mapping[str, Any]) -> str:
     """A readable table of the report."""
     meta = report["meta"]
-    lines = [f"zerorec bench serve: {meta.get('mode', '?')}, load average {meta.get('load_avg')}"]
+    lines = [
+        f"zerorec bench serve: {meta.get('mode', '?')}, topology {meta.get('topology', 'per-service')}, "
+        f"load average {meta.get('load_avg')}"
+    ]
     lines.append(
         f"POST /recommend, top {report['meta'].get('n')} of {report['meta'].get('candidates')} candidates"
     )
@@ -195,6 +202,7 @@ def render(report: Mapping[str, Any]) -> str:
         stages = "  ".join(f"{k} {v}" for k, v in f["stage_p50_ms"].items())
         lines.append(f"  stages p50 at {c}: {stages}")
         cpu = "  ".join(f"{k} {v}" for k, v in f.get("cpu_ms_per_request", {}).items())
+        lines.append(f"  CPU ms per request at {c}: {cpu}  (sum {f.get('cpu_ms_per_request_total')})")
         lines.append(f"  CPU ms per request at {c}: {cpu}")
         if m := f.get("metrics"):
             lines.append(
@@ -437,18 +445,23 @@ class Stack:
             self.stop(name)
 
 
-def make_stack(real: bool, log_dir: Path, extra_env: Mapping[str, str] | None = None) -> Stack:
+def make_stack(
+    real: bool,
+    log_dir: Path,
+    extra_env: Mapping[str, str] | None = None,
+    functions: Sequence[str] = FUNCTIONS,
+) -> Stack:
     """Services on free ports; the recommender points at the others through ZEROREC_*_URL."""
     lf = _local_functions()
     from zerorec.bench_ingest import free_port
 
-    ports = {name: free_port() for name in FUNCTIONS}
-    urls = {f"ZEROREC_{n.upper()}_URL": f"http://{HOST}:{ports[n]}" for n in FUNCTIONS if n != "recommender"}
+    ports = {name: free_port() for name in functions}
+    urls = {f"ZEROREC_{n.upper()}_URL": f"http://{HOST}:{ports[n]}" for n in functions if n != "recommender"}
     env = lf.function_env(
         real, extra={"ZEROREC_RECALL_CANDIDATES": str(CANDIDATES), **urls, **(extra_env or {})}
     )
     stack = Stack(lf, env, log_dir)
-    for name in FUNCTIONS:
+    for name in functions:
         stack.services[name] = lf.ff(name, ports[name])
     return stack
 
@@ -475,20 +488,34 @@ class Probes:
     @classmethod
     def build(cls, stack: Stack, users: list[str]) -> Probes:
         user = users[0]
-        recall = httpx.post(stack.url("recall") + "/", json={"user_id": user, "n": CANDIDATES}, timeout=30)
-        recall.raise_for_status()
-        recalled = recall.json()
-        cands, signal_channels = recalled["candidates"], recalled.get("signal_channels", [])
-        items = [{"item_id": c["item_id"], "score": c["score"], "channel": c["channel"]} for c in cands]
-        bodies = {
-            "recall": ("/", {"user_id": user, "n": CANDIDATES}),
-            "ranking": ("/", {"user_id": user, "candidates": cands, "signal_channels": signal_channels}),
-            "reranking": ("/", {"user_id": user, "items": items, "n": TOP_N, "seen": []}),
-            "user": ("/", {"user_id": user}),
-            "item": ("/", {"item_ids": [c["item_id"] for c in cands[:TOP_N]]}),
-            "recommender": ("/recommend", {"user_id": user, "n": TOP_N}),
-        }
-        return cls(users, {k: (p, orjson.dumps(b)) for k, (p, b) in bodies.items()}, len(cands))
+        if "pipeline" in stack.services:  # the compact topology: one call does recall .. reranking
+            body = {"user_id": user, "n": TOP_N, "candidates": CANDIDATES}
+            r = httpx.post(stack.url("pipeline") + "/", json=body, timeout=30)
+            r.raise_for_status()
+            ids = [i["item_id"] for i in r.json()["items"]]
+            bodies = {"pipeline": ("/", body)}
+            count = CANDIDATES
+        else:
+            body = {"user_id": user, "n": CANDIDATES}
+            recall = httpx.post(stack.url("recall") + "/", json=body, timeout=30)
+            recall.raise_for_status()
+            recalled = recall.json()  # a CandidateColumns batch (docs/HOPS.md)
+            ids = recalled["item_ids"]
+            ranked = {k: recalled[k] for k in ("item_ids", "scores", "channel", "channels")}
+            bodies = {
+                "recall": ("/", {"user_id": user, "n": CANDIDATES}),
+                "ranking": ("/", {"user_id": user, "candidates": recalled}),
+                "reranking": ("/", {"user_id": user, "candidates": ranked, "n": TOP_N, "seen": []}),
+            }
+            count = len(ids)
+        bodies.update(
+            {
+                "user": ("/", {"user_id": user}),
+                "item": ("/", {"item_ids": ids[:TOP_N]}),
+                "recommender": ("/recommend", {"user_id": user, "n": TOP_N}),
+            }
+        )
+        return cls(users, {k: (p, orjson.dumps(b)) for k, (p, b) in bodies.items()}, count)
 
     def once(self, stack: Stack, name: str, timeout_s: float = 5.0) -> bool:
         """True when the function answered its real request with 200."""
@@ -539,11 +566,14 @@ def cold_start(stack: Stack, probes: Probes, name: str, timeout_s: float = 60.0)
 # ------------------------------------------------------------------------------- in-process floor
 
 
-def inprocess_times(settings: Any, users: Sequence[str], count: int) -> list[float]:
+def inprocess_times(
+    settings: Any, users: Sequence[str], count: int, topology: str = "per-service"
+) -> list[float]:
     """The same requests through the BFF's Recommender with every stage in this process (no HTTP,
     no worker threads): the floor the distributed path is compared to. Seconds per request."""
     from zerorec.api import (
         ItemRequest,
+        PipelineRequest,
         RankingRequest,
         RecallRequest,
         RecommendRequest,
@@ -553,6 +583,7 @@ def inprocess_times(settings: Any, users: Sequence[str], count: int) -> list[flo
     from zerorec.bff import Recommender
     from zerorec.online import (
         ItemStage,
+        PipelineStage,
         RankingStage,
         RecallStage,
         RerankStage,
@@ -567,6 +598,10 @@ def inprocess_times(settings: Any, users: Sequence[str], count: int) -> list[flo
     kv = default_kv(settings)
     recall, ranking = RecallStage(model, kv), RankingStage(model, kv)
     rerank, user, item = RerankStage(model), UserStage(model, kv), ItemStage(model, kv)
+    pipeline = PipelineStage(model, kv)
+    compact = topology == "compact"
+    if compact:  # the BFF calls the pipeline function instead of recall, ranking and reranking
+        settings = settings.model_copy(update={"pipeline_url": "http://127.0.0.1:1"})
 
     def enc(x: Any) -> bytes:
         return json_response(x).body  # as the functions encode it (numpy rows included)
@@ -578,6 +613,12 @@ def inprocess_times(settings: Any, users: Sequence[str], count: int) -> list[flo
         settings.user_url: lambda b: user.profile(UserRequest.model_validate_json(b).user_id),
         settings.item_url: lambda b: item.lookup(ItemRequest.model_validate_json(b).item_ids),
     }
+    if compact:
+        handlers = {
+            settings.pipeline_url: lambda b: pipeline.recommend(PipelineRequest.model_validate_json(b)),
+            settings.user_url: handlers[settings.user_url],
+            settings.item_url: handlers[settings.item_url],
+        }
     by_port = {httpx.URL(u).port: h for u, h in handlers.items()}
 
     def handle(request: httpx.Request) -> httpx.Response:
@@ -589,6 +630,8 @@ def inprocess_times(settings: Any, users: Sequence[str], count: int) -> list[flo
         bff = Recommender(settings, client=client, hot_refresh_s=0)
         out = []
         try:
+            for k in range(INPROCESS_WARMUP):  # first calls build validators and touch the model's pages
+                await bff.recommend(RecommendRequest(user_id=users[k % len(users)], n=TOP_N))
             for k in range(count):
                 t = time.perf_counter()
                 resp = await bff.recommend(RecommendRequest(user_id=users[k % len(users)], n=TOP_N))
@@ -618,6 +661,7 @@ def model_users(settings: Any, limit: int = 200, seed: int = 7) -> list[str]:
 
 def run_bench(
     real: bool = False,
+    topology: str = "per-service",
     duration_s: float = 10.0,
     max_requests: int = 5000,
     warmup: int = 50,
@@ -628,7 +672,8 @@ def run_bench(
 ) -> dict[str, Any]:
     """Start, warm, measure and stop; the assembled report (see `assemble`)."""
     log_dir = Path(tempfile.mkdtemp(prefix="zerorec-bench-serve-"))
-    stack = make_stack(real, log_dir)
+    functions = TOPOLOGIES[topology]
+    stack = make_stack(real, log_dir, functions=functions)
     mode = "real (Redis, S3)" if real else f"embedded ({stack.env['ZEROREC_KV_STORE']} KV, local objects)"
     log(f"bench: backends {mode}; logs in {log_dir}")
     version = stack.lf.ensure_model(stack.env, train)
@@ -638,7 +683,7 @@ def run_bench(
     users = model_users(settings)
     log(f"bench: model {settings.model_name} {version}, {len(users)} users sampled")
     try:
-        took = stack.start(FUNCTIONS, timeout_s=180)
+        took = stack.start(functions, timeout_s=180)
         log("bench: started " + ", ".join(f"{k} {v}s" for k, v in took.items()))
         probes = Probes.build(stack, users)
         bodies = [orjson.dumps({"user_id": u, "n": TOP_N}) for u in users]
@@ -659,11 +704,11 @@ def run_bench(
                 f"p99 {f['p99_ms']} ms, {f['rps']} rps (load {load_average()})"
             )
             levels.append(lv)
-        rss = {name: rss_mb(stack.procs[name].pid) for name in FUNCTIONS}
-        rss_sum = {name: rss_sum_mb(stack.procs[name].pid) for name in FUNCTIONS}
+        rss = {name: rss_mb(stack.procs[name].pid) for name in functions}
+        rss_sum = {name: rss_sum_mb(stack.procs[name].pid) for name in functions}
         log("bench: RSS MB " + ", ".join(f"{k} {v}" for k, v in rss.items()))
         cold: dict[str, dict[str, Any]] = {}
-        for name in FUNCTIONS:
+        for name in functions:
             cold[name] = cold_starts(stack, probes, name)
             log(
                 f"bench: {name} cold starts {cold[name]['cold_start_runs_ms']} ms "
@@ -672,9 +717,11 @@ def run_bench(
     finally:
         stack.stop_all()
     log(f"bench: in-process floor ({inprocess_count} requests)")
-    floor = inprocess_times(settings, users, inprocess_count)
+    floor = inprocess_times(settings, users, inprocess_count, topology)
     meta = {
         "mode": mode,
+        "topology": topology,
+        "functions": list(functions),
         "model": settings.model_name,
         "version": version,
         "n": TOP_N,
@@ -697,9 +744,12 @@ def main(
     duration_s: float = 10.0,
     max_requests: int = 5000,
     train: bool = True,
+    topology: str = "per-service",
 ) -> int:
     """CLI body: run, print the table, write the JSON; 0 when every target passed, else 1."""
-    report = run_bench(real=real, duration_s=duration_s, max_requests=max_requests, train=train)
+    report = run_bench(
+        real=real, duration_s=duration_s, max_requests=max_requests, train=train, topology=topology
+    )
     print(render(report))
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)

@@ -12,28 +12,35 @@ every failure degrades the answer instead of failing it:
 | item | items without metadata | `item_<cause>` |
 
 `<cause>` is one of `timeout`, `unavailable` (connection refused/reset), `http_<status>`,
-`bad_response` (not the contract) or `skipped` (no budget left). Transport-agnostic: the HTTP and
-gRPC handlers both call `Recommender.recommend`.
+`bad_response` (not the contract), `too_large` (a response past MAX_INTERNAL_RESPONSE_BYTES) or
+`skipped` (no budget left). Ranking answers 409 (`ranking_http_409`) when recall's signals come
+from another model version (a rollout): the answer keeps recall's order.
+
+Candidates travel between the stages as one columnar batch (`zerorec.columnar`, docs/HOPS.md):
+recall's body goes on to ranking as received, and no step builds an object per candidate.
+Transport-agnostic: the HTTP and gRPC handlers both call `Recommender.recommend`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from operator import itemgetter
-from typing import Any, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import httptools
+import numpy as np
 import orjson
 from pydantic import BaseModel, ValidationError
 
 from zerorec.api import (
     MAX_CANDIDATES,
     MAX_EXCLUDE,
+    MAX_INTERNAL_RESPONSE_BYTES,
     HealthResponse,
     HotItem,
     HotRequest,
@@ -41,17 +48,23 @@ from zerorec.api import (
     ItemMeta,
     ItemRequest,
     ItemResponse,
+    PipelineRequest,
+    PipelineResponse,
+    RankingResponse,
     RecallRequest,
+    RecallResponse,
     RecommendedItem,
     RecommendRequest,
     RecommendResponse,
     RerankResponse,
     UserProfile,
     UserRequest,
+    validation_reason,
 )
+from zerorec.columnar import CandidateBatch, demoted, member_of
 from zerorec.ctr import Served, ServedLog, new_recommendation_id
 from zerorec.experiments import Assigner, Variant
-from zerorec.feedback import DEMOTE, GUEST_USER_ID, demoted_score
+from zerorec.feedback import GUEST_USER_ID
 from zerorec.observability import outgoing_traceparent, record_recommendation, traceparent_header_line
 from zerorec.settings import Settings, get_settings
 
@@ -92,10 +105,17 @@ class Transport(Protocol):
     async def aclose(self) -> None: ...
 
 
-class _Connection(asyncio.Protocol):
-    """One HTTP/1.1 keep-alive connection: one request in flight, the response parsed by httptools."""
+class ResponseTooLarge(ConnectionError):
+    """A downstream answered more than the transport's `max_response` bytes (not read further)."""
 
-    def __init__(self) -> None:
+
+class _Connection(asyncio.Protocol):
+    """One HTTP/1.1 keep-alive connection: one request in flight, the response parsed by httptools;
+    a body past `max_response` bytes fails the request (ResponseTooLarge) and closes the connection."""
+
+    def __init__(self, max_response: int = MAX_INTERNAL_RESPONSE_BYTES) -> None:
+        self.max_response = max_response
+        self.size = 0
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
@@ -110,6 +130,8 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.got_data = True
+        if self.closed:  # failed (too large) mid-response: the rest is not read
+            return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -120,8 +142,20 @@ class _Connection(asyncio.Protocol):
         self._fail(ConnectionResetError("connection closed by the peer"))
 
     # httptools callbacks
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() == b"content-length" and value.strip().isdigit() and int(value) > self.max_response:
+            self._too_large()
+
     def on_body(self, body: bytes) -> None:
+        self.size += len(body)
+        if self.size > self.max_response:
+            self._too_large()
+            return
         self.chunks.append(body)
+
+    def _too_large(self) -> None:
+        self.chunks = []
+        self._fail(ResponseTooLarge(f"response larger than {self.max_response} bytes"))
 
     def on_message_complete(self) -> None:
         self.keep_alive = bool(self.parser.should_keep_alive())
@@ -143,6 +177,7 @@ class _Connection(asyncio.Protocol):
         self.waiter = asyncio.get_running_loop().create_future()
         self.got_data = False
         self.chunks = []
+        self.size = 0
         self.transport.write(data)
         return self.waiter
 
@@ -158,10 +193,14 @@ class HTTPPool:
 
     Much cheaper per call than a general client (no per-request objects beyond the bytes). A
     request that fails on a reused idle connection before any response byte (the server closed it
-    meanwhile) is retried once on a new connection: every internal call is a read."""
+    meanwhile) is retried once on a new connection: every internal call is a read. A response
+    body past `max_response` bytes fails the call (ResponseTooLarge) without being read."""
 
-    def __init__(self, max_idle: int = MAX_IDLE_PER_HOST) -> None:
+    def __init__(
+        self, max_idle: int = MAX_IDLE_PER_HOST, max_response: int = MAX_INTERNAL_RESPONSE_BYTES
+    ) -> None:
         self.max_idle = max_idle
+        self.max_response = max_response
         self._idle: dict[tuple[str, int], deque[_Connection]] = {}
         self._targets: dict[str, tuple[tuple[str, int], bytes]] = {}
         self._closed = False
@@ -183,7 +222,7 @@ class HTTPPool:
 
     async def _connect(self, key: tuple[str, int]) -> _Connection:
         loop = asyncio.get_running_loop()
-        _, conn = await loop.create_connection(_Connection, key[0], key[1])
+        _, conn = await loop.create_connection(lambda: _Connection(self.max_response), key[0], key[1])
         return conn
 
     async def post(self, url: str, body: bytes, timeout: float) -> tuple[int, bytes]:
@@ -203,6 +242,9 @@ class HTTPPool:
                 continue
             try:
                 status, payload = await conn.request(data)
+            except ResponseTooLarge:
+                conn.close()
+                raise
             except ConnectionError:
                 conn.close()
                 if reused and not conn.got_data:
@@ -226,10 +268,12 @@ class HTTPPool:
 
 
 class HttpxTransport:
-    """An injected `httpx.AsyncClient` (tests, the benchmark's in-process floor) as a Transport."""
+    """An injected `httpx.AsyncClient` (tests, the benchmark's in-process floor) as a Transport,
+    with the same response cap as HTTPPool (the body is streamed and dropped past it)."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, max_response: int = MAX_INTERNAL_RESPONSE_BYTES) -> None:
         self.client = client
+        self.max_response = max_response
 
     async def post(self, url: str, body: bytes, timeout: float) -> tuple[int, bytes]:
         import httpx
@@ -239,12 +283,33 @@ class HttpxTransport:
                 headers = {"content-type": "application/json"}
                 if (traceparent := outgoing_traceparent()) is not None:
                     headers["traceparent"] = traceparent
-                resp = await self.client.post(url, content=body, timeout=timeout, headers=headers)
+                req = self.client.build_request("POST", url, content=body, timeout=timeout, headers=headers)
+                resp = await self.client.send(req, stream=True)
+                try:
+                    content = await self._read(resp)
+                finally:
+                    await resp.aclose()
         except httpx.TimeoutException:
             raise TimeoutError from None
         except httpx.HTTPError as exc:
             raise ConnectionError(repr(exc)) from None
-        return resp.status_code, resp.content
+        return resp.status_code, content
+
+    async def _read(self, resp: Any) -> bytes:
+        import httpx
+
+        chunks, size = [], 0
+        try:
+            async for chunk in resp.aiter_raw():
+                size += len(chunk)
+                if size > self.max_response:
+                    break
+                chunks.append(chunk)
+        except httpx.StreamConsumed:  # a response built in memory (httpx.MockTransport)
+            chunks, size = [resp.content], len(resp.content)
+        if size > self.max_response:
+            raise ResponseTooLarge(f"response larger than {self.max_response} bytes")
+        return b"".join(chunks)
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -256,53 +321,29 @@ class HttpxTransport:
 # pydantic objects; the small ones go through their pydantic models.
 
 
-def _num(x: Any) -> bool:
-    return type(x) is float or type(x) is int
+class Recalled(NamedTuple):
+    """recall's answer: its batch (signals left encoded: ranking reads them) and the body as received."""
+
+    batch: CandidateBatch
+    body: bytes
 
 
-def parse_recall(body: bytes) -> tuple[list[dict[str, Any]], str | None, list[str]]:
-    """recall's (candidates, model_version, signal_channels); BadResponse unless it is
-    RecallResponse's contract (candidates' `signals` go on to ranking unread)."""
-    doc = _loads(body)
-    cands = doc.get("candidates")
-    version = doc.get("model_version")
-    signal_channels = doc.get("signal_channels", [])
-    if type(cands) is not list or not (version is None or type(version) is str):
-        raise BadResponse("candidates must be a list")
-    if type(signal_channels) is not list or not all(type(c) is str for c in signal_channels):
-        raise BadResponse("signal_channels must be a list of channel names")
-    for c in cands:
-        if (
-            type(c) is not dict
-            or type(c.get("item_id")) is not str
-            or not _num(c.get("score"))
-            or type(c.get("channel")) is not str
-            or type(c.get("channel_scores", {})) is not dict
-        ):
-            raise BadResponse(f"not a RecallCandidate: {str(c)[:200]}")
-    return cands, version, signal_channels
-
-
-def parse_ranking(body: bytes) -> tuple[list[float], str | None]:
-    """ranking's (scores, model_version); BadResponse unless it is RankingResponse's contract."""
-    doc = _loads(body)
-    scores = doc.get("scores")
-    version = doc.get("model_version")
-    if type(scores) is not list or not all(map(_num, scores)):
-        raise BadResponse("scores must be a list of numbers")
-    if not (version is None or type(version) is str):
-        raise BadResponse("model_version must be a string")
-    return [float(s) for s in scores], version
-
-
-def _loads(body: bytes) -> dict[str, Any]:
+def parse_recall(body: bytes) -> Recalled:
+    """recall's batch; BadResponse unless it is RecallResponse's contract (CandidateColumns)."""
     try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise BadResponse(f"not JSON: {exc}") from None
-    if type(doc) is not dict:
-        raise BadResponse("not a JSON object")
-    return doc
+        cols = RecallResponse.model_validate_json(body)
+    except ValidationError as exc:
+        raise BadResponse(validation_reason(exc)) from None
+    return Recalled(CandidateBatch.from_columns(cols, decode_signals=False), body)
+
+
+def parse_ranking(body: bytes) -> tuple[np.ndarray, str | None]:
+    """ranking's (scores, model_version); BadResponse unless it is RankingResponse's contract."""
+    try:
+        resp = RankingResponse.model_validate_json(body)
+    except ValidationError as exc:
+        raise BadResponse(validation_reason(exc)) from None
+    return np.asarray(resp.scores, dtype=np.float64), resp.model_version
 
 
 def pydantic_parser(model: type[BaseModel]) -> Callable[[bytes], Any]:
@@ -321,6 +362,7 @@ _PARSE_USER = pydantic_parser(UserProfile)
 _PARSE_HOT = pydantic_parser(HotResponse)
 _PARSE_RERANK = pydantic_parser(RerankResponse)
 _PARSE_ITEM = pydantic_parser(ItemResponse)
+_PARSE_PIPELINE = pydantic_parser(PipelineResponse)
 
 
 class Recommender:
@@ -375,21 +417,37 @@ class Recommender:
     # ------------------------------------------------------------------ transport
 
     async def _call(
-        self, stage: str, url: str, body: BaseModel | dict[str, Any], parse: Callable[[bytes], T], end: float
+        self,
+        stage: str,
+        url: str,
+        body: BaseModel | dict[str, Any] | bytes,
+        parse: Callable[[bytes], T],
+        end: float,
+        deadlines: int = 1,
     ) -> T:
-        """POST body to url within min(deadline, what is left of the budget); parse the contract.
+        """POST body to url within min(`deadlines` x deadline, what is left of the budget); parse
+        the contract.
 
-        A dict body is sent as is (the hot path builds 500-item lists without model instances);
-        tests/bff checks every body the fakes receive against the request models.
+        A dict body (numpy columns allowed) is encoded by orjson, bytes are sent as they are (the
+        hot path builds its batches without model instances); tests/bff checks every body the
+        fakes receive against the request models.
         """
-        timeout = min(self.deadline_s, end - time.perf_counter())
+        timeout = min(self.deadline_s * deadlines, end - time.perf_counter())
         if timeout < MIN_CALL_S:
             raise StageError(stage, "skipped")
-        payload = body.model_dump_json().encode() if isinstance(body, BaseModel) else orjson.dumps(body)
+        if isinstance(body, bytes):
+            payload = body
+        elif isinstance(body, BaseModel):
+            payload = body.model_dump_json().encode()
+        else:
+            payload = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
         try:
             status, content = await self.client.post(url, payload, timeout)
         except TimeoutError:
             raise StageError(stage, "timeout") from None
+        except ResponseTooLarge as exc:
+            log.warning("%s: %s", stage, exc)
+            raise StageError(stage, "too_large") from None
         except OSError as exc:
             log.warning("%s unavailable: %r", stage, exc)
             raise StageError(stage, "unavailable") from None
@@ -416,11 +474,16 @@ class Recommender:
     def _url(self, base: str, path: str = "/") -> str:
         return base.rstrip("/") + path
 
+    @property
+    def _hot_url(self) -> str:
+        """recall's /hot; in the compact topology the pipeline function serves it."""
+        return self._url(self.settings.pipeline_url or self.settings.recall_url, "/hot")
+
     async def _hot(self, n: int, end: float, degraded: list[str]) -> tuple[list[HotItem], str]:
         """recall's /hot, else the last good hot list, else []."""
         try:
             hot = await self._call(
-                "hot", self._url(self.settings.recall_url, "/hot"), HotRequest(n=n), _PARSE_HOT, end
+                "hot", self._hot_url, HotRequest(n=n), _PARSE_HOT, end
             )
         except StageError as exc:
             degraded.append(exc.reason)
@@ -448,7 +511,7 @@ class Recommender:
             end = time.perf_counter() + self.deadline_s
             try:
                 hot = await self._call(
-                    "hot", self._url(self.settings.recall_url, "/hot"), HotRequest(n=100), _PARSE_HOT, end
+                    "hot", self._hot_url, HotRequest(n=100), _PARSE_HOT, end
                 )
                 self._remember_hot(hot.items)
             except StageError as exc:
@@ -471,112 +534,8 @@ class Recommender:
         degraded: list[str] = []
         timings: dict[str, float] = {}
         versions: dict[str, str] = {}
-        excluded = set(req.exclude)
-
-        # 1. user and recall, concurrently.
-        if req.user_id is None:
-            user_call: Awaitable[Any] = _guest_profile(req.recent_items)
-        else:
-            user_call = self._call(
-                "user", self._url(s.user_url), UserRequest(user_id=user_id), _PARSE_USER, end
-            )
-        recall_n = max(s.recall_candidates, req.n)
-        recall_call = self._call(
-            "recall",
-            self._url(s.recall_url),
-            RecallRequest(user_id=user_id, n=recall_n, exclude=req.exclude, recent_items=req.recent_items),
-            parse_recall,
-            end,
-        )
-        user_res, recall_res = await asyncio.gather(
-            self._timed("user", timings, user_call), self._timed("recall", timings, recall_call)
-        )
-        if isinstance(user_res, StageError):
-            if user_res.cause != "http_404":  # 404: unknown user = new user, not a degradation
-                degraded.append(user_res.reason)
-            profile = UserProfile(user_id=user_id, is_new=True)
-        else:
-            profile = user_res
-        # What reranking must not show: the caller's exclusions, then what the user has seen.
-        seen = list(dict.fromkeys([*req.exclude, *profile.seen_items]))[: 2 * MAX_EXCLUDE]
-        blocked = excluded | set(profile.seen_items)
-
-        # 2. candidates: recall, or the hot list.
-        candidates: list[dict[str, Any]]
-        signal_channels: list[str] = []
-        if not isinstance(recall_res, StageError):
-            source = "personalized"
-            recalled, recall_version, signal_channels = recall_res
-            if recall_version:
-                versions["recall"] = recall_version
-            candidates = [c for c in recalled if c["item_id"] not in excluded][:MAX_CANDIDATES]
-        else:
-            degraded.append(recall_res.reason)
-            t = time.perf_counter()
-            hot, source = await self._hot(min(req.n + len(blocked), MAX_CANDIDATES), end, degraded)
-            timings["hot"] = round((time.perf_counter() - t) * 1000, 3)
-            candidates = [
-                {"item_id": h.item_id, "score": h.score, "channel": h.channel or "hot"}
-                for h in hot
-                if h.item_id not in blocked
-            ]
-
-        # 3. ranking (personalized candidates only), then 4. reranking.
-        final: list[RecommendedItem]
-        if source == "personalized" and candidates:
-            # recall's candidate objects (and their signals) go on as received; an experiment arm
-            # without ranking serves recall's order (reranked all the same).
-            ranking_off = arm is not None and not arm.ranking
-            rank_res = StageError("ranking", "off") if ranking_off else await self._timed(
-                "ranking",
-                timings,
-                self._call(
-                    "ranking",
-                    self._url(s.ranking_url),
-                    {
-                        "user_id": user_id,
-                        "candidates": candidates,
-                        "signal_channels": signal_channels,
-                        "context": req.context,
-                    },
-                    parse_ranking,
-                    end,
-                ),
-            )
-            if not isinstance(rank_res, StageError) and len(rank_res[0]) != len(candidates):
-                rank_res = StageError("ranking", "bad_response")
-            if isinstance(rank_res, StageError):
-                if rank_res.cause != "off":
-                    degraded.append(rank_res.reason)
-                ranked = _ranked(candidates)  # recall order
-            else:
-                scores, rank_version = rank_res
-                if rank_version:
-                    versions["ranking"] = rank_version
-                ranked = _ranked(candidates, scores)
-                ranked.sort(key=itemgetter("score"), reverse=True)
-            rerank_res = await self._timed(
-                "reranking",
-                timings,
-                self._call(
-                    "reranking",
-                    self._url(s.reranking_url),
-                    {"user_id": user_id, "items": ranked, "n": req.n, "seen": seen},
-                    _PARSE_RERANK,
-                    end,
-                ),
-            )
-            if isinstance(rerank_res, StageError):
-                degraded.append(rerank_res.reason)
-                final = self._top(ranked, blocked, req.n)
-            else:
-                final = [
-                    RecommendedItem(item_id=r.item_id, score=r.score, channel=r.channel, reasons=r.reasons)
-                    for r in rerank_res.items
-                    if r.item_id not in excluded
-                ][: req.n]
-        else:
-            final = self._top(_ranked(candidates), blocked, req.n)
+        stages = self._compact if s.pipeline_url else self._per_service
+        final, source = await stages(req, s, arm, end, timings, versions, degraded)
         final = _dedupe(final)
         for position, f in enumerate(final, start=1):
             f.position = position
@@ -623,16 +582,218 @@ class Recommender:
             variant=variant,
         )
 
-    @staticmethod
-    def _top(items: list[dict[str, Any]], blocked: set[str], n: int) -> list[RecommendedItem]:
-        out = []
-        for r in items:
-            if r["item_id"] in blocked:
-                continue
-            out.append(RecommendedItem(**r))
-            if len(out) == n:
-                break
-        return out
+    async def _per_service(
+        self,
+        req: RecommendRequest,
+        s: Settings,
+        arm: Variant | None,
+        end: float,
+        timings: dict[str, float],
+        versions: dict[str, str],
+        degraded: list[str],
+    ) -> tuple[list[RecommendedItem], str]:
+        """(items, source) from the user, recall, ranking and reranking functions (`s`: the
+        settings of the user's experiment arm)."""
+        excluded = set(req.exclude)
+        # A guest (no user_id): the session's recent items stand in for the profile (zerorec.feedback).
+        user_id = req.user_id or GUEST_USER_ID
+        # 1. user and recall, concurrently.
+        if req.user_id is None:
+            user_call: Awaitable[Any] = _guest_profile(req.recent_items)
+        else:
+            user_call = self._call(
+                "user", self._url(s.user_url), UserRequest(user_id=user_id), _PARSE_USER, end
+            )
+        recall_n = max(s.recall_candidates, req.n)
+        recall_call = self._call(
+            "recall",
+            self._url(s.recall_url),
+            RecallRequest(user_id=user_id, n=recall_n, exclude=req.exclude, recent_items=req.recent_items),
+            parse_recall,
+            end,
+        )
+        user_res, recall_res = await asyncio.gather(
+            self._timed("user", timings, user_call), self._timed("recall", timings, recall_call)
+        )
+        if isinstance(user_res, StageError):
+            if user_res.cause != "http_404":  # 404: unknown user = new user, not a degradation
+                degraded.append(user_res.reason)
+            profile = UserProfile(user_id=user_id, is_new=True)
+        else:
+            profile = user_res
+        # What reranking must not show: the caller's exclusions, then what the user has seen.
+        seen = list(dict.fromkeys([*req.exclude, *profile.seen_items]))[: 2 * MAX_EXCLUDE]
+        blocked = excluded | set(profile.seen_items)
+
+        # 2. candidates: recall's batch, or the hot list; 3. ranking, then 4. reranking.
+        final: list[RecommendedItem]
+        if not isinstance(recall_res, StageError):
+            source = "personalized"
+            batch, body = recall_res
+            if batch.model_version:
+                versions["recall"] = batch.model_version
+            drop = member_of(batch.item_ids, excluded)
+            if drop.any():  # recall honours `exclude`: this guards one that did not
+                batch, body = batch.take(~drop), b""
+            final = await self._rank_and_rerank(
+                req, s, arm, batch, body, seen, blocked, end, timings, versions, degraded
+            )
+        else:
+            degraded.append(recall_res.reason)
+            final, source = await self._hot_items(req, blocked, end, timings, degraded)
+        return final, source
+
+    async def _compact(
+        self,
+        req: RecommendRequest,
+        s: Settings,
+        arm: Variant | None,
+        end: float,
+        timings: dict[str, float],
+        versions: dict[str, str],
+        degraded: list[str],
+    ) -> tuple[list[RecommendedItem], str]:
+        """(items, source) from the pipeline function (the compact topology: it reads the user's
+        seen items itself); the user function is asked only for the hot-list fallback."""
+        excluded = set(req.exclude)
+        body = PipelineRequest(
+            user_id=req.user_id or GUEST_USER_ID,
+            recent_items=req.recent_items,
+            n=req.n,
+            candidates=max(s.recall_candidates, req.n),
+            exclude=req.exclude,
+            context=req.context,
+        )
+        res = await self._timed(
+            "pipeline",
+            timings,
+            # the work of three calls (recall, ranking, reranking): their three deadlines
+            self._call("pipeline", self._url(s.pipeline_url), body, _PARSE_PIPELINE, end, deadlines=3),
+        )
+        if not isinstance(res, StageError):
+            if res.model_version:
+                versions["pipeline"] = res.model_version
+            items = [
+                RecommendedItem(item_id=r.item_id, score=r.score, channel=r.channel, reasons=r.reasons)
+                for r in res.items
+                if r.item_id not in excluded
+            ]
+            return items[: req.n], "personalized"
+        degraded.append(res.reason)
+        if req.user_id is None:  # a guest: the session's items are what it has seen
+            user_res: UserProfile | StageError = await _guest_profile(req.recent_items)
+        else:
+            ask = UserRequest(user_id=req.user_id)
+            call = self._call("user", self._url(s.user_url), ask, _PARSE_USER, end)
+            user_res = await self._timed("user", timings, call)
+        seen: list[str] = []
+        if isinstance(user_res, StageError):
+            if user_res.cause != "http_404":
+                degraded.append(user_res.reason)
+        else:
+            seen = user_res.seen_items
+        return await self._hot_items(req, excluded | set(seen), end, timings, degraded)
+
+    async def _hot_items(
+        self,
+        req: RecommendRequest,
+        blocked: set[str],
+        end: float,
+        timings: dict[str, float],
+        degraded: list[str],
+    ) -> tuple[list[RecommendedItem], str]:
+        """(items, source) of the hot list (recall's, else the last good one), `blocked` removed."""
+        t = time.perf_counter()
+        hot, source = await self._hot(min(req.n + len(blocked), MAX_CANDIDATES), end, degraded)
+        timings["hot"] = round((time.perf_counter() - t) * 1000, 3)
+        final: list[RecommendedItem] = []
+        for h in hot:
+            if h.item_id not in blocked:
+                channel = h.channel or "hot"
+                final.append(RecommendedItem(item_id=h.item_id, score=h.score, channel=channel))
+                if len(final) == req.n:
+                    break
+        return final, source
+
+    async def _rank_and_rerank(
+        self,
+        req: RecommendRequest,
+        s: Settings,
+        arm: Variant | None,
+        batch: CandidateBatch,
+        body: bytes,
+        seen: list[str],
+        blocked: set[str],
+        end: float,
+        timings: dict[str, float],
+        versions: dict[str, str],
+        degraded: list[str],
+    ) -> list[RecommendedItem]:
+        """Ranking's scores for recall's batch (its `body` forwarded as received when given), then
+        reranking of the batch in score order; recall's order where ranking fails, the top of the
+        ranked batch where reranking does. An experiment arm without ranking serves recall's
+        order (reranked all the same)."""
+        if not len(batch):
+            return []
+        ranking_off = arm is not None and not arm.ranking
+        rank_res = StageError("ranking", "off") if ranking_off else await self._timed(
+            "ranking",
+            timings,
+            self._call(
+                "ranking", self._url(s.ranking_url), ranking_body(req, batch, body), parse_ranking, end
+            ),
+        )
+        if not isinstance(rank_res, StageError) and len(rank_res[0]) != len(batch):
+            rank_res = StageError("ranking", "bad_response")
+        # recall's `demote` (zerorec.feedback): neighbours of the user's dislikes go down after ranking
+        if isinstance(rank_res, StageError):
+            if rank_res.cause != "off":
+                degraded.append(rank_res.reason)
+            ranked = dataclasses.replace(batch, scores=demoted(batch.scores, batch.demote))  # recall order
+        else:
+            scores, rank_version = rank_res
+            if rank_version:
+                versions["ranking"] = rank_version
+            scores = demoted(scores, batch.demote)
+            ranked = dataclasses.replace(batch, scores=scores).take(np.argsort(-scores, kind="stable"))
+        rerank_res = await self._timed(
+            "reranking",
+            timings,
+            self._call(
+                "reranking",
+                self._url(s.reranking_url),
+                {
+                    "user_id": req.user_id or GUEST_USER_ID,
+                    "candidates": {
+                        "item_ids": ranked.item_ids,
+                        "scores": ranked.scores,
+                        "channel": ranked.channel,
+                        "channels": ranked.channels,
+                    },
+                    "n": req.n,
+                    "seen": seen,
+                },
+                _PARSE_RERANK,
+                end,
+            ),
+        )
+        if isinstance(rerank_res, StageError):
+            degraded.append(rerank_res.reason)
+            return _top(ranked, blocked, req.n)
+        excluded = set(req.exclude)
+        return [
+            RecommendedItem(item_id=r.item_id, score=r.score, channel=r.channel, reasons=r.reasons)
+            for r in rerank_res.items
+            if r.item_id not in excluded
+        ][: req.n]
+
+
+def ranking_body(req: RecommendRequest, batch: CandidateBatch, recalled: bytes) -> bytes:
+    """RankingRequest's JSON: recall's body spliced in as it came (`recalled`: a RecallResponse,
+    so a CandidateColumns with its signals), else the batch re-encoded."""
+    columns = recalled or orjson.dumps(batch.to_wire(), option=orjson.OPT_SERIALIZE_NUMPY)
+    head = orjson.dumps({"user_id": req.user_id or GUEST_USER_ID, "context": req.context})
+    return b"".join((head[:-1], b',"candidates":', columns, b"}"))
 
 
 async def _guest_profile(recent_items: list[str]) -> UserProfile:
@@ -640,14 +801,14 @@ async def _guest_profile(recent_items: list[str]) -> UserProfile:
     return UserProfile(user_id=GUEST_USER_ID, recent_items=recent_items, seen_items=recent_items, is_new=True)
 
 
-def _ranked(candidates: list[dict[str, Any]], scores: list[float] | None = None) -> list[dict[str, Any]]:
-    """The candidates as reranking's items (item_id, score, channel); `scores` replace recall's."""
-    if scores is None:
-        scores = [c["score"] for c in candidates]
-    # recall's DEMOTE (zerorec.feedback): neighbours of the user's dislikes go down after ranking too
+def _top(batch: CandidateBatch, blocked: set[str], n: int) -> list[RecommendedItem]:
+    """The first `n` items of `batch` that are not `blocked`."""
+    rows = np.flatnonzero(~member_of(batch.item_ids, blocked))[:n].tolist()
     return [
-        {"item_id": c["item_id"], "score": demoted_score(score, c.get(DEMOTE)), "channel": c["channel"]}
-        for c, score in zip(candidates, scores, strict=True)
+        RecommendedItem(
+            item_id=batch.item_ids[k], score=float(batch.scores[k]), channel=batch.channels[batch.channel[k]]
+        )
+        for k in rows
     ]
 
 

@@ -384,11 +384,18 @@ def bench_serve(
     json_out: Annotated[Path | None, typer.Option("--json", help="also write the figures here")] = None,
     duration: Annotated[float, typer.Option(help="seconds per concurrency level (at most)")] = 10.0,
     max_requests: Annotated[int, typer.Option(help="requests per concurrency level (at most)")] = 5000,
+    topology: Annotated[
+        str, typer.Option(help="per-service (a function per stage) or compact (the pipeline function)")
+    ] = "per-service",
 ) -> None:
     """Latency/throughput at concurrency 1, 8, 32, in-process floor, RSS and cold start; PASS/MISS."""
-    from zerorec.bench_serve import main
+    from zerorec.bench_serve import TOPOLOGIES, main
 
-    raise typer.Exit(main(real=real, json_path=json_out, duration_s=duration, max_requests=max_requests))
+    if topology not in TOPOLOGIES:
+        raise typer.BadParameter(f"--topology must be one of {', '.join(TOPOLOGIES)}, got {topology!r}")
+    raise typer.Exit(
+        main(real=real, json_path=json_out, duration_s=duration, max_requests=max_requests, topology=topology)
+    )
 
 
 @bench_app.command("containers")

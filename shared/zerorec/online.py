@@ -21,13 +21,11 @@ A KV outage degrades a stage to the bundle alone (logged), it does not fail the 
 
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -39,13 +37,15 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from zerorec.api import (
+    MAX_CANDIDATES,
     HotItem,
     HotResponse,
     Id,
     ItemMeta,
     ItemResponse,
+    PipelineRequest,
+    PipelineResponse,
     RankingRequest,
-    RankingResponse,
     RecallRequest,
     RerankedItem,
     RerankRequest,
@@ -54,8 +54,9 @@ from zerorec.api import (
 )
 from zerorec.bundle import LoadedBundle, latest_version, load_bundle
 from zerorec.coldstart import ALL_PARTS, ModelParts
-from zerorec.errors import BackendUnavailableError, InvalidInputError, NotFoundError
-from zerorec.feedback import demote_near_negatives
+from zerorec.columnar import CandidateBatch, demoted, first_occurrences, member_of, recall_batch
+from zerorec.errors import BackendUnavailableError, NotFoundError, ZeroRecError
+from zerorec.feedback import neighbours_of
 from zerorec.pipeline import CHANNEL_ORDER, USER_FILES, Recommender
 from zerorec.ranking.features import read_ranking_inputs
 from zerorec.realtime import (
@@ -73,6 +74,7 @@ from zerorec.realtime import (
     user_state_reads,
 )
 from zerorec.recall.merge import MergedCandidates
+from zerorec.rerank import RerankConfig
 from zerorec.serving import ModelSlot
 from zerorec.settings import Settings, get_settings
 from zerorec.storage import EventBus, KVStore, ObjectStore, kv_store, object_store
@@ -142,99 +144,11 @@ def _read_user(kv: KVStore, user_id: str) -> UserState:
         return UserState(user_id, [], [], {})
 
 
-def _merged(
-    model: ServingModel,
-    idx: np.ndarray,
-    channels: Sequence[str],
-    channel_scores: Sequence[dict[str, float]] | None = None,
-) -> MergedCandidates:
-    """Candidates from the wire back into C's MergedCandidates (channel_scores NaN where absent)."""
-    names = list(CHANNEL_ORDER)
-    scores = np.full((len(idx), len(names)), np.nan, dtype=np.float32)
-    if channel_scores is not None:
-        col = {c: k for k, c in enumerate(names)}
-        for row, cs in enumerate(channel_scores):
-            for c, s in cs.items():
-                if c in col:
-                    scores[row, col[c]] = s
-    return MergedCandidates(idx, list(channels), names, scores)
-
-
-def _candidate_dicts(
-    item_ids: np.ndarray, merged: MergedCandidates, signals: np.ndarray
-) -> list[dict[str, Any]]:
-    """RecallCandidate dicts of merged candidates: `score` the merge order, finite channel scores,
-    `signals` the candidate's row of `features.channel_signals` (`encode_signals`)."""
-    m = len(merged)
-    names = merged.channel_names
-    ids = item_ids[merged.items].tolist()
-    scores: list[dict[str, float]] = [{} for _ in range(m)]
-    sc = merged.channel_scores
-    rows, cols = np.nonzero(np.isfinite(sc))  # row-major: each row's channels in channel order
-    for r, c, v in zip(rows.tolist(), cols.tolist(), sc[rows, cols].tolist(), strict=True):
-        scores[r][names[c]] = v
-    return [
-        {
-            "item_id": str(item),
-            "score": (m - pos) / m,
-            "channel": channel,
-            "channel_scores": cs,
-            "signals": sig,
-        }
-        for pos, (item, channel, cs, sig) in enumerate(
-            zip(ids, merged.channel, scores, encode_signals(signals), strict=True)
-        )
-    ]
-
-
-def encode_signals(signals: np.ndarray) -> list[str]:
-    """Each candidate's row of `features.channel_signals` [M, C, 2] as base64 of little-endian
-    float32 (score, rank) pairs: 64 characters for six channels. Exact (the channels score in
-    float32), and a string costs ranking's validation and the BFF's JSON a fraction of 12 numbers."""
-    rows = np.ascontiguousarray(signals, dtype="<f4").reshape(len(signals), -1)
-    return [base64.b64encode(row).decode("ascii") for row in rows]
-
-
-def decode_signals(candidates: Sequence[dict[str, Any]], signal_channels: Sequence[str]) -> np.ndarray:
-    """Recall's `signals` of `candidates` as `features.channel_signals` [M, C, 2] in the model's
-    channel order. NaN (the ranker's "channel absent") for a channel recall did not send, a
-    candidate without signals, and a value that is not finite; InvalidInputError when a candidate's
-    signals are not base64 of two float32 per channel of `signal_channels`."""
-    names = list(CHANNEL_ORDER)
-    out = np.full((len(candidates), len(names), 2), np.nan)
-    pairs = [(j, names.index(c)) for j, c in enumerate(signal_channels) if c in names]
-    width = 8 * len(signal_channels)  # bytes: two float32 per channel
-    chars = 4 * -(-width // 3)  # its base64 length
-    sigs = [c.get("signals") for c in candidates]
-    rows = [r for r, s in enumerate(sigs) if s]
-    for r in rows:
-        if len(sigs[r]) != chars:
-            raise InvalidInputError(
-                f"candidate {candidates[r]['item_id']!r}: its signals are not two float32 for each "
-                f"of the {len(signal_channels)} signal_channels"
-            )
-    try:  # unpadded (a multiple of 3 bytes each): one decode for all; else one per candidate
-        if width % 3 == 0:
-            blob = base64.b64decode("".join(sigs[r] for r in rows), validate=True)
-        else:
-            blob = b"".join(base64.b64decode(sigs[r], validate=True) for r in rows)
-    except (binascii.Error, ValueError):
-        bad = next(r for r in rows if not _is_base64(sigs[r]))
-        raise InvalidInputError(f"candidate {candidates[bad]['item_id']!r}: signals is not base64") from None
-    if rows and pairs:
-        values = np.frombuffer(blob, dtype="<f4").astype(np.float64).reshape(len(rows), -1, 2)
-        values[~np.isfinite(values) | (values[..., 1:2] < 0)] = np.nan  # a rank is never negative
-        src, dst = (list(t) for t in zip(*pairs, strict=True))
-        out[np.ix_(rows, dst)] = values[:, src]
-    return out
-
-
-def _is_base64(text: str) -> bool:
-    try:
-        base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        return False
-    return True
+def near_negatives(rec: Recommender, negatives: Sequence[str], per_item: int) -> frozenset[str]:
+    """Ids of the item-CF neighbours of the user's negatives (zerorec.feedback), negatives excluded."""
+    lists = getattr(rec.channels.get("itemcf"), "lists", None)
+    near = neighbours_of(rec.data.item_index, getattr(lists, "neighbours", None), negatives, per_item)
+    return frozenset(rec.data.item_ids[near].tolist()) - set(negatives)
 
 
 class RecallStage:
@@ -245,12 +159,18 @@ class RecallStage:
         self.kv = kv
 
     def recall(self, req: RecallRequest) -> dict[str, Any]:
-        """RecallResponse as plain data (the function dumps it with orjson; no model objects for
-        hundreds of candidates): merged candidates, best first; `score` is the merge order (1 =
-        first), per-channel raw scores in `channel_scores`. Never an item of the user's history,
-        `exclude` or deleted since training; items added since training follow as channel `fresh`
-        (score 0)."""
+        """RecallResponse (a `CandidateColumns` batch) as plain data with numpy columns (the
+        function dumps it with orjson): merged candidates, best first; `score` is the merge order
+        (1 = first); `found` which channels returned each; `signals` ranking's channel features.
+        Never an item of the user's history, `exclude` or deleted since training; items added
+        since training follow as channel `fresh` (score 0, no signals)."""
+        return self.candidates(req)[0].to_wire()
+
+    def candidates(self, req: RecallRequest) -> tuple[CandidateBatch, UserState | None]:
+        """`recall`'s batch, and the user's real-time state when it was read here (the request
+        gave no recent items)."""
         rec = self.model.rec
+        state = None
         recent, categories = list(req.recent_items), {}
         negatives: list[str] = []  # disliked / hidden (zerorec.feedback)
         reads = catalogue_reads(FRESH_REALTIME)
@@ -271,8 +191,6 @@ class RecallStage:
         exclude = self.model.known([*req.exclude, *deleted, *negatives])
         lists = rec.retrieve(query, req.n, exclude)  # each channel's index answer, n deep
         merged = rec.candidates(query, req.n, exclude, lists, fill=True)  # n as asked
-        out = _candidate_dicts(rec.data.item_ids, merged, rec.signals(query, merged, lists))
-        demote_near_negatives(out, negatives, rec)
         skip = {*req.exclude, *deleted, *recent, *negatives}
         unknown = [i for i in fresh if i not in rec.data.item_index and i not in skip]
         if unknown:  # only items with metadata: a fresh marker without its item hash is a ghost
@@ -280,12 +198,21 @@ class RecallStage:
                 unknown = present_from(unknown, self.kv.read(items_present_reads(unknown)))
             except BackendUnavailableError:
                 unknown = []
-        out += [{"item_id": i, "score": 0.0, "channel": "fresh", "channel_scores": {}} for i in unknown]
-        return {
-            "candidates": out,
-            "signal_channels": list(CHANNEL_ORDER),
-            "model_version": self.model.version,
-        }
+        unknown = unknown[: max(MAX_CANDIDATES - len(merged), 0)]
+        batch = recall_batch(
+            rec.data.item_ids,
+            merged,
+            rec.signals(query, merged, lists),
+            CHANNEL_ORDER,
+            self.model.version,
+            unknown,
+        )
+        if negatives:  # item-CF neighbours of what the user disliked or hid go down after ranking
+            s = get_settings()
+            near = near_negatives(rec, negatives, s.negative_neighbours)
+            factors = np.where(member_of(batch.item_ids, near), s.negative_demotion, 1.0)
+            batch = dataclasses.replace(batch, demote=factors)
+        return batch, state
 
     def hot(self, n: int, category: str | None = None) -> HotResponse:
         """The real-time hot list from the KV (consumer-maintained), else the bundle's."""
@@ -304,6 +231,11 @@ class RecallStage:
         return HotResponse(items=items)
 
 
+class SignalsVersionError(ZeroRecError):
+    """Recall's signals come from another model version than the ranker's (a rollout in progress):
+    the ranker's channel features would be another model's, so ranking refuses (409)."""
+
+
 class RankingStage:
     """DeepFM (ONNX) scores for a candidate batch, with C's features for this user: the channel
     features come from recall's signals, so this stage holds no channel but hot."""
@@ -313,88 +245,150 @@ class RankingStage:
         self.kv = kv
         self.clock = clock  # the request time of the feature windows and the context's default
 
-    def score(self, req: RankingRequest) -> RankingResponse:
-        """One score per candidate, same order; ids the model does not know score 0."""
+    def score(self, req: RankingRequest) -> dict[str, Any]:
+        """RankingResponse as plain data: one score per candidate, same order; ids the model does
+        not know score 0. SignalsVersionError when the batch's signals are another model's."""
+        batch = CandidateBatch.from_columns(req.candidates)
+        scores = self.score_batch(req.user_id, batch, context=req.context)
+        # float64 on the wire: JSON then carries each float32 score exactly (its shortest float32
+        # repr would read back as a different float64), so every topology sorts the same numbers
+        return {"scores": scores.astype(np.float64), "model_version": self.model.version}
+
+    def score_batch(
+        self,
+        user_id: str,
+        batch: CandidateBatch,
+        state: UserState | None = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> np.ndarray:
+        """float32 scores of `batch` (same order) for the user. One KV round trip: the feature
+        services' values of the candidates, with the user's real-time state unless `state` is given."""
+        if batch.signals is not None and batch.model_version != self.model.version:
+            raise SignalsVersionError(
+                f"candidates.signals come from model {batch.model_version!r}, this ranker serves "
+                f"{self.model.version!r} (a rollout in progress): not scored"
+            )
         rec = self.model.rec
-        cands = req.candidates
-        idx = self.model.index([c["item_id"] for c in cands])
+        idx = self.model.index(batch.item_ids)
         known = np.flatnonzero(idx >= 0)
-        # the only KV round trip: the user's state and the feature services' values of the candidates
         service, state_results = read_ranking_inputs(
             self.kv,
-            req.user_id,
-            [cands[k]["item_id"] for k in known],
+            user_id,
+            [batch.item_ids[k] for k in known],
             [rec.data.item_categories[i] for i in idx[known]],
             self.clock(),
-            user_state_reads(req.user_id),
+            user_state_reads(user_id) if state is None else (),
         )
-        state = (
-            user_state_from(req.user_id, state_results)
-            if state_results is not None
-            else UserState(req.user_id, [], [], {})
-        )
-        query = rec.query(req.user_id, state.recent_items)
-        query.categories = state.category_affinity
-        out = np.zeros(len(cands), dtype=np.float32)
-        if len(known):
-            kept = [cands[k] for k in known]
-            merged = _merged(
-                self.model,
-                idx[known],
-                [c["channel"] for c in kept],
-                [c.get("channel_scores") or {} for c in kept],
+        if state is None:
+            state = (
+                user_state_from(user_id, state_results)
+                if state_results is not None
+                else UserState(user_id, [], [], {})
             )
-            signals = decode_signals(kept, req.signal_channels)
-            out[known] = rec.rank(query, merged, signals=signals, service=service, context=req.context)
-        return RankingResponse.model_construct(scores=out.tolist(), model_version=self.model.version)
+        query = rec.query(user_id, state.recent_items)
+        query.categories = state.category_affinity
+        out = np.zeros(len(batch), dtype=np.float32)
+        if len(known):
+            kept = batch.take(known)
+            names = list(CHANNEL_ORDER)
+            found = kept.found_in(names)
+            merged = MergedCandidates(
+                idx[known], kept.channel_names(), names, np.where(found, np.float32(1), np.float32(np.nan))
+            )
+            out[known] = rec.rank(
+                query, merged, signals=kept.signals_in(names), service=service, context=dict(context or {})
+            )
+        return out
 
 
 class RerankStage:
     """MMR, freshness and the seen filter (zerorec.rerank through the pipeline's rerank)."""
 
     def __init__(self, model: ServingModel, diversity: float | None = None) -> None:
+        """`diversity`: a per-deployment override of the trained config, kept here (the model is
+        shared: the compact topology serves recall and ranking from the same object)."""
         self.model = model
-        if diversity is not None:  # a per-deployment override of the trained config
-            rec = model.rec
-            rec.config = dataclasses.replace(rec.config, rerank_diversity=diversity)
+        cfg = model.rec.config
+        self.config = RerankConfig(
+            diversity=cfg.rerank_diversity if diversity is None else diversity,
+            freshness_weight=cfg.rerank_freshness,
+            max_per_category=cfg.rerank_max_per_category,
+        )
 
     def rerank(self, req: RerankRequest) -> RerankResponse:
-        """At most `n` items, never a seen one; ids the model does not know are dropped."""
+        """At most `n` items, never a seen one; ids the model does not know are dropped, but for
+        the fresh slot(s) at the end."""
+        batch = CandidateBatch.from_columns(req.candidates, decode_signals=False)
+        return RerankResponse.model_construct(items=self.rerank_batch(req.user_id, batch, req.n, req.seen))
+
+    def rerank_batch(
+        self, user_id: str, batch: CandidateBatch, n: int, seen: Sequence[str]
+    ) -> list[RerankedItem]:
+        """At most `n` of `batch` (ranked: its scores), reranked; never one of `seen`."""
         rec = self.model.rec
-        seen = set(req.seen)
-        items = [
-            it
-            for it in dict((it["item_id"], it) for it in reversed(req.items)).values()
-            if it["item_id"] not in seen
-        ][::-1]  # de-duplicated (first wins), seen removed
-        idx = self.model.index([it["item_id"] for it in items])
-        keep = [k for k in range(len(items)) if idx[k] >= 0]
-        new = [items[k] for k in range(len(items)) if idx[k] < 0][: min(FRESH_SLOTS, req.n)]
+        ids = batch.item_ids
+        # de-duplicated (first wins), seen removed
+        keep = first_occurrences(ids) & ~member_of(ids, frozenset(seen))
+        idx = self.model.index(ids)
+        known = np.flatnonzero(keep & (idx >= 0))
+        new = np.flatnonzero(keep & (idx < 0))[: min(FRESH_SLOTS, n)]
         picked: list[RerankedItem] = []
-        if keep:
-            merged = _merged(self.model, idx[keep], [items[k]["channel"] for k in keep])
-            scores = np.array([items[k]["score"] for k in keep], dtype=np.float64)
+        if len(known):
+            channels = np.asarray(batch.channels, dtype=object)[batch.channel[known]].tolist()
+            merged = MergedCandidates(idx[known], channels, [], np.empty((len(known), 0), np.float32))
             picked = [
-                RerankedItem(item_id=r.item_id, score=r.score, channel=r.channel, reasons=list(r.reasons))
+                RerankedItem.model_construct(
+                    item_id=r.item_id, score=r.score, channel=r.channel, reasons=list(r.reasons)
+                )
                 for r in rec.rerank(
-                    rec.query(req.user_id),
+                    rec.query(user_id),
                     merged,
-                    scores,
-                    req.n - len(new),
-                    seen=self.model.known(req.seen).tolist(),
+                    batch.scores[known],
+                    n - len(new),
+                    seen=self.model.known(seen).tolist(),
+                    rerank_config=self.config,
                 )
             ]
         # Items newer than the model: the last slot(s), so the catalogue's news gets seen.
-        picked += [
-            RerankedItem(
-                item_id=it["item_id"],
-                score=0.0,
-                channel=it["channel"],
-                reasons=[f"found by {it['channel']}", "new item, not in the model yet (fresh slot)"],
+        for k in new.tolist():
+            channel = batch.channels[batch.channel[k]]
+            picked.append(
+                RerankedItem.model_construct(
+                    item_id=ids[k],
+                    score=0.0,
+                    channel=channel,
+                    reasons=[f"found by {channel}", "new item, not in the model yet (fresh slot)"],
+                )
             )
-            for it in new
-        ]
-        return RerankResponse(items=picked)
+        return picked
+
+
+class PipelineStage:
+    """The compact topology: recall, ranking and reranking in one process, over one model, with
+    the stages' own code and in-process calls instead of hops (the batch never leaves numpy)."""
+
+    def __init__(self, model: ServingModel, kv: KVStore, diversity: float | None = None) -> None:
+        self.model = model
+        self.recall = RecallStage(model, kv)
+        self.ranking = RankingStage(model, kv)
+        self.reranking = RerankStage(model, diversity)
+
+    def recommend(self, req: PipelineRequest) -> PipelineResponse:
+        """Reranked items for the user: recall's candidates, the ranker's order, then reranking,
+        which drops `exclude`, the user's real-time seen items and their trained history."""
+        recall_req = RecallRequest.model_construct(
+            user_id=req.user_id, n=req.candidates, recent_items=req.recent_items, exclude=req.exclude
+        )
+        batch, state = self.recall.candidates(recall_req)
+        if state is None:  # a guest's session items spared recall the read
+            state = _read_user(self.ranking.kv, req.user_id)
+        ranked_scores = self.ranking.score_batch(req.user_id, batch, state, context=req.context)
+        scores = demoted(ranked_scores.astype(np.float64), batch.demote)
+        ranked = dataclasses.replace(batch, scores=scores).take(np.argsort(-scores, kind="stable"))
+        # a guest's session items are seen too (as the BFF's guest profile says)
+        seen = list(dict.fromkeys([*req.exclude, *req.recent_items, *state.seen_items]))
+        items = self.reranking.rerank_batch(req.user_id, ranked, req.n, seen)
+        return PipelineResponse.model_construct(items=items, model_version=self.model.version)
 
 
 class UserStage:

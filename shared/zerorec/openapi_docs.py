@@ -280,6 +280,12 @@ def _recommender_document() -> dict[str, Any]:
     return openapi_document()
 
 
+def _hops(builder: str) -> dict[str, Any]:
+    from zerorec import hops
+
+    return getattr(hops, builder)()
+
+
 def _with_platform_api(document: dict[str, Any], function: str) -> dict[str, Any]:
     """The function's document with the platform API's routes it also serves (similar users, import...)."""
     from zerorec.platform_api import merge_openapi
@@ -295,6 +301,11 @@ PUBLISHED: dict[str, Callable[[], dict[str, Any]]] = {
     "user": lambda: _with_platform_api(user_document(), "user"),
     "consumer": consumer_document,
     "worker": worker_document,
+    # the internal serving functions: their documents describe the columnar hops (zerorec.hops);
+    # recall serves platform_api.recall_openapi (its batch routes and the platform API's)
+    "ranking": lambda: _hops("ranking_openapi"),
+    "reranking": lambda: _hops("reranking_openapi"),
+    "pipeline": lambda: _hops("pipeline_openapi"),  # the compact topology's function
 }
 
 

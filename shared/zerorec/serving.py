@@ -285,14 +285,24 @@ def dispatch(
     slot: ModelSlot[Any],
     routes: dict[str, Route],
     free_routes: dict[str, FreeRoute] | None = None,
+    openapi: Callable[[], dict[str, Any]] | None = None,
 ) -> Callable[[Request], Any]:
     """The whole request path of a serving function: `GET /health`, `POST /events/model-published`,
     then `routes[path](request, stage)` with the current stage (503 while none is loaded), or
     `free_routes[path](request)`, which serve without a model; 404 for any other path; errors as
     JSON (see `guard`). With free routes the function is Ready (/health 200, 'degraded') before its
-    first model: Knative routes no request to a pod that is not Ready."""
+    first model: Knative routes no request to a pod that is not Ready. `openapi()` builds the
+    function's OpenAPI document, served (built once) at `GET /openapi.json`."""
     free = dict(free_routes or {})
     known = ", ".join([*routes, *free])
+    document: list[bytes] = []
+
+    def openapi_body() -> Response:
+        if openapi is None:
+            raise HTTPError(404, "this function publishes no OpenAPI document")
+        if not document:
+            document.append(orjson.dumps(openapi(), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
+        return json_response(document[0])
 
     async def handle(request: Request) -> Response:
         slot.refresh_if_due()
@@ -303,6 +313,10 @@ def dispatch(
             return slot.health(ready_without_model=bool(free))
         if path == EVENTS_PATH:
             return await slot.on_event(request)
+        if path == "/openapi.json" and openapi is not None:  # else a route may serve it
+            if request.method not in ("GET", "HEAD"):
+                raise HTTPError(405, "use GET /openapi.json")
+            return openapi_body()
         if path in free:
             return await free[path](request)
         target = routes.get(path)

@@ -71,6 +71,11 @@ class Settings(BaseSettings):
     reranking_url: str = "http://127.0.0.1:8083"
     user_url: str = "http://127.0.0.1:8084"
     item_url: str = "http://127.0.0.1:8085"
+    pipeline_url: str = Field(
+        default="",
+        description="compact topology: the pipeline function (recall + ranking + reranking in one "
+        "process) the BFF calls instead of the three; empty: one function per stage",
+    )
     deadline_ms: int = Field(default=300, gt=0, description="deadline of each downstream call")
     total_budget_ms: int = Field(default=1000, gt=0, description="budget of one whole recommendation")
     recall_candidates: int = Field(default=500, ge=1, le=2000, description="candidates asked of recall")

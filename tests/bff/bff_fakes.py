@@ -24,6 +24,7 @@ from starlette.routing import Route
 from zerorec.api import (
     HotRequest,
     ItemRequest,
+    PipelineRequest,
     RankingRequest,
     RecallRequest,
     RerankRequest,
@@ -32,7 +33,7 @@ from zerorec.api import (
 )
 from zerorec.settings import Settings
 
-SERVICES = ("user", "recall", "ranking", "reranking", "item")
+SERVICES = ("user", "recall", "ranking", "reranking", "item", "pipeline")
 
 
 @dataclass
@@ -68,7 +69,11 @@ class Fakes:
     def settings(self, down: tuple[str, ...] = (), **overrides: Any) -> Settings:
         """Settings pointing the BFF at the fakes; services in `down` get a closed port."""
         urls = {f"{s}_url": (f"http://127.0.0.1:{closed_port()}" if s in down else self.urls[s])
-                for s in SERVICES}
+                for s in SERVICES if s != "pipeline"}
+        if overrides.pop("compact", False):  # the compact topology: the BFF calls the pipeline fake
+            urls["pipeline_url"] = (
+                f"http://127.0.0.1:{closed_port()}" if "pipeline" in down else self.urls["pipeline"]
+            )
         # Generous by default (tests run on loaded machines); deadline tests set their own.
         # The records of what was served (zerorec.ctr) go to the in-process KV, not a file.
         values: dict[str, Any] = {"deadline_ms": 2000, "total_budget_ms": 5000, "recall_candidates": 50,
@@ -103,9 +108,12 @@ def _user(body: dict[str, Any]) -> Any:
 
 def _recall(body: dict[str, Any]) -> Any:
     excluded = set(body.get("exclude", []))
-    cands = [{"item_id": f"i{k}", "score": round(1 - k / 100, 4), "channel": "als",
-              "channel_scores": {"als": 1 - k / 100}} for k in range(min(body["n"], 30))]
-    return {"candidates": [c for c in cands if c["item_id"] not in excluded], "model_version": "als-1"}
+    ks = [k for k in range(min(body["n"], 30)) if f"i{k}" not in excluded]
+    out = {"item_ids": [f"i{k}" for k in ks], "scores": [round(1 - k / 100, 4) for k in ks],
+           "channel": [0] * len(ks), "channels": ["als"], "found": [1] * len(ks), "model_version": "als-1"}
+    if body.get("_demote"):  # set by the endpoint when fakes.mode["recall/demote"] is on
+        out["demote"] = [0.5 if k == 29 else 1.0 for k in ks]
+    return out
 
 
 def _hot(body: dict[str, Any]) -> Any:
@@ -114,13 +122,24 @@ def _hot(body: dict[str, Any]) -> Any:
 
 def _ranking(body: dict[str, Any]) -> Any:
     # Reverses recall's order so a test can tell ranked from recall order.
-    return {"scores": [float(k) for k in range(len(body["candidates"]))], "model_version": "deepfm-1"}
+    m = len(body["candidates"]["item_ids"])
+    return {"scores": [float(k) for k in range(m)], "model_version": "deepfm-1"}
 
 
 def _reranking(body: dict[str, Any]) -> Any:
     seen = set(body["seen"])
-    items = [dict(i, reasons=["mmr"]) for i in body["items"] if i["item_id"] not in seen]
+    c = body["candidates"]
+    items = [{"item_id": i, "score": s, "channel": c["channels"][ch], "reasons": ["mmr"]}
+             for i, s, ch in zip(c["item_ids"], c["scores"], c["channel"], strict=True) if i not in seen]
     return {"items": items[: body["n"]]}
+
+
+def _pipeline(body: dict[str, Any]) -> Any:
+    # recall's fake candidates, minus excluded and the user's seen i1, best first
+    excluded = {*body["exclude"], "i1"}
+    items = [{"item_id": f"i{k}", "score": 1 - k / 100, "channel": "als", "reasons": ["compact"]}
+             for k in range(30) if f"i{k}" not in excluded]
+    return {"items": items[: body["n"]], "model_version": "pipe-1"}
 
 
 def _item(body: dict[str, Any]) -> Any:
@@ -131,11 +150,13 @@ def _item(body: dict[str, Any]) -> Any:
 REQUEST_MODELS: dict[tuple[str, str], type[BaseModel]] = {
     ("user", "/"): UserRequest, ("recall", "/"): RecallRequest, ("recall", "/hot"): HotRequest,
     ("ranking", "/"): RankingRequest, ("reranking", "/"): RerankRequest, ("item", "/"): ItemRequest,
+    ("pipeline", "/"): PipelineRequest, ("pipeline", "/hot"): HotRequest,
 }
 
 HANDLERS = {
     ("user", "/"): _user, ("recall", "/"): _recall, ("recall", "/hot"): _hot,
     ("ranking", "/"): _ranking, ("reranking", "/"): _reranking, ("item", "/"): _item,
+    ("pipeline", "/"): _pipeline, ("pipeline", "/hot"): _hot,
 }
 
 
@@ -162,6 +183,8 @@ def make_app(service: str, fakes: Fakes) -> Starlette:
                 return Response(b'{"error":"boom"}', status_code=500, media_type="application/json")
             if mode == "garbage":
                 return Response(b'{"unexpected": true}', media_type="application/json")
+            if fakes.mode.get(f"{service}/demote") == "on":
+                body = {**body, "_demote": True}
             result = HANDLERS[(service, path)](body)
             status = 200
             if isinstance(result, tuple):

@@ -6,10 +6,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import numpy as np
+import pytest
 from bff_fakes import Fakes
-from zerorec.api import RecommendRequest, RecommendResponse
-from zerorec.bff import Recommender, _ranked
-from zerorec.feedback import DEMOTE, GUEST_USER_ID
+from pydantic import ValidationError
+from zerorec.api import CandidateColumns, RecommendRequest, RecommendResponse
+from zerorec.bff import Recommender
+from zerorec.columnar import demoted
+from zerorec.feedback import GUEST_USER_ID
 
 
 def recommend(fakes: Fakes, **req: Any) -> RecommendResponse:
@@ -42,14 +46,24 @@ def test_a_registered_user_sends_no_session_items(fakes: Fakes) -> None:
 
 
 def test_demoted_candidates_go_down_after_ranking() -> None:
-    candidates = [
-        {"item_id": "a", "score": 0.9, "channel": "als"},
-        {"item_id": "b", "score": 0.8, "channel": "als", DEMOTE: 0.5},
-        {"item_id": "c", "score": 0.7, "channel": "als", DEMOTE: "junk"},  # ignored, never trusted
-    ]
-    ranked = _ranked(candidates, [0.6, 0.9, 0.5])
-    assert [r["score"] for r in ranked] == [0.6, 0.45, 0.5]
-    assert [r["score"] for r in _ranked(candidates)] == [0.9, 0.4, 0.7]  # ranking down: recall order
+    factors = np.array([1.0, 0.5, 1.0])
+    assert demoted(np.array([0.6, 0.9, 0.5]), factors).tolist() == [0.6, 0.45, 0.5]
+    assert demoted(np.array([0.9, 0.8, 0.7]), factors).tolist() == [0.9, 0.4, 0.7]  # ranking down
+    assert demoted(np.array([-0.5, 0.8]), np.array([0.5, 1.0])).tolist() == [-1.0, 0.8]  # a logit goes down
+    good = {"item_ids": ["a", "b"], "scores": [1.0, 0.5], "channel": [0, 0], "channels": ["als"]}
+    for junk in (["x", 0.5], [0.0, 0.5], [1.5, 0.5], [0.5]):  # never trusted: refused
+        with pytest.raises(ValidationError):
+            CandidateColumns.model_validate({**good, "demote": junk})
+
+
+def test_recall_demotion_survives_ranking_in_the_bff(fakes: Fakes) -> None:
+    """The BFF applies recall's `demote` column to the ranker's scores before it sorts."""
+    fakes.mode["recall/demote"] = "on"
+    resp = recommend(fakes, user_id="u1")
+    (rerank,) = fakes.called("reranking")
+    sent = dict(zip(rerank.body["candidates"]["item_ids"], rerank.body["candidates"]["scores"], strict=True))
+    assert sent["i29"] == 29.0 * 0.5 and sent["i28"] == 28.0  # the fake ranker scores by position
+    assert [i.item_id for i in resp.items][:2] == ["i28", "i27"]
 
 
 def test_a_guest_over_grpc(fakes: Fakes) -> None:

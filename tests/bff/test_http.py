@@ -101,7 +101,7 @@ def test_openapi_file_is_current() -> None:
 def ff_server(fakes: Fakes, tmp_path: Path) -> Iterator[str]:
     port = closed_port()
     env = dict(os.environ)
-    env.update({f"ZEROREC_{s.upper()}_URL": url for s, url in fakes.urls.items()})
+    env.update({f"ZEROREC_{s.upper()}_URL": url for s, url in fakes.urls.items() if s != "pipeline"})
     env.update({"ZEROREC_DEADLINE_MS": "2000", "ZEROREC_TOTAL_BUDGET_MS": "5000"})  # not a deadline test
     env["ZEROREC_RECALL_CANDIDATES"] = "50"
     log = (tmp_path / "ff.log").open("wb")

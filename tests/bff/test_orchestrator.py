@@ -53,7 +53,7 @@ def test_happy_path_order_and_result(fakes: Fakes) -> None:
     assert elapsed < 0.3 + 1.0, "user and recall were not concurrent"
     # The contract bodies the BFF sent.
     assert recall.body == {"user_id": "u1", "n": 50, "recent_items": [], "exclude": ["i29"]}
-    assert len(ranking.body["candidates"]) == 29
+    assert len(ranking.body["candidates"]["item_ids"]) == 29
     assert rerank.body["n"] == 5 and rerank.body["seen"] == ["i29", "i1"]
     assert item.body == {"item_ids": ids(resp)}
 
@@ -172,3 +172,52 @@ def test_total_budget_bounds_the_whole_request(fakes: Fakes) -> None:
     assert elapsed < 1.1
     assert resp.timings_ms["total"] < 1000
     assert ids(resp) == ["i0", "i2", "i3", "i4", "i5"]
+
+
+def test_an_oversized_answer_degrades_its_stage(fakes: Fakes) -> None:
+    """The BFF reads at most its cap of any internal answer: past it the stage degrades `too_large`."""
+    from zerorec.bff import HTTPPool
+
+    async def go() -> RecommendResponse:
+        rec = Recommender(fakes.settings(), client=HTTPPool(max_response=300), hot_refresh_s=0)
+        try:
+            return await rec.recommend(RecommendRequest(user_id="u1", n=5))
+        finally:
+            await rec.client.aclose()
+
+    resp = asyncio.run(go())
+    assert "recall_too_large" in resp.degraded and resp.source == "hot"
+
+
+def test_the_compact_topology_calls_one_pipeline_function(fakes: Fakes) -> None:
+    """With ZEROREC_PIPELINE_URL the BFF asks the pipeline function (recall, ranking and
+    reranking in one process) and hydrates its items; recall, ranking, reranking and user are not
+    called. When the pipeline fails, the hot list (from the pipeline function's /hot) minus what the
+    user has seen answers, degraded."""
+    resp = recommend(fakes.settings(compact=True), exclude=["i0"])
+    assert resp.degraded == [] and resp.source == "personalized"
+    assert ids(resp) == ["i2", "i3", "i4", "i5", "i6"] and resp.items[0].reasons == ["compact"]
+    assert resp.items[0].metadata is not None and resp.model_versions == {"pipeline": "pipe-1"}
+    (call,) = fakes.called("pipeline")
+    assert call.body == {
+        "user_id": "u1", "n": 5, "candidates": 50, "recent_items": [], "exclude": ["i0"], "context": {}
+    }
+    assert not any(fakes.called(s) for s in ("recall", "ranking", "reranking", "user"))
+
+    fakes.reset()
+    fakes.mode["pipeline"] = "http_500"
+    resp = recommend(fakes.settings(compact=True))
+    assert resp.degraded == ["pipeline_http_500"] and resp.source == "hot"
+    assert len(resp.items) == 5 and fakes.called("pipeline", "/hot") and fakes.called("user")
+
+
+def test_the_pipeline_call_gets_the_three_stages_deadlines(fakes: Fakes) -> None:
+    """The pipeline does the work of recall, ranking and reranking: its call may take their three
+    deadlines (within the total budget), not one."""
+    fakes.delay["pipeline"] = 0.5
+    resp = recommend(fakes.settings(compact=True, deadline_ms=300, total_budget_ms=5000))
+    assert resp.degraded == [] and resp.source == "personalized"
+    fakes.reset()
+    fakes.delay["pipeline"] = 1.0
+    resp = recommend(fakes.settings(compact=True, deadline_ms=300, total_budget_ms=5000))
+    assert resp.degraded[0] == "pipeline_timeout"

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 
 import orjson
 import pytest
-from zerorec.bff import BadResponse, HTTPPool, parse_ranking, parse_recall
+from zerorec.bff import BadResponse, HTTPPool, ResponseTooLarge, parse_ranking, parse_recall
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -199,44 +199,86 @@ def test_refused_and_broken_responses_are_connection_errors() -> None:
 
 
 def test_contract_checks_of_the_big_responses() -> None:
-    good = b'{"candidates": [{"item_id": "a", "score": 1, "channel": "als", "channel_scores": {"als": 0.5}}]}'
-    cands, version, signal_channels = parse_recall(good)
-    assert cands[0]["item_id"] == "a" and version is None and signal_channels == []
-    with_signals = b'{"candidates": [{"item_id": "a", "score": 1, "channel": "als", "signals": [0.5, 3]}], '
-    assert parse_recall(with_signals + b'"signal_channels": ["als"]}')[2] == ["als"]
+    good = {"item_ids": ["a", "b"], "scores": [1, 0.5], "channel": [0, 1], "channels": ["als", "ease"]}
+    got = parse_recall(orjson.dumps(good))
+    assert got.batch.item_ids == ["a", "b"] and got.batch.model_version is None
+    assert got.batch.channel_names() == ["als", "ease"] and got.body == orjson.dumps(good)
+    signed = {**good, "signals": "A" * 44, "model_version": "v1"}  # float32 [2, 2, 2]: 32 bytes
+    assert parse_recall(orjson.dumps(signed)).batch.model_version == "v1"
     for bad in (
-        b'{"unexpected": true}',
-        b"[]",
-        b"not json",
-        b'{"candidates": [{"item_id": 1, "score": 1, "channel": "als"}]}',
-        b'{"candidates": [{"item_id": "a", "score": "1", "channel": "als"}]}',
-        b'{"candidates": [{"item_id": "a", "score": true, "channel": "als"}]}',
-        b'{"candidates": [{"item_id": "a", "score": 1, "channel": "als", "channel_scores": []}]}',
-        b'{"candidates": [], "model_version": 3}',
-        b'{"candidates": [], "signal_channels": "als"}',
-        b'{"candidates": [], "signal_channels": [1]}',
+        {"unexpected": True},
+        [],
+        {**good, "item_ids": [1, "b"]},
+        {**good, "scores": ["1", 0.5]},
+        {**good, "scores": [True, 0.5]},
+        {**good, "scores": [1.0]},
+        {**good, "channel": [0, 2]},
+        {**good, "channels": "als"},
+        {**good, "channels": [1, 2]},
+        {**good, "model_version": 3},
+        {**good, "signals": "A" * 40},
+        {**good, "found": [1]},
     ):
         with pytest.raises(BadResponse):
-            parse_recall(bad)
-    assert parse_ranking(b'{"scores": [1, 0.5], "model_version": "v"}') == ([1.0, 0.5], "v")
-    for bad in (b'{"scores": [1, "x"]}', b'{"scores": {}}', b'{"unexpected": true}', b'{"scores": [null]}'):
+            parse_recall(orjson.dumps(bad))
+    with pytest.raises(BadResponse):
+        parse_recall(b"not json")
+    scores, version = parse_ranking(b'{"scores": [1, 0.5], "model_version": "v"}')
+    assert scores.tolist() == [1.0, 0.5] and version == "v"
+    for bad_body in (b'{"scores": [1, "x"]}', b'{"scores": {}}', b'{"unexpected": 1}', b'{"scores": [null]}'):
         with pytest.raises(BadResponse):
-            parse_ranking(bad)
+            parse_ranking(bad_body)
 
 
-def test_recall_contract_check_names_the_first_bad_candidate() -> None:
-    ok = {"item_id": "a", "score": 0.5, "channel": "ease"}
-    cands, _, _ = parse_recall(orjson.dumps({"candidates": [ok, {**ok, "channel_scores": {}}]}))
-    assert cands[1]["item_id"] == "a"
-    for bad in (
-        None,
-        "a",
-        {**ok, "channel_scores": None},
-        {**ok, "score": None},
-        {"score": 1, "channel": "ease"},
-        {**ok, "channel": 3},
-    ):
-        body = orjson.dumps({"candidates": [ok] * 3 + [bad, {**ok, "item_id": "later"}]})
-        with pytest.raises(BadResponse, match="not a RecallCandidate") as err:
-            parse_recall(body)
-        assert "later" not in str(err.value)
+def test_recall_contract_check_names_what_is_wrong() -> None:
+    good = {"item_ids": ["a", "b"], "scores": [1, 0.5], "channel": [0, 0], "channels": ["als"]}
+    with pytest.raises(BadResponse, match=r"scores\.1"):
+        parse_recall(orjson.dumps({**good, "scores": [1, None]}))
+    with pytest.raises(BadResponse, match="one entry per item"):
+        parse_recall(orjson.dumps({**good, "channel": [0]}))
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_a_response_past_the_cap_fails_the_call_unread(framing: str) -> None:
+    """A downstream that answers too much (a bug, a hostile peer) costs the BFF at most the cap:
+    the call fails with ResponseTooLarge (the stage degrades `too_large`) and the connection goes;
+    an answer within the cap on the same pool still works."""
+    big = b"x" * 50_000
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            body = await read_request(reader)
+            if body != b"big":
+                writer.write(response(b'"ok"'))
+            elif framing == "chunked":  # no Content-Length: only the count of body bytes can stop it
+                head = b"HTTP/1.1 200 X\r\nTransfer-Encoding: chunked\r\n\r\n"
+                chunks = b"".join(b"%x\r\n%s\r\n" % (1000, big[:1000]) for _ in range(50))
+                writer.write(head + chunks + b"0\r\n\r\n")
+            else:
+                writer.write(response(big))
+            await writer.drain()
+
+    async def go(url: str, connections: list[int]) -> None:
+        pool = HTTPPool(max_response=10_000)
+        with pytest.raises(ResponseTooLarge, match="10000 bytes"):
+            await pool.post(url, b"big", timeout=5)
+        assert await pool.post(url, b"small", timeout=5) == (200, b'"ok"')
+        await pool.aclose()
+
+    with_server(handler, go)
+
+
+def test_the_httpx_transport_caps_responses_too() -> None:
+    import httpx
+    from zerorec.bff import HttpxTransport
+
+    answer = httpx.MockTransport(lambda r: httpx.Response(200, content=b"y" * 5000))
+    client = httpx.AsyncClient(transport=answer)
+
+    async def go() -> None:
+        with pytest.raises(ResponseTooLarge):
+            await HttpxTransport(client, max_response=4999).post("http://x/", b"{}", timeout=5)
+        assert (await HttpxTransport(client, max_response=5000).post("http://x/", b"{}", timeout=5))[0] == 200
+        await client.aclose()
+
+    asyncio.run(go())

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 from fn_stack import Tiny
 from zerorec.api import RecallRequest, RecallResponse
-from zerorec.bff import _ranked
+from zerorec.columnar import demoted as demoted_scores
 from zerorec.feedback import DEMOTE, GUEST_USER_ID, neighbours_of
 from zerorec.online import RecallStage, ServingModel, UserStage
 from zerorec.pipeline import Recommender
 from zerorec.realtime import BehaviorEvent, behavior_writes
+from zerorec.serving import json_response
 from zerorec.settings import get_settings
 from zerorec.storage.kv_memory import MemoryKVStore
 
@@ -22,9 +24,17 @@ def _model(tiny: Tiny) -> ServingModel:
 
 
 def _recall(stage: RecallStage, **req: object) -> list[dict]:
+    """recall's batch (checked against the contract, demote included) as rows, for reading."""
     out = stage.recall(RecallRequest(n=80, **req))  # type: ignore[arg-type]
-    RecallResponse.model_validate(out)  # the contract, demote included
-    return out["candidates"]
+    cols = RecallResponse.model_validate_json(json_response(out).body)
+    rows = [
+        {"item_id": i, "score": s, "channel": cols.channels[c]}
+        for i, s, c in zip(cols.item_ids, cols.scores, cols.channel, strict=True)
+    ]
+    for row, factor in zip(rows, cols.demote or [1.0] * len(rows), strict=True):
+        if factor < 1:
+            row[DEMOTE] = factor
+    return rows
 
 
 def test_a_dislike_removes_the_item_and_demotes_its_neighbours(tiny: Tiny) -> None:
@@ -54,7 +64,8 @@ def test_a_dislike_removes_the_item_and_demotes_its_neighbours(tiny: Tiny) -> No
     assert demoted, "no neighbour of the disliked item among the candidates"
     assert demoted == near_ids & set(ids)
     # After ranking (equal scores here), the BFF puts every demoted candidate below the others.
-    ranked = sorted(_ranked(after, [1.0] * len(after)), key=lambda r: -r["score"])
+    scores = demoted_scores(np.ones(len(after)), np.array([r.get(DEMOTE, 1.0) for r in after]))
+    ranked = [after[k] for k in np.argsort(-scores, kind="stable")]
     first_demoted = min(k for k, r in enumerate(ranked) if r["item_id"] in demoted)
     assert all(r["item_id"] in demoted for r in ranked[first_demoted:])
     # The profile shows it as seen, so the BFF and reranking never show it either.

@@ -9,13 +9,31 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import orjson
 import pytest
 from fn_bundles import publish
 from fn_stack import Stack, Tiny
 from zerorec.api import MAX_BATCH_BODY_BYTES, MAX_BODY_BYTES
 from zerorec.cloudevents_io import new_event, to_http_binary, to_http_structured
+from zerorec.columnar import encode_signals
 from zerorec.storage.objects_local import LocalObjectStore
+
+
+def channels_of(batch: dict) -> list[str]:
+    """Each candidate's channel name in a CandidateColumns batch."""
+    return [batch["channels"][c] for c in batch["channel"]]
+
+
+def _cols(m: int, **over: object) -> dict[str, object]:
+    """A CandidateColumns batch of `m` items (fields replaced by `over`)."""
+    doc: dict[str, object] = {
+        "item_ids": [f"i{k}" for k in range(m)],
+        "scores": [1.0 - k / (m + 1) for k in range(m)],
+        "channel": [0] * m,
+        "channels": ["hot"],
+    }
+    return {**doc, **over}
 
 
 def post(stack: Stack, fn: str, body: object, path: str = "/") -> httpx.Response:
@@ -37,26 +55,26 @@ def test_health_reports_the_loaded_version(embedded: Stack) -> None:
 def test_recall_candidates_exclude_history_and_exclusions(embedded: Stack, tiny: Tiny) -> None:
     history = set(tiny.history("u1"))
     first = post(embedded, "recall", {"user_id": "u1", "n": 50}).json()
-    ids = [c["item_id"] for c in first["candidates"]]
+    ids = first["item_ids"]
     assert 0 < len(ids) <= 50 and len(set(ids)) == len(ids)
     assert not history & set(ids)
     assert first["model_version"] == health(embedded, "recall")["model_version"]
-    assert {c["channel"] for c in first["candidates"]} - {"hot", "fresh"}, "personal channels answered"
-    scores = [c["score"] for c in first["candidates"]]
-    assert scores == sorted(scores, reverse=True)
+    assert set(channels_of(first)) - {"hot", "fresh"}, "personal channels answered"
+    scores = first["scores"]
+    assert scores == sorted(scores, reverse=True) and len(scores) == len(ids) == len(first["channel"])
     again = post(embedded, "recall", {"user_id": "u1", "n": 50, "exclude": ids[:5]}).json()
-    assert not set(ids[:5]) & {c["item_id"] for c in again["candidates"]}
+    assert not set(ids[:5]) & set(again["item_ids"])
 
 
 def test_recall_uses_recent_items_from_the_request(embedded: Stack, tiny: Tiny) -> None:
-    cold = post(embedded, "recall", {"user_id": "brand-new", "n": 30}).json()["candidates"]
-    assert {c["channel"] for c in cold} <= {"hot", "fresh"}
+    cold = post(embedded, "recall", {"user_id": "brand-new", "n": 30}).json()
+    assert set(channels_of(cold)) <= {"hot", "fresh"}
     clicked = tiny.history("u1")[:3]
     warm = post(embedded, "recall", {"user_id": "brand-new", "n": 30, "recent_items": clicked}).json()
-    ids = [c["item_id"] for c in warm["candidates"]]
+    ids = warm["item_ids"]
     assert not set(clicked) & set(ids), "a clicked item is never recalled again"
-    assert {c["channel"] for c in warm["candidates"]} - {"hot", "fresh"}, "item-CF etc. used the clicks"
-    assert ids != [c["item_id"] for c in cold]
+    assert set(channels_of(warm)) - {"hot", "fresh"}, "item-CF etc. used the clicks"
+    assert ids != cold["item_ids"]
 
 
 def test_hot_list(embedded: Stack) -> None:
@@ -69,36 +87,38 @@ def test_hot_list(embedded: Stack) -> None:
 
 def test_ranking_scores_every_candidate_in_order(embedded: Stack) -> None:
     recalled = post(embedded, "recall", {"user_id": "u2", "n": 40}).json()
-    cands, channels = recalled["candidates"], recalled["signal_channels"]
-    cands.append({"item_id": "unknown-item", "score": 0.1, "channel": "hot"})
-    body = {"user_id": "u2", "candidates": cands, "signal_channels": channels, "context": {"device": "ios"}}
+    cands = {k: v for k, v in recalled.items() if k != "signals"}
+    cands = {**cands, "item_ids": [*cands["item_ids"], "unknown-item"], "scores": [*cands["scores"], 0.1]}
+    cands |= {"channel": [*cands["channel"], 0], "found": [*cands["found"], 0]}
+    body = {"user_id": "u2", "candidates": cands, "context": {"device": "ios"}}
     r = post(embedded, "ranking", body)
     assert r.status_code == 200, r.text
     body = r.json()
-    assert len(body["scores"]) == len(cands) and body["scores"][-1] == 0.0
+    n = len(cands["item_ids"])
+    assert len(body["scores"]) == n and body["scores"][-1] == 0.0
     assert all(0.0 <= s <= 1.0 for s in body["scores"]) and len(set(body["scores"][:-1])) > 1
     assert body["model_version"]
-    same = post(
-        embedded, "ranking", {"user_id": "u2", "candidates": cands[:-1], "signal_channels": channels}
-    ).json()["scores"]
-    assert same == pytest.approx(body["scores"][:-1], abs=1e-6), "deterministic, order kept"
-    assert post(embedded, "ranking", {"user_id": "u2", "candidates": []}).json()["scores"] == []
+    with_signals = post(embedded, "ranking", {"user_id": "u2", "candidates": recalled}).json()["scores"]
+    assert len(with_signals) == n - 1 and with_signals != body["scores"][:-1], "recall's signals are used"
+    again = post(embedded, "ranking", {"user_id": "u2", "candidates": recalled}).json()["scores"]
+    assert again == pytest.approx(with_signals, abs=1e-6), "deterministic, order kept"
+    empty = {"item_ids": [], "scores": [], "channel": [], "channels": ["hot"]}
+    assert post(embedded, "ranking", {"user_id": "u2", "candidates": empty}).json()["scores"] == []
+    # recall's signals from another model version (a rollout in progress): refused with a reason
+    r = post(embedded, "ranking", {"user_id": "u2", "candidates": {**recalled, "model_version": "v-other"}})
+    assert r.status_code == 409 and "v-other" in r.json()["error"], r.text
 
 
 def test_reranking_filters_seen_and_explains(embedded: Stack) -> None:
-    cands = post(embedded, "recall", {"user_id": "u3", "n": 40}).json()["candidates"]
-    items = [
-        {"item_id": c["item_id"], "score": 1.0 - k / 100, "channel": c["channel"]}
-        for k, c in enumerate(cands)
-    ]
-    seen = [items[0]["item_id"], items[2]["item_id"]]
-    out = post(embedded, "reranking", {"user_id": "u3", "items": items, "n": 10, "seen": seen}).json()[
-        "items"
-    ]
-    ids = [i["item_id"] for i in out]
+    cands = post(embedded, "recall", {"user_id": "u3", "n": 40}).json()
+    ranked = {k: cands[k] for k in ("item_ids", "channel", "channels")}
+    ranked["scores"] = [1.0 - k / 100 for k in range(len(cands["item_ids"]))]
+    seen = [ranked["item_ids"][0], ranked["item_ids"][2]]
+    out = post(embedded, "reranking", {"user_id": "u3", "candidates": ranked, "n": 10, "seen": seen}).json()
+    ids = [i["item_id"] for i in out["items"]]
     assert len(ids) == 10 and len(set(ids)) == 10 and not set(seen) & set(ids)
-    assert all(i["reasons"] for i in out)
-    assert ids[0] == items[1]["item_id"], "without diversity, the best unseen item leads"
+    assert all(i["reasons"] for i in out["items"])
+    assert ids[0] == ranked["item_ids"][1], "without diversity, the best unseen item leads"
 
 
 def test_user_profile(embedded: Stack, tiny: Tiny) -> None:
@@ -127,13 +147,14 @@ BAD = [
     ("recall", "/hot", {"n": 100000}, 422),
     ("ranking", "/", {"user_id": "u1", "candidates": [{"item_id": "i1"}]}, 422),
     ("ranking", "/", {"user_id": "u1", "candidates": "i1"}, 422),
-    ("reranking", "/", {"user_id": "u1", "items": [], "n": 101}, 422),
-    (
-        "reranking",
-        "/",
-        {"user_id": "u1", "items": [{"item_id": "i1", "score": "x", "channel": "c"}], "n": 1},
-        422,
-    ),
+    ("ranking", "/", {"user_id": "u1", "candidates": _cols(2, scores=[1.0])}, 422),
+    ("ranking", "/", {"user_id": "u1", "candidates": _cols(2, channel=[0, 5])}, 422),
+    ("ranking", "/", {"user_id": "u1", "candidates": _cols(2, signals="AAAA")}, 422),
+    ("ranking", "/", {"user_id": "u1", "candidates": _cols(1, signals="!" * 12)}, 422),  # not base64
+    ("reranking", "/", {"user_id": "u1", "candidates": _cols(0), "n": 101}, 422),
+    ("reranking", "/", {"user_id": "u1", "candidates": _cols(1, scores=["x"]), "n": 1}, 422),
+    ("reranking", "/", {"user_id": "u1", "candidates": _cols(2, found=[1]), "n": 1}, 422),
+    ("reranking", "/", {"user_id": "u1", "candidates": _cols(1, channels=[]), "n": 1}, 422),
     ("user", "/", {"user_id": ""}, 422),
     ("user", "/", {"user_id": "has space"}, 422),
     ("item", "/", {"item_ids": "i1"}, 422),
@@ -150,6 +171,27 @@ def test_bad_requests_get_a_4xx_with_a_reason(
     r = post(embedded, fn, body, path)
     assert r.status_code == status, r.text
     assert r.json()["error"]
+
+
+@pytest.mark.parametrize("fn", ["recall", "ranking", "reranking"])
+def test_internal_functions_publish_their_openapi_document(embedded: Stack, fn: str) -> None:
+    """What a fuzzer (schemathesis) reads: every POST route with its request and response schemas."""
+    r = httpx.get(embedded.urls[fn] + "/openapi.json", timeout=5)
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    assert doc["openapi"].startswith("3.1")
+    assert fn == "recall" or "/health" in doc["paths"]  # recall's: platform_api.recall_openapi
+    schemas = doc["components"]["schemas"]
+    for path, ops in doc["paths"].items():
+        if "post" not in ops:
+            continue
+        ref = ops["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+        assert ref.rsplit("/", 1)[1] in schemas, (path, ref)
+        assert {"200", "422"} <= set(ops["post"]["responses"])
+    if fn != "recall":
+        assert "CandidateColumns" in schemas
+        assert schemas["CandidateColumns"]["properties"]["signals"]["maxLength"] > 0
+    assert httpx.post(embedded.urls[fn] + "/openapi.json", timeout=5).status_code == 405
 
 
 @pytest.mark.parametrize("fn", ["recall", "ranking", "reranking", "user", "item"])
@@ -233,11 +275,7 @@ def test_model_published_hot_reload_then_bad_bundle_refused(embedded: Stack, tin
         while "last_error" not in (h := health(embedded, fn)) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert h["model_version"] == v2 and "IntegrityError" in h["last_error"], h
-    r = post(
-        embedded,
-        "ranking",
-        {"user_id": "u1", "candidates": [{"item_id": "i1", "score": 1, "channel": "hot"}]},
-    )
+    r = post(embedded, "ranking", {"user_id": "u1", "candidates": _cols(1)})
     assert r.status_code == 200 and r.json()["model_version"] == v2
 
     # another model's event is refused (never loaded); an event of another type is refused
@@ -283,18 +321,17 @@ def test_item_admin_publishes_catalogue_events(embedded: Stack) -> None:
 
 
 def test_a_full_candidate_batch_is_not_too_large(embedded: Stack) -> None:
-    """500 candidates with their channel scores are over the public 64 KiB body limit: ranking and
-    reranking take them (the BFF sends exactly this)."""
-    scores = {"ease": 0.123456789, "als": 0.987654321, "itemcf": 1.5, "hot": 42.0}
-    cands = [
-        {"item_id": f"new-{k:05d}", "score": 1 - k / 500, "channel": "ease", "channel_scores": scores}
-        for k in range(500)
-    ]
-    body = {"user_id": "u1", "candidates": cands}
+    """1,000 candidates with their signals are over the public 64 KiB body limit: ranking and
+    reranking take them (the BFF sends such batches)."""
+    m = 1000
+    cands = _cols(m, item_ids=[f"new-{k:05d}" for k in range(m)], signals=encode_signals(np.ones((m, 6, 2))))
+    body = {"user_id": "u1", "candidates": {**cands, "channels": [f"c{k}" for k in range(6)]}}
     assert len(orjson.dumps(body)) > MAX_BODY_BYTES
     r = post(embedded, "ranking", body)
+    assert r.status_code in (200, 409), r.text  # unversioned signals: refused, but read in full
+    r = post(embedded, "ranking", {**body, "candidates": {**body["candidates"], "signals": ""}})
     assert r.status_code == 200, r.text
-    assert r.json()["scores"] == [0.0] * 500  # ids the model does not know score 0
-    items = [{"item_id": c["item_id"], "score": c["score"], "channel": "ease"} for c in cands] * 2
-    r = post(embedded, "reranking", {"user_id": "u1", "items": items, "n": 10})
+    assert r.json()["scores"] == [0.0] * m  # ids the model does not know score 0
+    ranked = {**cands, "item_ids": cands["item_ids"][: m // 2] * 2, "signals": ""}
+    r = post(embedded, "reranking", {"user_id": "u1", "candidates": ranked, "n": 10})
     assert r.status_code == 200, r.text

@@ -10,18 +10,19 @@ import orjson
 import pytest
 from fn_bundles import publish
 from fn_stack import Tiny
-from zerorec.api import RankingRequest, RecallRequest, RecallResponse, RerankRequest
+from pydantic import ValidationError
+from zerorec.api import CandidateColumns, RankingRequest, RecallRequest, RecallResponse, RerankRequest
 from zerorec.bundle import LoadedBundle
 from zerorec.coldstart import ALL_PARTS, DATA_ONLY, RANKING_PARTS, RECALL_PARTS, prefetch
-from zerorec.errors import IntegrityError, InvalidInputError
+from zerorec.columnar import BatchError, CandidateBatch, encode_signals
+from zerorec.errors import IntegrityError
 from zerorec.online import (
     ItemStage,
     RankingStage,
     RecallStage,
     RerankStage,
+    SignalsVersionError,
     UserStage,
-    decode_signals,
-    encode_signals,
     load_model,
     stage_loader,
 )
@@ -49,18 +50,24 @@ def test_data_only_model_answers_like_the_full_one(tiny: Tiny, tmp_path: Path) -
 
     kv = MemoryKVStore()
     user = str(tiny.interactions.user_id.iloc[0])
-    cands = RecallResponse.model_validate(RecallStage(full, kv).recall(RecallRequest(user_id=user, n=60)))
-    assert cands == RecallResponse.model_validate(
-        RecallStage(recall, kv).recall(RecallRequest(user_id=user, n=60))
+    def recalled(model: object) -> RecallResponse:
+        body = json_response(RecallStage(model, kv).recall(RecallRequest(user_id=user, n=60))).body
+        return RecallResponse.model_validate_json(body)
+
+    cands = recalled(full)
+    assert cands == recalled(recall)
+    ranked = {
+        "item_ids": cands.item_ids,
+        "scores": [1 - k / 100 for k in range(len(cands.item_ids))],
+        "channel": cands.channel,
+        "channels": cands.channels,
+    }
+    req = RerankRequest.model_validate(
+        {"user_id": user, "candidates": ranked, "n": 10, "seen": [cands.item_ids[0]]}
     )
-    items = [
-        {"item_id": c.item_id, "score": 1 - k / 100, "channel": c.channel}
-        for k, c in enumerate(cands.candidates)
-    ]
-    req = RerankRequest(user_id=user, items=items, n=10, seen=[items[0]["item_id"]])
     assert RerankStage(data).rerank(req) == RerankStage(full).rerank(req)
     assert UserStage(data, kv).profile(user) == UserStage(full, kv).profile(user)
-    ids = [c.item_id for c in cands.candidates[:20]]
+    ids = cands.item_ids[:20]
     assert ItemStage(data, kv).lookup(ids) == ItemStage(full, kv).lookup(ids)
 
 
@@ -135,52 +142,74 @@ def test_ranking_with_recall_signals_scores_like_the_full_model(tiny: Tiny, tmp_
     for user in tiny.interactions.user_id.astype(str).unique()[:10]:
         wire = json_response(recall.recall(RecallRequest(user_id=user, n=80))).body
         doc = orjson.loads(wire)
-        assert doc["signal_channels"] and all(len(c["signals"]) == 64 for c in doc["candidates"])
-        req = RankingRequest.model_validate(
-            {"user_id": user, "candidates": doc["candidates"], "signal_channels": doc["signal_channels"]}
-        )
-        got = RankingStage(ranking, kv, clock=lambda: NOW).score(req).scores
+        assert doc["channels"][: len(CHANNEL_ORDER)] == list(CHANNEL_ORDER)
+        assert len(doc["signals"]) == 4 * -(-(len(doc["item_ids"]) * len(doc["channels"]) * 8) // 3)
+        req = RankingRequest.model_validate_json(b'{"user_id":"%s","candidates":%s}' % (user.encode(), wire))
+        got = RankingStage(ranking, kv, clock=lambda: NOW).score(req)["scores"]
         rec = full.rec
         query = rec.query(user)
         merged = rec.candidates(query, 80, np.zeros(0, np.int64), fill=True)
         ids = rec.data.item_ids[merged.items].tolist()
-        assert [c["item_id"] for c in doc["candidates"]] == ids
+        assert doc["item_ids"] == ids
         cats = [rec.data.item_categories[i] for i in merged.items]
         service = read_service_features(kv, user, ids, cats, NOW)  # what the stage reads, same clock
         np.testing.assert_array_equal(np.asarray(got, np.float32), rec.rank(query, merged, service=service))
 
-    # without signals the channels count as absent (still a score for every candidate); signals that
-    # do not match signal_channels are refused
-    bare = [{k: c[k] for k in ("item_id", "score", "channel")} for c in doc["candidates"]]
+    # without signals the channels count as absent (still a score for every candidate)
+    bare = {k: doc[k] for k in ("item_ids", "scores", "channel", "channels")}
     req = RankingRequest.model_validate({"user_id": user, "candidates": bare})
-    assert len(RankingStage(ranking, kv).score(req).scores) == len(bare)
-    bad = RankingRequest.model_validate(
-        {"user_id": user, "candidates": doc["candidates"], "signal_channels": doc["signal_channels"][:2]}
+    assert len(RankingStage(ranking, kv).score(req)["scores"]) == len(bare["item_ids"])
+    # signals of another model version (a rollout: recall is on the new model, ranking on the old)
+    # are refused rather than read as this ranker's features
+    other = RankingRequest.model_validate({"user_id": user, "candidates": {**doc, "model_version": "v-new"}})
+    with pytest.raises(SignalsVersionError, match="v-new"):
+        RankingStage(ranking, kv).score(other)
+    unversioned = RankingRequest.model_validate(
+        {"user_id": user, "candidates": {k: v for k, v in doc.items() if k != "model_version"}}
     )
-    with pytest.raises(InvalidInputError, match="signals"):
-        RankingStage(ranking, kv).score(bad)
+    with pytest.raises(SignalsVersionError):
+        RankingStage(ranking, kv).score(unversioned)
 
 
-def test_signals_round_trip_and_bad_signals_are_refused() -> None:
+def _columns(m: int, channels: list[str], **over: object) -> dict[str, object]:
+    doc: dict[str, object] = {
+        "item_ids": [f"i{k}" for k in range(m)],
+        "scores": [1.0 - k / 10 for k in range(m)],
+        "channel": [0] * m,
+        "channels": channels,
+    }
+    return {**doc, **over}
+
+
+def test_signals_round_trip_and_bad_batches_are_refused() -> None:
     sig = np.array([[[0.5, 3.0], [np.float32(0.1), 0.0]], [[-1.25, 7.0], [2.0, 1.0]]])
-    wire = [{"item_id": f"i{k}", "signals": s} for k, s in enumerate(encode_signals(sig))]
-    got = decode_signals(wire, ["als", "ease"])  # the model's order is ease, als, ...
+    cols = CandidateColumns.model_validate(_columns(2, ["als", "ease"], signals=encode_signals(sig)))
+    got = CandidateBatch.from_columns(cols).signals_in(CHANNEL_ORDER)  # the model's order: ease, als, ...
     order = list(CHANNEL_ORDER)
     np.testing.assert_array_equal(got[:, order.index("als")], sig[:, 0].astype(np.float32))
     np.testing.assert_array_equal(got[:, order.index("ease")], sig[:, 1].astype(np.float32))
     assert np.isnan(got[:, order.index("hot")]).all()  # not sent: absent
-    odd = encode_signals(np.array([[[np.inf, 1.0], [0.2, -4.0]]]))[0]
-    got = decode_signals([{"item_id": "x", "signals": odd}], ["als", "ease"])
+    odd = encode_signals(np.array([[[np.inf, 1.0], [0.2, -4.0]]]))
+    got = CandidateBatch.from_columns(
+        CandidateColumns.model_validate(_columns(1, ["als", "ease"], signals=odd))
+    ).signals_in(CHANNEL_ORDER)
     assert np.isnan(got[0, order.index("als"), 0]) and np.isnan(got[0, order.index("ease")]).all()
-    with pytest.raises(InvalidInputError, match="not base64"):
-        decode_signals([{"item_id": "x", "signals": "!" * len(odd)}], ["als", "ease"])
-    with pytest.raises(InvalidInputError, match="two float32 for each of the 3 signal_channels"):
-        decode_signals([{"item_id": "x", "signals": odd}], ["als", "ease", "hot"])
-    six = encode_signals(np.zeros((1, 6, 2)))[0]  # 48 bytes: the unpadded, decode-all-at-once path
-    with pytest.raises(InvalidInputError, match="'y': signals is not base64"):
-        decode_signals(
-            [{"item_id": "x", "signals": six}, {"item_id": "y", "signals": "?" * 64}], CHANNEL_ORDER
+    with pytest.raises(BatchError, match="not base64"):
+        CandidateBatch.from_columns(
+            CandidateColumns.model_validate(_columns(1, ["als", "ease"], signals="!" * len(odd)))
         )
+    bad_shapes = [
+        (_columns(1, ["als", "ease", "hot"], signals=odd), "signals must be base64 of float32 \\[1 items, 3"),
+        (_columns(2, ["als"], scores=[1.0]), "one entry per item"),
+        (_columns(2, ["als"], channel=[0, 1]), "channel codes must be below"),
+        (_columns(2, ["als"], found=[1, 2]), "found masks"),
+        (_columns(2, ["als", "als"]), "distinct"),
+        (_columns(1, ["als"], scores=[float("nan")]), "finite"),
+        (_columns(1, ["als"], channel=[-1]), "greater than or equal to 0"),
+    ]
+    for doc, reason in bad_shapes:
+        with pytest.raises(ValidationError, match=reason):
+            CandidateColumns.model_validate(doc)
 
 
 def test_a_bundle_of_more_users_than_max_users_serves_without_histories(tiny: Tiny, tmp_path: Path) -> None:
@@ -202,5 +231,40 @@ def test_a_bundle_of_more_users_than_max_users_serves_without_histories(tiny: Ti
     recent = [str(i) for i in tiny.history(user)[-5:]]
     got = RecallStage(lean, kv).recall(RecallRequest(user_id=user, n=60, recent_items=recent))
     want = RecallStage(full, kv).recall(RecallRequest(user_id="someone-new", n=60, recent_items=recent))
-    assert [c["item_id"] for c in got["candidates"]] == [c["item_id"] for c in want["candidates"]]
-    assert not set(recent) & {c["item_id"] for c in got["candidates"]}
+    assert got["item_ids"] == want["item_ids"]
+    assert not set(recent) & set(got["item_ids"])
+
+
+def test_the_compact_pipeline_answers_like_the_three_functions(tiny: Tiny, tmp_path: Path) -> None:
+    """PipelineStage (recall, ranking and reranking in one process, no hops) gives the same items,
+    scores and reasons as the per-service path: recall's batch as JSON to ranking, the batch sorted
+    by the ranker's scores as JSON to reranking (what the BFF does)."""
+    from zerorec.api import PipelineRequest
+    from zerorec.online import PipelineStage
+
+    store = LocalObjectStore(tmp_path)
+    publish(store, "recommender", tiny.files)
+    model = load_model(store, "recommender", parts=ALL_PARTS)
+    kv = MemoryKVStore()
+    recall, ranking, rerank = RecallStage(model, kv), RankingStage(model, kv), RerankStage(model)
+    pipeline = PipelineStage(model, kv)
+    for user in tiny.interactions.user_id.astype(str).unique()[:8]:
+        wire = json_response(recall.recall(RecallRequest(user_id=user, n=60, exclude=["i3"]))).body
+        req = RankingRequest.model_validate_json(b'{"user_id":"%s","candidates":%s}' % (user.encode(), wire))
+        scores = np.asarray(orjson.loads(json_response(ranking.score(req)).body)["scores"])
+        doc = orjson.loads(wire)
+        order = np.argsort(-scores, kind="stable")
+        ranked = {
+            "item_ids": [doc["item_ids"][k] for k in order],
+            "scores": scores[order].tolist(),
+            "channel": [doc["channel"][k] for k in order],
+            "channels": doc["channels"],
+        }
+        want = rerank.rerank(
+            RerankRequest.model_validate({"user_id": user, "candidates": ranked, "n": 10, "seen": ["i3"]})
+        ).items
+        got = pipeline.recommend(PipelineRequest(user_id=user, n=10, candidates=60, exclude=["i3"])).items
+        assert [(i.item_id, i.channel) for i in got] == [(i.item_id, i.channel) for i in want]
+        assert [i.reasons for i in got] == [i.reasons for i in want]
+        assert [i.score for i in got] == [i.score for i in want]
+        assert "i3" not in {i.item_id for i in got}

@@ -6,10 +6,11 @@ from __future__ import annotations
 import time
 
 from fn_stack import Tiny
-from zerorec.api import RecallCandidate, RecallRequest, RecallResponse, RerankRequest
+from zerorec.api import RecallRequest, RecallResponse, RerankRequest
 from zerorec.online import RecallStage, RerankStage, ServingModel
 from zerorec.pipeline import Recommender
 from zerorec.realtime import ItemRecord, item_delete_writes, item_upsert_writes
+from zerorec.serving import json_response
 from zerorec.storage.kv import ZTop
 from zerorec.storage.kv_memory import MemoryKVStore
 
@@ -19,29 +20,30 @@ def _stages(tiny: Tiny) -> tuple[ServingModel, MemoryKVStore]:
     return model, MemoryKVStore()
 
 
-def _recall(stage: RecallStage, user: str) -> list[RecallCandidate]:
-    """recall's plain-data answer, checked against the RecallResponse contract."""
-    return RecallResponse.model_validate(stage.recall(RecallRequest(user_id=user, n=50))).candidates
+def _recall(stage: RecallStage, user: str) -> RecallResponse:
+    """recall's answer as the wire carries it, checked against the RecallResponse contract."""
+    body = json_response(stage.recall(RecallRequest(user_id=user, n=50))).body
+    return RecallResponse.model_validate_json(body)
 
 
 def test_deleted_item_is_not_recalled_and_new_item_is(tiny: Tiny) -> None:
     model, kv = _stages(tiny)
     user = str(tiny.interactions.user_id.iloc[0])
     recall = RecallStage(model, kv)
-    before = [c.item_id for c in _recall(recall, user)]
+    before = _recall(recall, user).item_ids
     gone = before[0]
 
     kv.write(item_delete_writes(gone, deleted_at_s=time.time()))
     kv.write(item_upsert_writes(ItemRecord("brand-new-item", "New", ("Drama",), time.time())))
     after = _recall(recall, user)
 
-    ids = [c.item_id for c in after]
+    ids = after.item_ids
     assert gone not in ids
-    assert ids[-1] == "brand-new-item" and after[-1].channel == "fresh"
+    assert ids[-1] == "brand-new-item" and after.channels[after.channel[-1]] == "fresh"
 
     # Re-listing the deleted item makes it recallable again.
     kv.write(item_upsert_writes(ItemRecord(gone, "Back", (), time.time())))
-    assert gone in [c.item_id for c in _recall(recall, user)]
+    assert gone in _recall(recall, user).item_ids
 
 
 def test_a_fresh_marker_without_its_item_hash_is_not_recalled(tiny: Tiny) -> None:
@@ -57,7 +59,7 @@ def test_a_fresh_marker_without_its_item_hash_is_not_recalled(tiny: Tiny) -> Non
     kv.write(item_upsert_writes(ItemRecord("ghost-new", "Gone", ("Drama",), time.time() + 1)))
     kv.write([Delete(item_key("ghost-new"))])  # the hash goes, the marker stays
     assert "ghost-new" in [m for m, _ in kv.read([ZTop(FRESH_KEY, 10)])[0]]
-    ids = [c.item_id for c in _recall(RecallStage(model, kv), user)]
+    ids = _recall(RecallStage(model, kv), user).item_ids
     assert "real-new" in ids and "ghost-new" not in ids
 
 
@@ -65,14 +67,40 @@ def test_rerank_keeps_a_fresh_slot_for_items_newer_than_the_model(tiny: Tiny) ->
     model, kv = _stages(tiny)
     user = str(tiny.interactions.user_id.iloc[0])
     kv.write(item_upsert_writes(ItemRecord("brand-new-item", "New", ("Drama",), time.time())))
-    candidates = _recall(RecallStage(model, kv), user)
-    items = [
-        {"item_id": c.item_id, "score": 1.0 - k / 100, "channel": c.channel} for k, c in enumerate(candidates)
-    ]
-
-    out = RerankStage(model).rerank(RerankRequest(user_id=user, items=items, n=10, seen=[])).items
+    got = _recall(RecallStage(model, kv), user)
+    ranked = {
+        "item_ids": got.item_ids,
+        "scores": [1.0 - k / 100 for k in range(len(got.item_ids))],
+        "channel": got.channel,
+        "channels": got.channels,
+    }
+    req = RerankRequest.model_validate({"user_id": user, "candidates": ranked, "n": 10, "seen": []})
+    out = RerankStage(model).rerank(req).items
 
     assert len(out) == 10
     assert out[-1].item_id == "brand-new-item"
     assert any("fresh slot" in r for r in out[-1].reasons)
     assert all(o.item_id != "brand-new-item" for o in out[:-1])
+
+
+def test_a_rerank_stage_override_leaves_the_shared_model_alone(tiny: Tiny) -> None:
+    """RerankStage's diversity override is the stage's own: the model object (shared with recall
+    and ranking in one process) keeps its trained config, and a stage without the override still
+    reranks with the trained diversity."""
+    model, kv = _stages(tiny)
+    trained = model.rec.config
+    user = str(tiny.interactions.user_id.iloc[0])
+    got = _recall(RecallStage(model, kv), user)
+    ranked = {
+        "item_ids": got.item_ids,
+        "scores": [1.0 - k / 100 for k in range(len(got.item_ids))],
+        "channel": got.channel,
+        "channels": got.channels,
+    }
+    req = RerankRequest.model_validate({"user_id": user, "candidates": ranked, "n": 10, "seen": []})
+    plain = RerankStage(model).rerank(req).items
+    diverse = RerankStage(model, diversity=1.0)
+    assert model.rec.config is trained and model.rec.config.rerank_diversity == trained.rerank_diversity
+    assert diverse.config.diversity == 1.0
+    assert [i.item_id for i in RerankStage(model).rerank(req).items] == [i.item_id for i in plain]
+    assert [i.item_id for i in diverse.rerank(req).items] != [i.item_id for i in plain]

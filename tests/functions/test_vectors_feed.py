@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 from fn_bundles import publish
 from fn_stack import Stack, Tiny, free_port, start_stack, stop_stack
+from zerorec.api import RecallResponse
 from zerorec.cloudevents_io import from_kafka_record, new_event, to_http_binary
+from zerorec.columnar import CandidateBatch
 from zerorec.recall.channels import VectorChannel
 from zerorec.recall.published_vectors import PublishedVectors, aligned_channel
 from zerorec.storage.bus_memory import MemoryEventBus
@@ -72,11 +74,11 @@ def _vector_scores(stack: Stack, recent: str) -> dict[str, float]:
     body = {"user_id": "someone-new", "recent_items": [recent], "n": 200}
     r = httpx.post(stack.urls["recall"] + "/", json=body, timeout=30)
     assert r.status_code == 200, r.text
-    return {
-        c["item_id"]: c["channel_scores"]["vector"]
-        for c in r.json()["candidates"]
-        if "vector" in c["channel_scores"]
-    }
+    # the batch's columns (docs/HOPS.md): the items the vector channel returned, with its score
+    batch = CandidateBatch.from_columns(RecallResponse.model_validate_json(r.content))
+    found = batch.found_in(["vector"])[:, 0]
+    scores = batch.signals_in(["vector"])[:, 0, 0]
+    return {i: float(x) for i, x, f in zip(batch.item_ids, scores, found, strict=True) if f}
 
 
 def test_a_published_vector_bundle_is_what_recall_searches(recall_only: Stack, tiny: Tiny) -> None:

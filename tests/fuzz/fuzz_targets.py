@@ -24,6 +24,7 @@ HTTP_FUNCTIONS = (
     "recall",
     "ranking",
     "reranking",
+    "pipeline",
 )
 
 
