@@ -397,6 +397,15 @@ def bench_ingest(ctx: typer.Context) -> None:
     raise typer.Exit(main(list(ctx.args)))
 
 
+@bench_app.command("soak", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def bench_soak(ctx: typer.Context) -> None:
+    """Recommendations and events at fixed rates for --minutes N, with --faults; RSS, errors, lag,
+    lost/duplicated (options: python -m zerorec.bench_soak --help)."""
+    from zerorec.bench_soak import main
+
+    raise typer.Exit(main(list(ctx.args)))
+
+
 @bench_app.command("state", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def bench_state(ctx: typer.Context) -> None:
     """Redis bytes per user of the real-time state (--users N [--events-per-user K] [--json FILE])."""
