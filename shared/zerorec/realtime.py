@@ -291,7 +291,10 @@ def categories_from(result: Sequence[str | None]) -> tuple[str, ...]:
 # ---- features: offline (feature-engineering, Spark) and real-time (flink-realtime) ------------
 #   feat:item:{i}          hash window popularity (cnt_1d, cnt_7d, cnt_30d), as_of
 #   feat:user:{u}          hash counts by kind (n_<kind>, n_total), last_active (epoch s), as_of
-#   feat:user:{u}:cats     hash category -> affinity (sum of event weights, 30 d)
+#   feat:user:{u}:cats     hash category -> affinity (sum of event weights, 30 d), the
+#                          CATEGORY_FEATURES_MAX largest
+#   (all three expire OFFLINE_FEATURE_TTL_S after the run that wrote them: the daily job rewrites
+#   every user and item of its 30-day window, so a key it stops writing is gone three runs later)
 #   (the braces are literal: the user's / item's hash tag, as in u:{u} and item:{i})
 #   rt:item:<i>:cnt        hash window start (epoch s) -> events in that 1-minute window (TTL-bounded)
 #   rt:user:<u>            hash window_start, events (in the user's last closed window)
@@ -299,6 +302,8 @@ def categories_from(result: Sequence[str | None]) -> tuple[str, ...]:
 #   yet tagged: a Redis Cluster deployment needs its sink to be cluster-aware first)
 
 FEATURE_TTL_S = 2 * 24 * 3600  # real-time counters expire on their own
+OFFLINE_FEATURE_TTL_S = 3 * 24 * 3600  # three runs of the daily feature job
+CATEGORY_FEATURES_MAX = 32  # category affinities kept per user (the largest)
 
 
 def item_features_key(item_id: str) -> str:
@@ -321,6 +326,18 @@ def rt_user_key(user_id: str) -> str:
     return f"rt:user:{user_id}"
 
 
-def feature_hash_writes(key: str, fields: Mapping[str, object]) -> list[WriteOp]:
-    """Replace the feature hash `key` with `fields` (values become strings)."""
-    return [Delete(key), HSet(key, {k: str(v) for k, v in fields.items()})]
+def feature_hash_writes(
+    key: str, fields: Mapping[str, object], ttl_s: int = OFFLINE_FEATURE_TTL_S
+) -> list[WriteOp]:
+    """Replace the feature hash `key` with `fields` (values become strings); it expires after
+    `ttl_s` unless a later run writes it again."""
+    return [Delete(key), HSet(key, {k: str(v) for k, v in fields.items()}), Expire(key, ttl_s)]
+
+
+def user_category_feature_writes(user_id: str, affinities: Mapping[str, float]) -> list[WriteOp]:
+    """Replace the user's category-affinity features with the CATEGORY_FEATURES_MAX largest
+    (a user active in every category would otherwise hold one field per category)."""
+    top = sorted(affinities.items(), key=lambda kv: (-kv[1], kv[0]))[:CATEGORY_FEATURES_MAX]
+    return feature_hash_writes(
+        user_category_features_key(user_id), {c: repr(round(float(a), 6)) for c, a in top}
+    )
