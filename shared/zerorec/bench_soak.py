@@ -376,6 +376,7 @@ class Faults:
         self.soak = soak
         self.store = store
         self.model_name = model_name
+        self.good: str | None = None  # the last good version published (copies start from it)
 
     def run(self, name: str) -> dict[str, Any]:
         kind, _, arg = name.partition(":")
@@ -420,12 +421,13 @@ class Faults:
         return out
 
     def _publish_copy(self, corrupt: bool) -> str:
-        """A new version of the current bundle (same files); `corrupt`: every file damaged after the
-        manifest recorded its checksum, as a bad upload would leave it."""
+        """A new version of the last good bundle (same files); `corrupt`: every file damaged after
+        the manifest recorded its checksum, as a bad upload would leave it."""
         from zerorec.bundle import LATEST, MANIFEST, latest_version, publish_bundle
 
-        current = latest_version(self.store, self.model_name)
-        prefix = f"models/{self.model_name}/{current}/"
+        if self.good is None:
+            self.good = latest_version(self.store, self.model_name)
+        prefix = f"models/{self.model_name}/{self.good}/"
         manifest = json.loads(self.store.get(prefix + MANIFEST))
         files = {path: self.store.get(prefix + path) for path in manifest["files"]}
         version = publish_bundle(
@@ -443,6 +445,8 @@ class Faults:
                 broken[len(broken) // 2] ^= 0xFF
                 self.store.put(f"models/{self.model_name}/{version}/{path}", bytes(broken))
         self.store.put(f"models/{self.model_name}/{LATEST}", version.encode())
+        if not corrupt:
+            self.good = version
         return version
 
     def _wait_versions(self, want: str, timeout_s: float) -> tuple[float | None, dict[str, Any]]:

@@ -310,6 +310,13 @@ def _replace_zset(key: str, scores: dict[str, float], n: int) -> list[WriteOp]:
 # ---------------------------------------------------------------- export
 
 
+def warm_up() -> None:
+    """Build one tiny Arrow array now: pyarrow imports pandas on its first array (~50 MB and
+    seconds of imports), which would otherwise land in the first export's delivery and show as
+    growth of the worker's memory after its start. Called by the worker at cold start."""
+    pa.array([0], pa.int64())
+
+
 def _write_parquet(objects: ObjectStore, prefix: str, rows: Sequence[dict[str, Any]], run: str) -> list[str]:
     by_date: dict[str, list[dict[str, Any]]] = {}
     for row in rows:

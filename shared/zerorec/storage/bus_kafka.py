@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING, Any
@@ -195,7 +196,10 @@ class KafkaConsumer(Consumer):
             "session.timeout.ms": 10000,
             "heartbeat.interval.ms": 3000,
             "error_cb": self._on_error,
+            "on_commit": self._on_commit,
         }
+        self._buffered: list[Any] = []  # messages fetched while waiting for a commit's answer
+        self._commit_answer: tuple[Any, list[Any]] | None = None
         self._c = _KConsumer(conf)
         try:  # fail fast (bounded) when the cluster is unreachable, instead of polling forever
             self._c.list_topics(timeout=bus.connect_timeout_s + bus.request_timeout_s)
@@ -235,9 +239,15 @@ class KafkaConsumer(Consumer):
             )
         return out
 
+    def _on_commit(self, err: KafkaError | None, partitions: list[Any]) -> None:
+        self._commit_answer = (err, partitions)
+
     def poll(self, max_records: int = 500, timeout_s: float = 1.0) -> list[Record]:
         if max_records < 1:
             return []
+        if self._buffered:
+            msgs, self._buffered = self._buffered[:max_records], self._buffered[max_records:]
+            return self._convert(msgs)
         try:
             first = self._c.poll(timeout_s)
             msgs = [] if first is None else [first]
@@ -261,12 +271,35 @@ class KafkaConsumer(Consumer):
         if not latest:
             return
         offsets = [TopicPartition(t, p, o + 1) for (t, p), o in latest.items()]
+        want = {(t, p, o + 1) for (t, p), o in latest.items()}
+        # Asynchronous commit, answer awaited with a bound: librdkafka's synchronous commit can
+        # wait forever after a broker restart (seen in the soak: a KafkaSource stuck for good).
+        # Waiting serves the commit callback through consume(); messages it fetches meanwhile are
+        # kept for the next poll, in order.
+        self._commit_answer = None
         try:
-            result = self._c.commit(offsets=offsets, asynchronous=False)
+            self._c.commit(offsets=offsets, asynchronous=True)
+            wait_s = self._bus.connect_timeout_s + self._bus.request_timeout_s
+            deadline = time.monotonic() + wait_s
+            while True:
+                answer = self._commit_answer
+                if answer is not None and {(tp.topic, tp.partition, tp.offset) for tp in answer[1]} >= want:
+                    break
+                if time.monotonic() > deadline:
+                    raise BackendUnavailableError(
+                        f"kafka at {self._bus.bootstrap}: no answer to an offset commit within "
+                        f"{wait_s:.0f}s; "
+                        "the records will be redelivered unless a later commit covers them"
+                    )
+                self._buffered += self._c.consume(num_messages=100, timeout=0.05)
         except KafkaException as exc:
             err = exc.args[0]
             cls = BackendUnavailableError if err.code() in _TRANSPORT else DeliveryError
             raise cls(f"kafka offset commit failed ({err.str()}); the records will be redelivered") from exc
+        err, result = answer
+        if err is not None:
+            cls = BackendUnavailableError if err.code() in _TRANSPORT else DeliveryError
+            raise cls(f"kafka offset commit failed ({err.str()}); the records will be redelivered")
         for tp in result or ():
             if tp.error is not None:
                 raise DeliveryError(
