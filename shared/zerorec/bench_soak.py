@@ -815,13 +815,13 @@ def progress_line(soak: Soak, probes: _Probes) -> str:
     ev = _stats(posts)
     lags = sorted(probes.lags_ms[-500:])
     lag = f"{percentile(lags, 99):.0f}" if lags else "-"
-    late = sum(1 for t in tasks if not (200 <= t["status"] < 300))
+    late = sum(1 for t in tasks if not t["status"])
     current = soak.faults[-1].name if soak.faults and soak.faults[-1].end == 0 else ""
     return (
         f"soak: {soak.now():6.0f}s rec {rc['requests']} (degraded {rc.get('degraded', 0)}, errors "
         f"{rc.get('error', 0)}, p99 {rc['p99_ms']} ms) events posted {ev['requests']} (accepted "
         f"{ev.get('accepted', 0)}, 503 {ev.get('unavailable', 0)}, errors {ev.get('error', 0)}) lag p99 "
-        f"{lag} ms; tasks {len(tasks)} ({late} unanswered/failed); RSS MB "
+        f"{lag} ms; tasks {len(tasks)} ({late} unanswered); RSS MB "
         + " ".join(f"{k} {v:.0f}" for k, v in sorted(rss.items()))
         + (f"; in fault {current}" if current else "")
         + f"; load {os.getloadavg()[0]:.2f}"
@@ -852,7 +852,8 @@ def assemble(
     )
     rss = rss_figures(soak, warmup_s)
     errors = rec.get("error", 0) + ev.get("error", 0)
-    task_failures = [t for t in soak.tasks if not (200 <= t["status"] < 300)]
+    task_failures = [t for t in soak.tasks if t["status"] and not (200 <= t["status"] < 300)]
+    unanswered = [t for t in soak.tasks if not t["status"]]  # no answer within the delivery timeout
     report = {
         "errors": errors,
         "degraded": rec.get("degraded", 0) + ev.get("unavailable", 0),
@@ -874,7 +875,8 @@ def assemble(
         "rss_slope_mb_per_h": {name: f.get("slope_mb_per_h") for name, f in sorted(rss.items())},
         "worker_tasks": {
             "fired": len(soak.tasks),
-            "unanswered_or_failed": len(task_failures),
+            "unanswered": len(unanswered),
+            "failed": len(task_failures),
             "max_ms": max((t["ms"] for t in soak.tasks), default=None),
             "runs": soak.tasks,
         },
@@ -914,7 +916,8 @@ def render(report: Mapping[str, Any]) -> str:
         f"(outside faults {report['lag_p99_ms_outside_faults']} ms), max {report['lag_max_ms']} ms, "
         f"{report['lag_samples']} samples",
         f"worker tasks: {report['worker_tasks']['fired']} fired, "
-        f"{report['worker_tasks']['unanswered_or_failed']} unanswered/failed, "
+        f"{report['worker_tasks']['unanswered']} unanswered within {DELIVERY_TIMEOUT_S:.0f} s, "
+        f"{report['worker_tasks']['failed']} failed (non-2xx), "
         f"max {report['worker_tasks']['max_ms']} ms",
         f"{'process':14s} {'growth %':>9} {'slope MB/h':>11} {'first MB':>9} {'end MB':>8} "
         f"{'peak MB':>8}  window",

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Delivery reports that mean "the broker did not answer" (not "it refused the record").
+_UNACKNOWLEDGED = {KafkaError._MSG_TIMED_OUT, KafkaError._TIMED_OUT, KafkaError._TRANSPORT}
 # Errors librdkafka raises when it cannot reach the cluster at all.
 _TRANSPORT = {
     KafkaError._ALL_BROKERS_DOWN,
@@ -60,6 +62,11 @@ class KafkaEventBus(EventBus):
         }
         self._producer: _KProducer | None = None
         self._lock = threading.Lock()
+        # Fail fast while the broker does not acknowledge: one probe publish at a time finds out
+        # when it is back; the others are refused at once instead of each waiting its full timeout
+        # (a behavior function under load would queue requests behind them past any client timeout).
+        self._failing_since: float | None = None
+        self._next_probe = 0.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> KafkaEventBus:
@@ -124,18 +131,31 @@ class KafkaEventBus(EventBus):
         """Produce all records, flush, and raise DeliveryError unless every one was acknowledged."""
         if not records:
             return
+        wait_s = self.connect_timeout_s + self.request_timeout_s + 2.0
+        with self._lock:
+            now = time.monotonic()
+            if self._failing_since is not None:
+                if now < self._next_probe:
+                    raise DeliveryError(
+                        f"kafka at {self.bootstrap} has acknowledged nothing for "
+                        f"{now - self._failing_since:.0f}s; {len(records)} records to {topic!r} not sent "
+                        "(none of them may be treated as sent; retrying is safe)"
+                    )
+                self._next_probe = now + wait_s  # this publish is the probe: one at a time
         producer = self._get_producer()
         acked = 0
         failures: list[str] = []
         fatal = False
+        unreachable = False
 
         def on_delivery(err: KafkaError | None, _msg: Any) -> None:
-            nonlocal acked, fatal
+            nonlocal acked, fatal, unreachable
             if err is None:
                 acked += 1
             else:
                 failures.append(err.str())
                 fatal = fatal or err.fatal()
+                unreachable = unreachable or err.code() in _UNACKNOWLEDGED
 
         try:
             for r in records:
@@ -153,11 +173,16 @@ class KafkaEventBus(EventBus):
                         producer.poll(0.1)
         except KafkaException as exc:
             raise DeliveryError(f"kafka refused a record for {topic!r}: {exc.args[0].str()}") from exc
-        wait_s = self.connect_timeout_s + self.request_timeout_s + 2.0
         left = producer.flush(wait_s)
         if fatal:
             with self._lock:
                 self._producer = None  # a fatal producer can never send again; start afresh
+        with self._lock:
+            if acked == len(records) and not failures:
+                self._failing_since = None
+            elif left or unreachable:
+                self._failing_since = self._failing_since or time.monotonic()
+                self._next_probe = time.monotonic() + 1.0
         if failures or left or acked != len(records):
             missing = len(records) - acked
             reason = failures[0] if failures else f"no acknowledgement within {wait_s:.0f}s"
