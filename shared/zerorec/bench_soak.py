@@ -644,7 +644,6 @@ def run_soak(
     batch: int = 10,
     users: int = 1000,
     items: int = 200,
-    partitions: int = 8,
     warmup_s: float | None = None,
     sample_s: float = 5.0,
     export_every_s: float = 60.0,
@@ -681,12 +680,11 @@ def run_soak(
         category = f"sc{run}"
         user_ids = [f"s{run}u{n}" for n in range(users)]
         item_ids = [f"s{run}i{n}" for n in range(items)]
-        from zerorec.storage import event_bus
+        from zerorec.kafka_topics import apply_topics, load_topic_specs
 
-        bus = event_bus(settings)  # the topics as a cluster has them (auto-creation makes 1 partition)
-        bus.ensure_topics([settings.topic_behavior], partitions=partitions)
-        bus.ensure_topics([settings.topic_items, settings.topic_dead_letter])
-        bus.close()
+        # The topics as a cluster has them (knative/eventing/kafka-topics.yaml: partitions,
+        # retention), not as auto-creation would make them (one partition).
+        apply_topics(settings.kafka_bootstrap, load_topic_specs())
         kv = kv_store(settings)
         ops = []
         for item in item_ids:
@@ -966,7 +964,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rps", type=float, default=10.0, help="recommendations per second")
     parser.add_argument("--events-per-s", type=float, default=100.0, help="behaviour events per second")
     parser.add_argument("--batch", type=int, default=10, help="events per POST /events")
-    parser.add_argument("--partitions", type=int, default=8, help="partitions of the behavior topic")
     parser.add_argument(
         "--warmup", type=float, help="seconds before RSS growth is measured (default 15%%, <=180)"
     )
@@ -985,7 +982,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         rps=args.rps,
         events_per_s=args.events_per_s,
         batch=args.batch,
-        partitions=args.partitions,
         warmup_s=args.warmup,
         export_every_s=args.export_every,
         rebuild_every_s=args.rebuild_every,

@@ -339,6 +339,24 @@ def recommend_batch(
     typer.echo(f"wrote {out} ({len(user_ids)} users)")
 
 
+@app.command("kafka-topics")
+def kafka_topics(
+    file: Annotated[Path | None, typer.Option(help="default: knative/eventing/kafka-topics.yaml")] = None,
+) -> None:
+    """Create the Kafka topics with their partitions and retention, or set them on existing ones."""
+    from zerorec.errors import ZeroRecError
+    from zerorec.kafka_topics import TOPICS_FILE, apply_topics, load_topic_specs
+    from zerorec.settings import get_settings
+
+    try:
+        done = apply_topics(get_settings().kafka_bootstrap, load_topic_specs(file or TOPICS_FILE))
+    except ZeroRecError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    for topic, what in done.items():
+        typer.echo(f"{topic}: {what}")
+
+
 # ------------------------------------------------------------------ benchmarks and the demo
 
 bench_app = typer.Typer(
