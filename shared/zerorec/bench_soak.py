@@ -561,11 +561,23 @@ def recovered_at(soak: Soak, fault: Fault, quiet_s: float = 5.0) -> float | None
     return None
 
 
-def timeline(soak: Soak) -> list[dict[str, Any]]:
+def _lags(soak: Soak, probes: _Probes, lo: float, hi: float) -> list[float]:
+    """Lags (ms) of the probe events sent between lo and hi (s since the start)."""
+    return sorted(
+        ms for sent, ms in zip(probes.sent_at, probes.lags_ms, strict=True) if lo <= sent - soak.started < hi
+    )
+
+
+def _p(values: Sequence[float], q: float) -> float | None:
+    return round(percentile(values, q), 1) if values else None
+
+
+def timeline(soak: Soak, probes: _Probes) -> list[dict[str, Any]]:
     out = []
     for f in soak.faults:
         rec_at = recovered_at(soak, f)
         hi = (rec_at if rec_at is not None else soak.now()) + 1.0
+        lags = _lags(soak, probes, f.start, hi)
         out.append(
             {
                 "fault": f.name,
@@ -574,7 +586,30 @@ def timeline(soak: Soak) -> list[dict[str, Any]]:
                 "recovered_s": None if rec_at is None else round(rec_at - f.start, 1),
                 "recommendations": _stats(_window(soak.recs, f.start, hi)),
                 "events": _stats(_window(soak.posts, f.start, hi)),
+                "lag_p99_ms": _p(lags, 99),
+                "lag_max_ms": lags[-1] if lags else None,
                 **f.detail,
+            }
+        )
+    return out
+
+
+def per_minute(soak: Soak, probes: _Probes) -> list[dict[str, Any]]:
+    """Each minute: recommendation p50/p99, errors, degraded, event lag p50/p99."""
+    out = []
+    for m in range(int(soak.now() // 60) + 1):
+        lo, hi = m * 60.0, (m + 1) * 60.0
+        recs = _stats(_window(soak.recs, lo, hi))
+        lags = _lags(soak, probes, lo, hi)
+        out.append(
+            {
+                "minute": m,
+                "rec_p50_ms": recs["p50_ms"],
+                "rec_p99_ms": recs["p99_ms"],
+                "rec_degraded": recs.get("degraded", 0),
+                "errors": recs.get("error", 0) + _stats(_window(soak.posts, lo, hi)).get("error", 0),
+                "lag_p50_ms": _p(lags, 50),
+                "lag_p99_ms": _p(lags, 99),
             }
         )
     return out
@@ -878,7 +913,8 @@ def assemble(
             "max_ms": max((t["ms"] for t in soak.tasks), default=None),
             "runs": soak.tasks,
         },
-        "timeline": timeline(soak),
+        "timeline": timeline(soak, probes),
+        "per_minute": per_minute(soak, probes),
         "health_at_end": dict(health),
         "meta": {
             "duration_s": round(soak.now(), 1),
@@ -935,7 +971,17 @@ def render(report: Mapping[str, Any]) -> str:
         extra = {
             k: v
             for k, v in f.items()
-            if k not in ("fault", "start_s", "action_done_s", "recovered_s", "recommendations", "events")
+            if k
+            not in (
+                "fault",
+                "start_s",
+                "action_done_s",
+                "recovered_s",
+                "recommendations",
+                "events",
+                "lag_p99_ms",
+                "lag_max_ms",
+            )
         }
         lines.append(
             f"  {f['start_s']:7.1f}s {f['fault']:22s} done +{f['action_done_s'] - f['start_s']:.1f}s "
@@ -943,7 +989,14 @@ def render(report: Mapping[str, Any]) -> str:
             f"{r.get('degraded', 0)} errors {r.get('error', 0)} down {r.get('target_down', 0)} "
             f"p99 {r['p99_ms']} ms"
             f" | events {e['requests']} accepted {e.get('accepted', 0)} 503 {e.get('unavailable', 0)} errors "
-            f"{e.get('error', 0)} down {e.get('target_down', 0)} | {json.dumps(extra)}"
+            f"{e.get('error', 0)} down {e.get('target_down', 0)} | lag p99 {f['lag_p99_ms']} ms "
+            f"| {json.dumps(extra)}"
+        )
+    lines.append("per minute: rec p50/p99 ms, degraded, errors, event lag p50/p99 ms")
+    for row in report["per_minute"]:
+        lines.append(
+            f"  {row['minute']:3d}  {row['rec_p50_ms']}/{row['rec_p99_ms']}  {row['rec_degraded']}  "
+            f"{row['errors']}  {row['lag_p50_ms']}/{row['lag_p99_ms']}"
         )
     lines.append(f"health at end: {report['health_at_end']}")
     lines.append("PASS (0 lost, 0 duplicated, 0 errors)" if report["pass"] else "FAIL")
