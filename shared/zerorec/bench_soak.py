@@ -172,9 +172,10 @@ def make_soak_stack(env_extra: Mapping[str, str], log_dir: Path, data_dir: Path)
         "--sink",
         f"consumer=http://{HOST}:{ports['consumer']}/",
     )
-    stack.services["kafka-source"] = lf.Service(
-        "kafka-source", None, (*argv, "--delivery", "single"), health=None
-    )
+    # One event per request, in order per partition, partitions in parallel (the real KafkaSource
+    # has one delivery in flight per partition: 12 for the behavior topic).
+    single = ("--delivery", "single", "--max-parallel", "16")
+    stack.services["kafka-source"] = lf.Service("kafka-source", None, (*argv, *single), health=None)
     return stack
 
 
@@ -331,10 +332,11 @@ def worker_tasks(soak: Soak, schedule: Mapping[str, float]) -> None:
     """Fire the worker's PingSources (local/eventing/ping_source) every `schedule[name]` seconds."""
     from local.eventing.ping_source import PingDispatcher, load
 
+    schedule = {name: every for name, every in schedule.items() if every > 0}  # 0: not fired
     specs = [s for s in load(sink_overrides={"worker": soak.stack.url("worker") + "/"}) if s.name in schedule]
     pinger = PingDispatcher(specs, timeout_s=DELIVERY_TIMEOUT_S)
     due = {name: soak.now() + every for name, every in schedule.items()}
-    while not soak.stop.is_set():
+    while due and not soak.stop.is_set():
         name = min(due, key=lambda n: due[n])
         if soak.stop.wait(max(0.0, due[name] - soak.now())):
             break
@@ -911,6 +913,15 @@ def assemble(
             "unanswered": len(unanswered),
             "failed": len(task_failures),
             "max_ms": max((t["ms"] for t in soak.tasks), default=None),
+            "by_task": {
+                name: {
+                    "fired": sum(1 for t in soak.tasks if t["task"] == name),
+                    "unanswered": sum(1 for t in unanswered if t["task"] == name),
+                    "failed": sum(1 for t in task_failures if t["task"] == name),
+                    "max_ms": max(t["ms"] for t in soak.tasks if t["task"] == name),
+                }
+                for name in sorted({t["task"] for t in soak.tasks})
+            },
             "runs": soak.tasks,
         },
         "timeline": timeline(soak, probes),
@@ -952,7 +963,7 @@ def render(report: Mapping[str, Any]) -> str:
         f"worker tasks: {report['worker_tasks']['fired']} fired, "
         f"{report['worker_tasks']['unanswered']} unanswered within {DELIVERY_TIMEOUT_S:.0f} s, "
         f"{report['worker_tasks']['failed']} failed (non-2xx), "
-        f"max {report['worker_tasks']['max_ms']} ms",
+        f"max {report['worker_tasks']['max_ms']} ms; {json.dumps(report['worker_tasks']['by_task'])}",
         f"{'process':14s} {'growth %':>9} {'slope MB/h':>11} {'first MB':>9} {'end MB':>8} "
         f"{'peak MB':>8}  window",
     ]
@@ -1020,9 +1031,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--warmup", type=float, help="seconds before RSS growth is measured (default 15%%, <=180)"
     )
-    parser.add_argument("--export-every", type=float, default=60.0, help="seconds between event exports")
     parser.add_argument(
-        "--rebuild-every", type=float, default=300.0, help="seconds between hot-list rebuilds"
+        "--export-every", type=float, default=60.0, help="seconds between event exports (0: none)"
+    )
+    parser.add_argument(
+        "--rebuild-every", type=float, default=300.0, help="seconds between hot-list rebuilds (0: none)"
     )
     parser.add_argument("--keep", type=Path, help="folder for servers, data and logs (default: a temp dir)")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
