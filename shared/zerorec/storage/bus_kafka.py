@@ -220,6 +220,10 @@ class KafkaConsumer(Consumer):
             # A crashed member's partitions move on after ~10 s instead of the 45 s default.
             "session.timeout.ms": 10000,
             "heartbeat.interval.ms": 3000,
+            # Bounded prefetch: librdkafka queues up to 64 MB (and fetches 50 MB responses) by
+            # default, which a reader of the whole log (the worker's tasks) would hold in a 256 MiB pod.
+            "queued.max.messages.kbytes": 8192,
+            "fetch.max.bytes": 8 * 1024 * 1024,
             "error_cb": self._on_error,
             "on_commit": self._on_commit,
         }
