@@ -175,6 +175,7 @@ JOB=(--scale 0..1 --concurrency-limit 1 --scale-target 1
   --annotation-revision autoscaling.knative.dev/scale-to-zero-pod-retention-period=0s "${COLD[@]}")
 SINKS=
 for fn in recall ranking reranking user item; do SINKS+=${SINKS:+,}http://$fn.$NS.$SVC/events/model-published; done
+SINKS+=,http://vector-generation.$NS.$SVC/  # a new model: new vectors from its factors
 svc model-training compute "$JOBS" model_training "${JOB[@]}" --timeout 600 \
   --request cpu=100m,memory=2Gi --limit cpu=2000m,memory=2Gi "${BACKENDS[@]}" \
   --env "ZEROREC_PUBLISHED_SINKS=$SINKS" $(scratch 1Gi) "${HTTP_PROBE[@]}" --cluster-local
@@ -186,7 +187,10 @@ svc feature-engineering compute "$JOBS" feature_engineering "${JOB[@]}" --timeou
 svc vector-generation compute "$JOBS" vector_generation "${JOB[@]}" --timeout 600 \
   --request cpu=100m,memory=512Mi --limit cpu=300m,memory=512Mi "${BACKENDS[@]}" \
   --env ZEROREC_TOPIC_MODELS=zerorec.models $(scratch 1Gi) "${HTTP_PROBE[@]}" --cluster-local
-svc flink-realtime compute "$JOBS" flink_realtime "${JOB[@]}" --timeout 60 \
+# flink-realtime holds a streaming job: it must never scale to zero (min-scale 1, max-scale 1;
+# knative/README.md "flink-realtime" says why not the Flink Kubernetes Operator).
+svc flink-realtime compute "$JOBS" flink_realtime --scale 1..1 --concurrency-limit 1 --scale-target 1 \
+  "${COLD[@]}" --timeout 60 \
   --request cpu=100m,memory=1Gi --limit cpu=500m,memory=1Gi "${BACKENDS[@]}" \
   --env ZEROREC_FLINK_AUTOSTART=1 --env JAVA_TOOL_OPTIONS=-Djava.io.tmpdir=/var/tmp \
   $(scratch 1Gi) "${HTTP_PROBE[@]}" --cluster-local

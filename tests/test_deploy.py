@@ -68,8 +68,9 @@ def test_dry_run_renders_every_object_valid(tmp_path: Path) -> None:
     # Apply order: the Job first, the sources after the Services they feed.
     order = [p.name for p in sorted((tmp_path / "objects").glob("*.yaml"))]
     assert order[0].endswith("-job-zerorec-init.yaml")
-    consumer = order.index("10-data-service-consumer.yaml")
-    assert consumer < order.index("12-data-kafkasource-behavior-to-consumer.yaml")
+    position = {name.split("-", 1)[1]: k for k, name in enumerate(order)}  # without the number
+    assert position["data-service-consumer.yaml"] < position["data-kafkasource-behavior-to-consumer.yaml"]
+    assert position["core-service-recall.yaml"] < position["core-kafkasource-models-to-recall.yaml"]
 
 
 def test_phases_partition_the_objects(tmp_path: Path) -> None:

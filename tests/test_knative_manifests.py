@@ -30,6 +30,7 @@ MANIFESTS = sorted(kv.iter_yaml_files([KNATIVE]))
 VERSION = re.search(r'^version = "(.+)"', (REPO / "pyproject.toml").read_text(), re.M).group(1)
 LATENCY_CRITICAL = {"recommender", "recommender-grpc", "recall", "ranking", "reranking", "user", "item"}
 JOB_FUNCTIONS = {"model-training", "feature-engineering", "vector-generation", "flink-realtime"}
+ALWAYS_ON_JOBS = {"flink-realtime"}  # a streaming job: scale-to-zero would stop it
 EXPECTED_SERVICES = LATENCY_CRITICAL | JOB_FUNCTIONS | {"behavior", "consumer", "worker"}
 PUBLIC = {"recommender", "recommender-grpc", "behavior"}  # the BFF, and event intake from outside
 BFF = {"recommender", "recommender-grpc"}
@@ -112,7 +113,7 @@ def test_one_service_per_function() -> None:
         assert doc["metadata"]["namespace"] == "zerorec"
         tmpl = doc["spec"]["template"]
         ann = tmpl["metadata"]["annotations"]
-        want_min = "1" if name in LATENCY_CRITICAL else "0"
+        want_min = "1" if name in LATENCY_CRITICAL | ALWAYS_ON_JOBS else "0"
         assert ann["autoscaling.knative.dev/min-scale"] == want_min, name
         if want_min == "0":
             assert "autoscaling.knative.dev/scale-to-zero-pod-retention-period" in ann, name

@@ -1,4 +1,5 @@
-"""behavior, HTTP: `POST /events` (one event, an array, {"events": [...]} or a CloudEvent), `GET /health`.
+"""behavior, HTTP: `POST /events` (one event, an array, {"events": [...]} or a CloudEvent), `GET /health`,
+`GET /openapi.json`.
 
 Answers 202 with per-event results only after Kafka acknowledged every accepted event; 400/413 for
 bad input (with reasons), 401 for a wrong X-API-Key, 503 when the broker did not acknowledge in time.
@@ -20,6 +21,7 @@ from starlette.responses import Response
 from zerorec.cloudevents_io import from_http
 from zerorec.errors import BackendUnavailableError, DeliveryError, InvalidInputError
 from zerorec.ingest import BatchTooLargeError, BehaviorIngest, IngestResult, check_api_key
+from zerorec.openapi_docs import openapi_response
 from zerorec.request_body import BodyTooLarge, read_limited
 from zerorec.settings import get_settings, require_api_key
 from zerorec.storage import event_bus
@@ -47,10 +49,14 @@ def _is_cloudevent(request: Request) -> bool:
 
 @functions_framework.aio.http
 async def behavior(request: Request) -> Response:
-    """Route on path: POST /events, GET /health."""
+    """Route on path: POST /events, GET /health, GET /openapi.json."""
     path = request.url.path.rstrip("/") or "/"
     if path == "/health":
+        if request.method not in ("GET", "HEAD"):
+            return _error("use GET /health", 405)
         return _json({"status": "ok", "topic": _ingest.topic}, 200)
+    if path == "/openapi.json":
+        return openapi_response("behavior", request.method)
     if path not in ("/events", "/"):
         return _error(f"no route {path}; use POST /events", 404)
     if request.method != "POST":

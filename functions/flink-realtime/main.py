@@ -3,12 +3,15 @@
   GET  /health   200 {"status": "ok", "running": bool}
   GET  /status   the job: running, pid, uptime, options, exit code, last log lines
   POST /start    start it (JSON body, all optional: window_s, startup, group, topic, key_prefix,
-                 checkpoint_s); 200 with its status ("started": false when one already runs)
+                 checkpoint_s, resume); it resumes from its newest retained checkpoint, else
+                 (startup "recent") recounts the last hour of the log (the sink's writes are
+                 idempotent); 200 with its status ("started": false when one already runs)
   POST /stop     stop it (SIGTERM to its process group, SIGKILL after a grace period)
 
 400 for bad options; 413 for a body over 16 KiB; 422 when the Flink interpreter or the connector
 jar is missing. The job runs in its own interpreter (ZEROREC_FLINK_PYTHON) and stops with this
-function (atexit); with ZEROREC_FLINK_AUTOSTART=1 it starts with the function, default options.
+function (atexit); with ZEROREC_FLINK_AUTOSTART=1 it starts with the function, default options
+(on Knative: min-scale 1, so the job is never scaled to zero).
 Run: `python -m zerorec.runner --target flink_realtime --source functions/flink-realtime/main.py --port 8094`.
 """
 

@@ -3,7 +3,8 @@
 The admin endpoint produces `item.upserted.v1` / `item.deleted.v1` CloudEvents to the items topic
 (zerorec.catalog); the consumer applies them to the KV, which `POST /` reads. X-API-Key when
 ZEROREC_ADMIN_API_KEY is set; with a real backend and no key the function refuses to start (exit 1)
-unless ZEROREC_ALLOW_UNAUTHENTICATED=1. Also `GET /health` and `POST /events/model-published` (reload).
+unless ZEROREC_ALLOW_UNAUTHENTICATED=1. Also `GET /health`, `GET /openapi.json`
+and `POST /events/model-published` (reload).
 
 Neither route needs a model: before the first model is published (a new cluster) the admin route
 takes a catalogue, the lookup answers from the KV alone, and `/health` is 200 with status 'degraded'
@@ -34,6 +35,7 @@ from zerorec.online import (
     default_kv,
     stage_slot,
 )
+from zerorec.openapi_docs import openapi_response
 from zerorec.serving import HTTPError, ModelSlot, dispatch, offload, parse
 from zerorec.storage import event_bus
 
@@ -80,4 +82,6 @@ _handle = dispatch(SLOT, {}, {"/": _lookup, "/admin/items": _admin_items})
 @functions_framework.aio.http
 async def item(request: Request) -> Response:
     """Entry point (routes on path)."""
+    if request.url.path == "/openapi.json":  # needs no model
+        return openapi_response("item", request.method)
     return await _handle(request)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import grpc
 from google.protobuf import json_format, struct_pb2
+from google.protobuf.message import DecodeError
 from pydantic import ValidationError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "proto"))
@@ -28,11 +29,16 @@ from zerorec.bff import Recommender
 from zerorec.settings import get_settings
 
 log = logging.getLogger("zerorec.recommender.grpc")
+SERVICE = "zerorec.recommender.v1.Recommender"
 
 
 def decode(msg: pb.RecommendRequest) -> RecommendRequest:
     """Proto -> the validated request model (raises ValidationError)."""
     data: dict[str, object] = {"user_id": msg.user_id, "exclude": list(msg.exclude)}
+    if not msg.user_id and msg.recent_items:  # a guest: the session's items instead of a user
+        data = {"user_id": None, "recent_items": list(msg.recent_items), "exclude": list(msg.exclude)}
+    elif msg.recent_items:
+        data["recent_items"] = list(msg.recent_items)
     if msg.HasField("n"):
         data["n"] = msg.n
     if msg.HasField("context"):
@@ -68,6 +74,8 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             req = decode(request)
         except ValidationError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, validation_reason(exc))
+        except ValueError as exc:  # a Struct JSON cannot hold (NaN, Infinity): was UNKNOWN
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"context: {exc}")
         return encode(await self.recommender.recommend(req))
 
 
@@ -77,7 +85,23 @@ async def serve(host: str, port: int, recommender: Recommender | None = None) ->
         ("grpc.max_receive_message_length", MAX_BODY_BYTES),
         ("grpc.so_reuseport", 0),
     ])
-    pb_grpc.add_RecommenderServicer_to_server(RecommenderServicer(recommender or Recommender()), server)
+    servicer = RecommenderServicer(recommender or Recommender())
+
+    async def recommend_bytes(raw: bytes, context: grpc.aio.ServicerContext) -> pb.RecommendResponse:
+        # The message is parsed here, not by grpc: a malformed or too deeply nested one (a Struct
+        # past protobuf's depth limit) is then INVALID_ARGUMENT with the reason, not UNKNOWN.
+        try:
+            request = pb.RecommendRequest.FromString(raw)
+        except DecodeError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed RecommendRequest: {exc}")
+        return await servicer.Recommend(request, context)
+
+    handlers = {
+        "Recommend": grpc.unary_unary_rpc_method_handler(
+            recommend_bytes, response_serializer=pb.RecommendResponse.SerializeToString
+        )
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     bound = server.add_insecure_port(f"{host}:{port}")
     await server.start()
     return server, bound

@@ -1,6 +1,7 @@
 """user: `POST /` the user's profile (real-time state from the KV over the training history).
 
-Also `GET /health` (503 until the model is loaded) and `POST /events/model-published` (reload).
+Also `GET /health` (503 until the model is loaded), `GET /openapi.json` and
+`POST /events/model-published` (reload).
 Run: `python -m zerorec.runner --target user --source functions/user/main.py --port 8084`.
 """
 
@@ -17,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from zerorec.api import UserRequest
 from zerorec.online import UserStage, default_kv, stage_slot
+from zerorec.openapi_docs import openapi_response
 from zerorec.serving import ModelSlot, dispatch, offload, parse
 
 _kv = default_kv(_settings)
@@ -35,4 +37,6 @@ _handle = dispatch(SLOT, {"/": _profile})
 @functions_framework.aio.http
 async def user(request: Request) -> Response:
     """Entry point (routes on path)."""
+    if request.url.path == "/openapi.json":  # needs no model
+        return openapi_response("user", request.method)
     return await _handle(request)

@@ -1,7 +1,9 @@
 """vector-generation, CloudEvents: item embeddings -> a faiss bundle (jobs.vector_generation), `GET /health`.
 
 Takes `dev.zerorec.task.vector-generation.v1` over HTTP (or from a PingSource with `zerorectype`),
-publishes the vectors bundle and a `dev.zerorec.model.published.v1` event on the bus. It publishes
+and `dev.zerorec.model.published.v1` for the recommender model (model-training's sinks: new
+factors, new vectors, from that version), publishes the vectors bundle and a
+`dev.zerorec.model.published.v1` event on the bus, which recall loads. It publishes
 only under its own bundle name ("vectors"): a task naming another bundle (the recommender's, say)
 is refused with 400, so it can never move another model's LATEST. 200 with the
 report; 400 for an invalid event; 422 when the source model or export does not exist; 503 when a
@@ -25,7 +27,7 @@ from zerorec.storage import event_bus, object_store
 from zerorec.task_function import task_handler
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root, for jobs.*
-from jobs.vector_generation.job import DEFAULT_NAME, VECTOR_GENERATION, run_vectors
+from jobs.vector_generation.job import DEFAULT_NAME, MODEL_PUBLISHED, VECTOR_GENERATION, run_vectors
 
 _settings = get_settings()
 _objects, _bus = object_store(_settings), event_bus(_settings)
@@ -41,7 +43,15 @@ def _bundle_name(data: dict[str, Any]) -> str:
     return name
 
 
-def _run(_kind: str, data: dict[str, Any]) -> dict[str, Any]:
+def _run(kind: str, data: dict[str, Any]) -> dict[str, Any]:
+    if kind == MODEL_PUBLISHED:  # a new recommender model: its ALS factors become the vectors
+        if data["name"] != _settings.model_name:
+            raise InvalidInputError(
+                f"vector-generation follows model {_settings.model_name!r}, not {data['name']!r}"
+            )
+        return run_vectors(
+            _objects, _bus, source="bundle", model=data["name"], model_version=str(data["version"])
+        )
     return run_vectors(
         _objects,
         _bus,
@@ -53,7 +63,7 @@ def _run(_kind: str, data: dict[str, Any]) -> dict[str, Any]:
     )
 
 
-_handle = task_handler("vector-generation", _run, accepts={VECTOR_GENERATION})
+_handle = task_handler("vector-generation", _run, accepts={VECTOR_GENERATION, MODEL_PUBLISHED})
 
 
 @functions_framework.aio.http

@@ -1,4 +1,4 @@
-"""worker, CloudEvents: data-sync tasks (replaces the Celery worker), `GET /health`.
+"""worker, CloudEvents: data-sync tasks (replaces the Celery worker), `GET /health`, `GET /openapi.json`.
 
 Takes `dev.zerorec.task.*` events over HTTP, and the same tasks from PingSources
 (`dev.knative.sources.ping` with the `zerorectype` extension). 200 with the task's report; 400 for
@@ -13,6 +13,7 @@ from __future__ import annotations
 import functions_framework.aio
 from starlette.requests import Request
 from starlette.responses import Response
+from zerorec.openapi_docs import openapi_response
 from zerorec.settings import get_settings
 from zerorec.storage import event_bus, kv_store, object_store
 from zerorec.task_function import task_handler
@@ -26,5 +27,7 @@ _handle = task_handler("worker", lambda kind, data: run_task(kind, data, _stores
 
 @functions_framework.aio.http
 async def worker(request: Request) -> Response:
-    """POST /: run the task of one CloudEvent; GET /health."""
+    """POST /: run the task of one CloudEvent; GET /health, GET /openapi.json."""
+    if request.url.path == "/openapi.json":
+        return openapi_response("worker", request.method)
     return await _handle(request)

@@ -35,6 +35,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 from zerorec.data.interactions import normalize_items
 from zerorec.errors import InvalidInputError, NotFoundError
+from zerorec.feedback import NEGATIVE_KINDS
 from zerorec.realtime import (
     EVENT_WEIGHTS,
     categories_from,
@@ -164,7 +165,8 @@ def event_weight_column(kind: Column, value: Column) -> Column:
     from pyspark.sql import functions as F
 
     rating = F.greatest(F.lit(0.0), (value - 2.5) / 2.5) + 0.2
-    expr = F.when((kind == "rating") & value.isNotNull(), rating)
+    expr = F.when(kind.isin(*NEGATIVE_KINDS), F.lit(0.0))  # dislike, hide: no affinity
+    expr = expr.when((kind == "rating") & value.isNotNull(), rating)
     for name, weight in EVENT_WEIGHTS.items():
         expr = expr.when(kind == name, F.lit(float(weight)))
     return expr.otherwise(F.lit(1.0))

@@ -4,6 +4,8 @@ The job runs in its own interpreter (`ZEROREC_FLINK_PYTHON`, default .local-infr
 see requirements.txt) in its own process group, so stop reaches the Flink JVM and its Python workers.
 The connector jar is `ZEROREC_FLINK_KAFKA_JAR`, else the cached `local/infra.sh jars flink-kafka`.
 Kafka, topic and Redis come from Settings; the KV key templates from zerorec.realtime (the layout's owner).
+Checkpoints go to `<run_dir>/checkpoints` and are retained; a start resumes from the newest one
+(window state and Kafka offsets), so a crash or a stop loses nothing and counts nothing twice.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from zerorec.errors import InvalidInputError, NotFoundError
-from zerorec.realtime import FEATURE_TTL_S, rt_item_counts_key, rt_user_key
+from zerorec.realtime import RT_RETENTION_S, RT_TTL_S, rt_item_counts_key, rt_user_key
 from zerorec.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,11 +60,12 @@ class JobOptions:
     """What the control function may set per start."""
 
     window_s: int = 60
-    startup: str = "group-offsets"
+    startup: str = "recent"  # without a checkpoint: the last RT_RETENTION_S of the log
     group: str = "zerorec-flink-realtime"
     topic: str | None = None  # default settings.topic_behavior
     key_prefix: str = ""  # prepended to the KV keys (tests, side-by-side runs)
     checkpoint_s: int = 10
+    resume: bool = True  # start from the newest retained checkpoint when there is one
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> JobOptions:
@@ -74,19 +77,48 @@ class JobOptions:
         opts = cls(**raw)
         if not (isinstance(opts.window_s, int) and 1 <= opts.window_s <= 3600):
             raise InvalidInputError("window_s must be an integer in 1..3600")
-        if opts.startup not in ("group-offsets", "earliest", "latest"):
-            raise InvalidInputError("startup must be group-offsets, earliest or latest")
+        if opts.startup not in ("recent", "group-offsets", "earliest", "latest"):
+            raise InvalidInputError("startup must be recent, group-offsets, earliest or latest")
         if not (isinstance(opts.checkpoint_s, int) and 1 <= opts.checkpoint_s <= 600):
             raise InvalidInputError("checkpoint_s must be an integer in 1..600")
+        if not isinstance(opts.resume, bool):
+            raise InvalidInputError("resume must be true or false")
         for name in ("group", "topic", "key_prefix"):
             value = getattr(opts, name)
-            if value is not None and (not isinstance(value, str) or "'" in value or len(value) > 200):
-                raise InvalidInputError(f"{name} must be a string without quotes, at most 200 characters")
+            if value is not None and (
+                not isinstance(value, str) or "'" in value or "%" in value or len(value) > 200
+            ):
+                raise InvalidInputError(
+                    f"{name} must be a string without quotes or %, at most 200 characters"
+                )
         return opts
 
 
-def job_argv(settings: Settings, opts: JobOptions, jar: Path, python: Path) -> list[str]:
+def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
+    """The newest complete checkpoint (a `chk-N` folder with its `_metadata`) under
+    `checkpoint_dir/<job id>/`, or None."""
+    found = [
+        (int(chk.name.removeprefix("chk-")), chk.stat().st_mtime, chk)
+        for chk in checkpoint_dir.glob("*/chk-*")
+        if chk.name.removeprefix("chk-").isdigit() and (chk / "_metadata").is_file()
+    ]
+    if not found:
+        return None
+    return max(found, key=lambda f: (f[1], f[0]))[2]
+
+
+def job_argv(
+    settings: Settings,
+    opts: JobOptions,
+    jar: Path,
+    python: Path,
+    checkpoint_dir: Path | None = None,
+    restore: Path | None = None,
+) -> list[str]:
     """The command line of the job process."""
+    extra = ["--checkpoint-dir", str(checkpoint_dir)] if checkpoint_dir else []
+    if restore is not None:
+        extra += ["--restore", str(restore)]
     return [
         str(python),
         "-m",
@@ -108,11 +140,14 @@ def job_argv(settings: Settings, opts: JobOptions, jar: Path, python: Path) -> l
         "--checkpoint-s",
         str(opts.checkpoint_s),
         "--item-key",
-        opts.key_prefix + rt_item_counts_key("{}"),
+        opts.key_prefix + rt_item_counts_key("%s"),
         "--user-key",
-        opts.key_prefix + rt_user_key("{}"),
+        opts.key_prefix + rt_user_key("%s"),
         "--ttl-s",
-        str(FEATURE_TTL_S),
+        str(RT_TTL_S),
+        "--max-age-s",
+        str(RT_RETENTION_S),
+        *extra,
     ]
 
 
@@ -124,9 +159,11 @@ class FlinkJobController:
         self.run_dir = Path(run_dir or settings.data_dir / "flink-realtime")
         self.pid_file = self.run_dir / "job.pid"
         self.log_file = self.run_dir / "job.log"
+        self.checkpoint_dir = self.run_dir / "checkpoints"
         self._proc: subprocess.Popen[bytes] | None = None
         self._started_at: float | None = None
         self._options: JobOptions | None = None
+        self._restored: Path | None = None
 
     def _pid(self) -> int | None:
         if self._proc is not None:
@@ -145,7 +182,8 @@ class FlinkJobController:
         python = flink_python()
         if not python.exists():
             raise NotFoundError(f"no Flink interpreter at {python}: run local/bootstrap.sh")
-        argv = job_argv(self.settings, opts, connector_jar(), python)
+        restore = latest_checkpoint(self.checkpoint_dir) if opts.resume else None
+        argv = job_argv(self.settings, opts, connector_jar(), python, self.checkpoint_dir, restore)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
         env["PYTHONPATH"] = str(ROOT)  # the job imports jobs.flink_realtime only, never zerorec
@@ -154,7 +192,7 @@ class FlinkJobController:
                 argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
         self.pid_file.write_text(str(self._proc.pid))
-        self._started_at, self._options = time.time(), opts
+        self._started_at, self._options, self._restored = time.time(), opts, restore
         return {**self.status(), "started": True}
 
     def stop(self, grace_s: float = 15.0) -> dict[str, Any]:
@@ -197,6 +235,8 @@ class FlinkJobController:
             "pid": pid,
             "uptime_s": round(time.time() - self._started_at, 1) if pid and self._started_at else None,
             "options": self._options.__dict__ if self._options else None,
+            "restored_from": str(self._restored) if self._restored else None,
+            "latest_checkpoint": str(latest_checkpoint(self.checkpoint_dir) or "") or None,
             "exit_code": exit_code,
             "log": str(self.log_file),
             "log_tail": tail,

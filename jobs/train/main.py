@@ -32,6 +32,7 @@ from zerorec.bundle import publish_bundle
 from zerorec.cloudevents_io import new_event, to_http_binary, validate
 from zerorec.data.interactions import normalize_interactions, normalize_items
 from zerorec.errors import InvalidInputError, NotFoundError
+from zerorec.feedback import configured_weights, training_weights
 from zerorec.storage.objects import ObjectStore
 
 MODEL_PUBLISHED = "dev.zerorec.model.published.v1"
@@ -57,6 +58,9 @@ def read_event_log(store: ObjectStore, prefix: str) -> pd.DataFrame:
             "event_type": frame["kind"].astype(str),
         }
     )
+    # Per-kind weights (ZEROREC_FEEDBACK_WEIGHTS); dislikes and hides are no interaction to learn from.
+    keep, weight = training_weights(out["event_type"].tolist(), configured_weights())
+    out = out.assign(weight=weight)[keep]
     return normalize_interactions(out, f"events under {prefix}")
 
 

@@ -8,7 +8,9 @@ searches exactly as the recall function's vector channel does.
 
 Bundle `<name>` (default "vectors"): `channels/vector/{params.json,index.faiss}` (VectorChannel files)
 and `item_ids.json` (row i of the index is item_ids[i]). Then a `dev.zerorec.model.published.v1`
-event goes to the bus topic `ZEROREC_TOPIC_MODELS` (default `zerorec.models`), key = bundle name.
+event goes to the bus topic `ZEROREC_TOPIC_MODELS` (default `zerorec.models`), key = bundle name;
+the KafkaSource `models-to-recall` (knative/eventing/kafka-sources.yaml) delivers it to recall,
+which reloads the vectors and searches them as its vector channel.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from zerorec.data.interactions import InteractionData, normalize_interactions
 from zerorec.errors import InvalidInputError, NotFoundError
 from zerorec.realtime import event_weight
 from zerorec.recall.channels import ALSChannel, VectorChannel
+from zerorec.recall.published_vectors import VECTORS_PREFIX, load_published_vectors
 from zerorec.storage.bus import EventBus
 from zerorec.storage.objects import ObjectStore
 
@@ -39,7 +42,7 @@ VECTOR_GENERATION = "dev.zerorec.task.vector-generation.v1"
 MODEL_PUBLISHED = "dev.zerorec.model.published.v1"
 SOURCE = "/zerorec/vector-generation"
 DEFAULT_NAME = "vectors"
-CHANNEL_PREFIX = "channels/vector/"
+CHANNEL_PREFIX = VECTORS_PREFIX  # what recall reads
 
 
 def models_topic() -> str:
@@ -139,11 +142,10 @@ def vector_files(vectors: ItemVectors) -> dict[str, bytes]:
 def load_vectors(
     objects: ObjectStore, name: str = DEFAULT_NAME, version: str = "latest"
 ) -> tuple[list[str], VectorChannel]:
-    """(item ids, the VectorChannel) of a published vectors bundle; search with channel.index."""
-    bundle = load_bundle(objects, name, version)
-    return [str(i) for i in bundle.json("item_ids.json")], VectorChannel.from_files(
-        _sub(bundle.files, CHANNEL_PREFIX)
-    )
+    """(item ids, the VectorChannel) of a published vectors bundle, loaded as recall loads it
+    (`zerorec.recall.published_vectors`); search with channel.index."""
+    loaded = load_published_vectors(objects, name, version)
+    return loaded.item_ids, loaded.channel
 
 
 def nearest(
@@ -185,12 +187,13 @@ def run_vectors(
     name: str = DEFAULT_NAME,
     factors: int = 64,
     vectors: ItemVectors | None = None,
+    model_version: str = "latest",
 ) -> dict[str, Any]:
     """Build, publish and announce the vectors bundle; a JSON-able report. `vectors`: given embeddings."""
     started = time.monotonic()
     if vectors is None:
         if source == "bundle":
-            vectors = vectors_from_bundle(objects, model)
+            vectors = vectors_from_bundle(objects, model, model_version)
         elif source == "events":
             vectors = vectors_from_events(objects, events_prefix, factors)
         else:

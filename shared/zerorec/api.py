@@ -16,7 +16,7 @@ import sys
 from functools import cache
 from typing import Annotated, Any, Literal, NotRequired
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 from typing_extensions import TypedDict
 
 MAX_BODY_BYTES = 64 * 1024
@@ -24,6 +24,7 @@ MAX_BODY_BYTES = 64 * 1024
 # 500 are ~75 KB): their bodies may be larger than a public request's.
 MAX_BATCH_BODY_BYTES = 1024 * 1024
 MAX_EXCLUDE = 1000
+MAX_GUEST_ITEMS = 50  # a guest session's recent items (realtime.RECENT_MAX)
 MAX_CANDIDATES = 2000
 MAX_SIGNAL_CHANNELS = 16
 
@@ -61,7 +62,15 @@ class HealthResponse(_Response):
 class RecommendRequest(_Request):
     """`POST /recommend`."""
 
-    user_id: UserId = Field(description="the user to recommend for (letters, digits, _ . : @ -)")
+    user_id: UserId | None = Field(
+        default=None,
+        description="the user to recommend for (letters, digits, _ . : @ -); omit it for a guest",
+    )
+    recent_items: list[Id] = Field(
+        default_factory=list,
+        max_length=MAX_GUEST_ITEMS,
+        description="a guest's session (no user_id): the items seen in it, newest first",
+    )
     n: int = Field(default=10, ge=1, le=100, description="how many items to return")
     context: dict[ContextKey, ContextValue] = Field(
         default_factory=dict, max_length=32, description="request context (device, page, hour...)"
@@ -69,6 +78,14 @@ class RecommendRequest(_Request):
     exclude: list[Id] = Field(
         default_factory=list, max_length=MAX_EXCLUDE, description="item ids never to return"
     )
+
+    @model_validator(mode="after")
+    def _a_user_or_a_session(self) -> RecommendRequest:
+        if self.user_id is None and not self.recent_items:
+            raise ValueError("give user_id, or recent_items for a guest")
+        if self.user_id is not None and self.recent_items:
+            raise ValueError("recent_items is for guests: send it without user_id")
+        return self
 
 
 class ItemMeta(BaseModel):
@@ -139,6 +156,11 @@ class RecallCandidate(_Response):
     score: float
     channel: str
     channel_scores: dict[str, float] = Field(default_factory=dict)
+    demote: float | None = Field(
+        default=None,
+        description="a factor in (0, 1) the BFF applies to the item's score after ranking: a near "
+        "neighbour of an item the user disliked or hid (zerorec.feedback)",
+    )
     signals: str = Field(
         default="",
         description="base64 of little-endian float32 pairs, one per channel of the response's "

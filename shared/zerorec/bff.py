@@ -49,6 +49,7 @@ from zerorec.api import (
     UserProfile,
     UserRequest,
 )
+from zerorec.feedback import DEMOTE, GUEST_USER_ID, demoted_score
 from zerorec.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -450,16 +451,21 @@ class Recommender:
         timings: dict[str, float] = {}
         versions: dict[str, str] = {}
         excluded = set(req.exclude)
+        # A guest (no user_id): the session's recent items stand in for the profile (zerorec.feedback).
+        user_id = req.user_id or GUEST_USER_ID
 
         # 1. user and recall, concurrently.
-        user_call = self._call(
-            "user", self._url(s.user_url), UserRequest(user_id=req.user_id), _PARSE_USER, end
-        )
+        if req.user_id is None:
+            user_call: Awaitable[Any] = _guest_profile(req.recent_items)
+        else:
+            user_call = self._call(
+                "user", self._url(s.user_url), UserRequest(user_id=user_id), _PARSE_USER, end
+            )
         recall_n = max(s.recall_candidates, req.n)
         recall_call = self._call(
             "recall",
             self._url(s.recall_url),
-            RecallRequest(user_id=req.user_id, n=recall_n, exclude=req.exclude),
+            RecallRequest(user_id=user_id, n=recall_n, exclude=req.exclude, recent_items=req.recent_items),
             parse_recall,
             end,
         )
@@ -469,7 +475,7 @@ class Recommender:
         if isinstance(user_res, StageError):
             if user_res.cause != "http_404":  # 404: unknown user = new user, not a degradation
                 degraded.append(user_res.reason)
-            profile = UserProfile(user_id=req.user_id, is_new=True)
+            profile = UserProfile(user_id=user_id, is_new=True)
         else:
             profile = user_res
         # What reranking must not show: the caller's exclusions, then what the user has seen.
@@ -507,7 +513,7 @@ class Recommender:
                     "ranking",
                     self._url(s.ranking_url),
                     {
-                        "user_id": req.user_id,
+                        "user_id": user_id,
                         "candidates": candidates,
                         "signal_channels": signal_channels,
                         "context": req.context,
@@ -533,7 +539,7 @@ class Recommender:
                 self._call(
                     "reranking",
                     self._url(s.reranking_url),
-                    {"user_id": req.user_id, "items": ranked, "n": req.n, "seen": seen},
+                    {"user_id": user_id, "items": ranked, "n": req.n, "seen": seen},
                     _PARSE_RERANK,
                     end,
                 ),
@@ -575,7 +581,7 @@ class Recommender:
             self._maybe_refresh_hot()
         timings["total"] = round((time.perf_counter() - start) * 1000, 3)
         return RecommendResponse(
-            user_id=req.user_id,
+            user_id=user_id,
             items=final,
             source=source,
             degraded=degraded,
@@ -595,12 +601,18 @@ class Recommender:
         return out
 
 
+async def _guest_profile(recent_items: list[str]) -> UserProfile:
+    """A guest's profile: the session's items, which are also not to be shown again."""
+    return UserProfile(user_id=GUEST_USER_ID, recent_items=recent_items, seen_items=recent_items, is_new=True)
+
+
 def _ranked(candidates: list[dict[str, Any]], scores: list[float] | None = None) -> list[dict[str, Any]]:
     """The candidates as reranking's items (item_id, score, channel); `scores` replace recall's."""
     if scores is None:
-        return [{"item_id": c["item_id"], "score": c["score"], "channel": c["channel"]} for c in candidates]
+        scores = [c["score"] for c in candidates]
+    # recall's DEMOTE (zerorec.feedback): neighbours of the user's dislikes go down after ranking too
     return [
-        {"item_id": c["item_id"], "score": score, "channel": c["channel"]}
+        {"item_id": c["item_id"], "score": demoted_score(score, c.get(DEMOTE)), "channel": c["channel"]}
         for c, score in zip(candidates, scores, strict=True)
     ]
 

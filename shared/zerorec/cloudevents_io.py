@@ -87,6 +87,7 @@ MAX_ATTRIBUTE_CHARS = 2048
 KNATIVE_ERROR_DATA_MAX = 1024
 
 _REQUIRED = ("id", "source", "specversion", "type")
+_TOO_DEEP = "malformed CloudEvent: JSON nested too deeply"
 _EXTENSION_NAME = re.compile(r"^[a-z0-9]{1,20}$")
 _SAFE_HEADER_CHARS = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in '"%')
 _NEEDS_QUOTING = re.compile(r'[^\x21-\x7e]|["%]')
@@ -236,6 +237,8 @@ def from_http(headers: Mapping[str, str], body: bytes | str | None, *, raw_data:
     unmarshaller = _raw if raw_data and binary else None
     try:
         event = _sdk_from_http(lowered, body, data_unmarshaller=unmarshaller)
+    except RecursionError:  # the SDK's json parser on a hostile document (thousands of nested arrays)
+        raise InvalidInputError(_TOO_DEEP) from None
     except (ce_exceptions.GenericException, ValueError, TypeError) as exc:
         raise InvalidInputError(f"malformed CloudEvent: {exc}") from None
     if binary and not raw_data:
@@ -419,6 +422,8 @@ def from_kafka_record(record: Record, *, raw_data: bool = False) -> CloudEvent:
             message = ce_kafka.KafkaMessage(headers, None, record.value)
             unmarshaller = _raw if raw_data else _json_or_raw
             event = ce_kafka.from_binary(message, data_unmarshaller=unmarshaller)
+    except RecursionError:
+        raise InvalidInputError(_TOO_DEEP) from None
     except (ce_exceptions.GenericException, ValueError, TypeError, UnicodeDecodeError) as exc:
         raise InvalidInputError(f"malformed CloudEvent record: {exc}") from None
     _check_required(event)
@@ -434,8 +439,8 @@ def _json_or_raw(value: bytes) -> Any:
         return None
     try:
         return json.loads(value)
-    except (ValueError, UnicodeDecodeError):
-        return value
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return value  # not JSON we can use: kept as bytes, refused by validation
 
 
 def _extension_name(header: str) -> str:

@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from zerorec.cloudevents_io import CloudEvent, effective_type, event_data, validate
 from zerorec.errors import BackendUnavailableError, InvalidInputError
 from zerorec.event_schemas import SchemaCatalogue, catalogue, parse_timestamp
+from zerorec.feedback import NEGATIVE_KINDS
 from zerorec.realtime import (
     DEDUPE_WINDOW_S,
     BehaviorEvent,
@@ -124,13 +125,16 @@ class EventApplier:
         category_cache_s: float = 10.0,
         dedupe_window_s: int = DEDUPE_WINDOW_S,
         catalogue_: SchemaCatalogue | None = None,
+        weights: Mapping[str, float] | None = None,
     ) -> None:
+        """`weights`: per behaviour kind (zerorec.feedback.configured_weights); None: the defaults."""
         if dedupe_window_s <= 0:
             raise InvalidInputError(f"dedupe_window_s must be positive, got {dedupe_window_s}")
         self.kv = kv
         self.catalogue = catalogue_ or catalogue()
         self.categories = CategoryCache(category_cache_s)
         self.window_s = int(dedupe_window_s)
+        self.weights = weights
 
     def item_categories(self, item_id: str, *, cached: bool = True) -> tuple[str, ...]:
         """The item's categories from the KV item hash (cached for behavior events)."""
@@ -141,6 +145,10 @@ class EventApplier:
             self.categories.put(item_id, found)
         return found
 
+    def _categories_of(self, behavior: BehaviorEvent) -> tuple[str, ...]:
+        """The item's categories, unless the event does not touch category state (a negative kind)."""
+        return () if behavior.kind in NEGATIVE_KINDS else self.item_categories(behavior.item_id)
+
     def apply(self, event: CloudEvent) -> Applied:
         """Validate and apply one event; InvalidInputError for anything the consumer must refuse."""
         event_type = handled_type(event)
@@ -149,7 +157,7 @@ class EventApplier:
         token: Token = item_event_token(str(event["id"]))
         if event_type == BEHAVIOR_TYPE:
             behavior = behavior_from(data)
-            ops = behavior_writes(behavior, self.item_categories(behavior.item_id))
+            ops = behavior_writes(behavior, self._categories_of(behavior), self.weights)
             token = behavior_token(behavior.user_id, str(event["id"]))
         elif event_type == UPSERT_TYPE:
             item = item_from(data)
@@ -167,7 +175,7 @@ class EventApplier:
         validate(event, self.catalogue)
         behavior = behavior_from(event_data(event))
         token = behavior_token(behavior.user_id, str(event["id"]))
-        return token, behavior_writes(behavior, self.item_categories(behavior.item_id))
+        return token, behavior_writes(behavior, self._categories_of(behavior), self.weights)
 
     def apply_batch(self, events: Sequence[CloudEvent | InvalidInputError]) -> list[dict[str, Any]]:
         """One result per event, in order: `{"id", "type", "status": 200, "applied"}` or

@@ -41,6 +41,9 @@ from zerorec.errors import InvalidInputError, NotFoundError
 
 TYPE_PREFIX = "dev.zerorec."
 MAX_DATA_BYTES = 64 * 1024  # encoded JSON size of one event's data
+# Nesting limit of an event's data: far above any real payload (behavior context is 2 deep), far below
+# what breaks a recursive encoder or validator (orjson stops at 255, jsonschema and json near 1000).
+MAX_DATA_DEPTH = 32
 MAX_FUTURE_SKEW = timedelta(minutes=5)
 EARLIEST_TIME = datetime(2000, 1, 1, tzinfo=UTC)
 _MAX_REASONS = 3
@@ -55,6 +58,24 @@ def parse_timestamp(value: str) -> datetime:
     if parsed.tzinfo is None:
         raise ValueError(f"timestamp has no UTC offset: {value!r:.60}")
     return parsed
+
+
+def nested_deeper_than(value: Any, limit: int) -> bool:
+    """True when `value` (parsed JSON) nests lists/objects more than `limit` deep. Iterative: a hostile
+    document cannot exhaust the stack here, and it stops at the first path past the limit."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
 
 
 def check_time_window(value: str, *, now: datetime | None = None) -> str | None:
@@ -254,6 +275,8 @@ class SchemaCatalogue:
         if validator is None:
             known = ", ".join(self.types)
             raise InvalidInputError(f"unknown event type {event_type!r} (known: {known})")
+        if nested_deeper_than(data, MAX_DATA_DEPTH):
+            raise InvalidInputError(f"{event_type} data nested more than {MAX_DATA_DEPTH} levels deep")
         try:
             size = len(orjson.dumps(data, default=str))
         except TypeError:  # keys that are no strings, integers past 64 bits: measure as before

@@ -26,7 +26,7 @@ import orjson
 
 from zerorec.cloudevents_io import CloudEvent, event_data, new_event, to_kafka_record, validate
 from zerorec.errors import InvalidInputError
-from zerorec.event_schemas import SchemaCatalogue, catalogue
+from zerorec.event_schemas import MAX_DATA_DEPTH, SchemaCatalogue, catalogue, nested_deeper_than
 from zerorec.storage.bus import EventBus, OutgoingRecord
 
 BEHAVIOR_TYPE = "dev.zerorec.behavior.v1"
@@ -87,6 +87,8 @@ def parse_batch(body: bytes, max_batch: int = DEFAULT_MAX_BATCH) -> list[Any]:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise InvalidInputError(f"body is not valid JSON: {exc}") from None
+    if nested_deeper_than(doc, MAX_DATA_DEPTH + 2):  # + {"events": [...]}: refused before any encoding
+        raise InvalidInputError(f"body nested too deeply (an event's data: at most {MAX_DATA_DEPTH} levels)")
     if isinstance(doc, dict) and set(doc) == {"events"}:
         doc = doc["events"]
         if not isinstance(doc, list):

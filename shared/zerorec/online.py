@@ -54,6 +54,7 @@ from zerorec.api import (
 from zerorec.bundle import LoadedBundle, latest_version, load_bundle
 from zerorec.coldstart import ALL_PARTS, ModelParts
 from zerorec.errors import BackendUnavailableError, InvalidInputError, NotFoundError
+from zerorec.feedback import demote_near_negatives
 from zerorec.pipeline import CHANNEL_ORDER, USER_FILES, Recommender
 from zerorec.realtime import (
     RECENT_MAX,
@@ -64,6 +65,8 @@ from zerorec.realtime import (
     catalogue_reads,
     hot_reads,
     item_reads,
+    items_present_reads,
+    present_from,
     user_state_from,
     user_state_reads,
 )
@@ -247,6 +250,7 @@ class RecallStage:
         (score 0)."""
         rec = self.model.rec
         recent, categories = list(req.recent_items), {}
+        negatives: list[str] = []  # disliked / hidden (zerorec.feedback)
         reads = catalogue_reads(FRESH_REALTIME)
         if not recent:  # the BFF did not pass the user's history: read it in the same round trip
             reads = user_state_reads(req.user_id) + reads
@@ -259,14 +263,21 @@ class RecallStage:
         if not recent:
             state = user_state_from(req.user_id, results[:-2])
             recent, categories = state.recent_items, state.category_affinity
+            negatives = state.negative_items
         query = rec.query(req.user_id, recent)
         query.categories = categories
-        exclude = self.model.known([*req.exclude, *deleted])
+        exclude = self.model.known([*req.exclude, *deleted, *negatives])
         lists = rec.retrieve(query, req.n, exclude)  # each channel's index answer, n deep
         merged = rec.candidates(query, req.n, exclude, lists, fill=True)  # n as asked
         out = _candidate_dicts(rec.data.item_ids, merged, rec.signals(query, merged, lists))
-        skip = {*req.exclude, *deleted, *recent}
+        demote_near_negatives(out, negatives, rec)
+        skip = {*req.exclude, *deleted, *recent, *negatives}
         unknown = [i for i in fresh if i not in rec.data.item_index and i not in skip]
+        if unknown:  # only items with metadata: a fresh marker without its item hash is a ghost
+            try:
+                unknown = present_from(unknown, self.kv.read(items_present_reads(unknown)))
+            except BackendUnavailableError:
+                unknown = []
         out += [{"item_id": i, "score": 0.0, "channel": "fresh", "channel_scores": {}} for i in unknown]
         return {
             "candidates": out,

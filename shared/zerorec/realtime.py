@@ -12,7 +12,10 @@ slot, so one user's reads and the consumer's atomic script stay on one shard):
                      refreshed by every event: a user idle that long is forgotten.
   item:{i}           hash title / categories (JSON) / created_at / attributes (JSON)
   hot:{hot}:all, hot:{hot}:cat:{c}   zset item -> forward-decayed popularity (one slot: the worker
-                     rebuilds them in one atomic write, recall reads them in one round trip)
+                     refreshes them from the hour buckets in one atomic write, recall reads them
+                     in one round trip)
+  hot:{hot}:b:<hour>[:cat:{c}]  zset item -> popularity in that hour (the consumer adds every event)
+  rt:user:{u}, rt:item:{i}      hash window start -> events (flink-realtime; see "features" below)
   items:{items}:fresh     zset item -> created_at (epoch seconds)
   items:{items}:deleted   zset item -> deleted_at
   evt:{items}:<id>   idempotency token of an item event (catalogue changes are rare), kept for the
@@ -42,21 +45,26 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from zerorec.errors import BackendUnavailableError
+from zerorec.feedback import NEGATIVE_KINDS
 from zerorec.storage.kv import (
     Delete,
     Expire,
     HGetAll,
     HMGet,
     HSet,
+    KVStore,
     ReadOp,
     Record,
     RecordGet,
     RecordIncr,
     RecordPush,
     RecordToken,
+    SetAdd,
     WriteOp,
     ZIncr,
     ZRem,
@@ -70,6 +78,8 @@ CATEGORIES_MAX = 8  # category affinities a user's record keeps (the largest: th
 USER_STATE_TTL_S = 30 * 24 * 3600
 DEDUPE_WINDOW_S = 3600
 HISTORY, CATEGORIES = "h", "c"  # sections of the user's record
+NEGATIVE = "x"  # section: items the user disliked or hid, newest first (zerorec.feedback)
+NEGATIVE_MAX = 50
 
 # How much each behaviour says about taste; ratings scale with the stars given.
 EVENT_WEIGHTS: Mapping[str, float] = {
@@ -122,8 +132,10 @@ def _record_safe(text: str) -> bool:
     return not any(c in text for c in "\x1c\x1d\x1e\x1f")
 
 
-def event_weight(kind: str, value: float | None = None) -> float:
-    weight = EVENT_WEIGHTS.get(kind, 1.0)
+def event_weight(kind: str, value: float | None = None, weights: Mapping[str, float] | None = None) -> float:
+    if kind in NEGATIVE_KINDS:  # dislike, hide: never interest, in any popularity or affinity
+        return 0.0
+    weight = (weights or EVENT_WEIGHTS).get(kind, 1.0)
     if kind == "rating" and value is not None:
         weight = max(0.0, (value - 2.5) / 2.5) + 0.2  # a 1-star rating still says "seen", barely liked
     return weight
@@ -142,24 +154,76 @@ class BehaviorEvent:
     value: float | None = None
 
 
-def behavior_writes(event: BehaviorEvent, item_categories: Sequence[str]) -> list[WriteOp]:
+def behavior_writes(
+    event: BehaviorEvent, item_categories: Sequence[str], weights: Mapping[str, float] | None = None
+) -> list[WriteOp]:
     """The KV writes one behavior event causes (apply them with apply_once and behavior_token).
 
     Categories holding a control character (the record's separators; the item schema allows
-    them) are left out of the user's affinities, not refused: the event is still good."""
-    weight = event_weight(event.kind, event.value)
-    hot_inc = decayed_increment(weight, event.timestamp_s)
+    them) are left out of the user's affinities, not refused: the event is still good.
+    A negative kind (dislike, hide) only joins the user's negative list: no history, no hot list."""
     user = user_key(event.user_id)
-    ops: list[WriteOp] = [
-        RecordPush(user, HISTORY, event.item_id, HISTORY_MAX),
-        ZIncr(hot_key(), event.item_id, hot_inc),
-    ]
+    if event.kind in NEGATIVE_KINDS:
+        return [RecordPush(user, NEGATIVE, event.item_id, NEGATIVE_MAX), Expire(user, USER_STATE_TTL_S)]
+    weight = event_weight(event.kind, event.value, weights)
+    ops: list[WriteOp] = [RecordPush(user, HISTORY, event.item_id, HISTORY_MAX)]
     for category in item_categories:
-        ops.append(ZIncr(hot_key(category), event.item_id, hot_inc))
         if category and _record_safe(category):
             ops.append(RecordIncr(user, CATEGORIES, category, weight, CATEGORIES_MAX))
     ops.append(Expire(user, USER_STATE_TTL_S))
+    return ops + hot_count_writes(event, item_categories, weight)
+
+
+# ---- hot lists, kept incrementally -------------------------------------------------------------
+# Every behavior event adds its decayed weight (forward decay, as above) to
+#   hot:{hot}:b:<bucket>            zset item -> weight in the hour bucket starting at <bucket>
+#   hot:{hot}:b:<bucket>:cat:<c>    the same per category            (TTL: the window + 2 buckets)
+# and to the live lists hot:{hot}:all / hot:{hot}:cat:<c>, which recall reads at once. The worker's
+# `refresh-hot` (PingSource, every 5 minutes) replaces each live list with the top n of the sum of
+# the buckets in the window: O(buckets x depth) KV reads, whatever the size of the behavior log,
+# no consumer group, no re-read. The categories ever counted are the set HOT_CATEGORIES_KEY.
+HOT_BUCKET_S = 3600
+HOT_WINDOW_MAX_S = 7 * 24 * 3600  # the longest window a refresh may ask for (bucket TTL bound)
+HOT_BUCKET_DEPTH = 2000  # members of each bucket a refresh sums (a bucket's head: hot lists are heads)
+HOT_CATEGORIES_KEY = "hot:{hot}:cats"
+
+
+def hot_bucket_start(timestamp_s: float) -> int:
+    return int(timestamp_s) // HOT_BUCKET_S * HOT_BUCKET_S
+
+
+def hot_bucket_key(bucket_start: int, category: str | None = None) -> str:
+    base = f"hot:{{hot}}:b:{bucket_start}"
+    return base if category is None else f"{base}:cat:{category}"
+
+
+def hot_count_writes(event: BehaviorEvent, item_categories: Sequence[str], weight: float) -> list[WriteOp]:
+    """The hot-list counts one behavior event of `weight` adds: its hour bucket (overall and per
+    category) and the live lists. All in the {hot} slot; the bucket keys expire after the longest
+    window. Nothing for a weight of 0 or less (negative feedback makes nothing hot)."""
+    if weight <= 0:
+        return []
+    inc = decayed_increment(weight, event.timestamp_s)
+    bucket = hot_bucket_start(event.timestamp_s)
+    ops: list[WriteOp] = []
+    for category in (None, *item_categories):
+        ops += [
+            ZIncr(hot_key(category), event.item_id, inc),
+            ZIncr(hot_bucket_key(bucket, category), event.item_id, inc),
+            Expire(hot_bucket_key(bucket, category), HOT_WINDOW_MAX_S + 2 * HOT_BUCKET_S),
+        ]
+    if item_categories:
+        ops.append(SetAdd(HOT_CATEGORIES_KEY, tuple(item_categories)))
     return ops
+
+
+def hot_window_buckets(now_s: float, window_s: int) -> list[int]:
+    """The hour buckets a window of `window_s` ending now covers (the current one included)."""
+    if not 0 < window_s <= HOT_WINDOW_MAX_S:
+        raise ValueError(f"window_s must be in 1..{HOT_WINDOW_MAX_S}, got {window_s}")
+    last = hot_bucket_start(now_s)
+    first = hot_bucket_start(now_s - window_s)
+    return list(range(first, last + 1, HOT_BUCKET_S))
 
 
 @dataclass(frozen=True)
@@ -222,6 +286,7 @@ class UserState:
     recent_items: list[str]
     seen_items: list[str]
     category_affinity: dict[str, float]
+    negative_items: list[str] = field(default_factory=list)  # disliked or hidden, newest first
 
     @property
     def is_new(self) -> bool:
@@ -240,11 +305,14 @@ def user_state_from(user_id: str, results: Sequence) -> UserState:
     if not isinstance(record, Record):
         record = Record()
     history = record.lists.get(HISTORY, [])
+    negative = record.lists.get(NEGATIVE, [])
     return UserState(
         user_id=user_id,
         recent_items=history[:RECENT_MAX],  # distinct, newest first
-        seen_items=list(history),
+        # disliked and hidden items count as seen: every stage that filters seen items drops them
+        seen_items=list(dict.fromkeys([*history, *negative])),
         category_affinity=dict(record.counters.get(CATEGORIES, {})),
+        negative_items=list(negative),
     )
 
 
@@ -271,6 +339,17 @@ def item_reads(item_ids: Sequence[str]) -> list[ReadOp]:
     return [HGetAll(item_key(i)) for i in item_ids]
 
 
+def items_present_reads(item_ids: Sequence[str]) -> list[ReadOp]:
+    """One field of each item's metadata hash; `present_from` tells which items have one."""
+    return [HMGet(item_key(i), ("created_at",)) for i in item_ids]
+
+
+def present_from(item_ids: Sequence[str], results: Sequence) -> list[str]:
+    """The ids of `items_present_reads` whose metadata hash exists (in order): a marker such as a
+    fresh-items entry whose hash is gone (a cross-slot write cut short, an eviction) is a ghost."""
+    return [i for i, r in zip(item_ids, results, strict=True) if r and r[0] is not None]
+
+
 def item_categories_read(item_id: str) -> ReadOp:
     """The item's categories field (JSON list) alone; parse with `categories_from`."""
     return HMGet(item_key(item_id), ("categories",))
@@ -293,17 +372,20 @@ def categories_from(result: Sequence[str | None]) -> tuple[str, ...]:
 #   feat:user:{u}          hash counts by kind (n_<kind>, n_total), last_active (epoch s), as_of
 #   feat:user:{u}:cats     hash category -> affinity (sum of event weights, 30 d), the
 #                          CATEGORY_FEATURES_MAX largest
-#   (all three expire OFFLINE_FEATURE_TTL_S after the run that wrote them: the daily job rewrites
-#   every user and item of its 30-day window, so a key it stops writing is gone three runs later)
-#   (the braces are literal: the user's / item's hash tag, as in u:{u} and item:{i})
-#   rt:item:<i>:cnt        hash window start (epoch s) -> events in that 1-minute window (TTL-bounded)
-#   rt:user:<u>            hash window_start, events (in the user's last closed window)
-#   (rt:* keys are written by the PyFlink job's own Redis client, with str.format templates; not
-#   yet tagged: a Redis Cluster deployment needs its sink to be cluster-aware first)
+#   (the three feat:* hashes expire FEATURE_TTL_S after the run that wrote them: the nightly job
+#   rewrites every user and item of its 30-day window, so a key it stops writing goes away)
+#   rt:user:{u}, rt:item:{i}   hash window start (epoch s, a multiple of RT_WINDOW_S) -> behavior
+#                          events of that user / on that item in the window (docs/realtime.md).
+#   (the braces are literal: the user's / item's hash tag, as in u:{u} and item:{i}, so a user's
+#   rt key lives in the slot of its record)
+# The rt:* hashes are written by the PyFlink job (jobs/flink_realtime: absolute counts, max-merged,
+# fields older than RT_RETENTION_S trimmed, key TTL RT_TTL_S); `read_realtime_counts` reads them.
 
-FEATURE_TTL_S = 2 * 24 * 3600  # real-time counters expire on their own
-OFFLINE_FEATURE_TTL_S = 3 * 24 * 3600  # three runs of the daily feature job
+FEATURE_TTL_S = 2 * 24 * 3600  # offline feature hashes outlive a missed nightly run
 CATEGORY_FEATURES_MAX = 32  # category affinities kept per user (the largest)
+RT_WINDOW_S = 60  # the Flink job's window (its default --window-s)
+RT_RETENTION_S = 3600  # windows a rt:* hash keeps: the last hour answers "events in the last hour"
+RT_TTL_S = 2 * 3600  # a rt:* key idle this long is gone (no event for 2 hours: all counts are 0)
 
 
 def item_features_key(item_id: str) -> str:
@@ -319,15 +401,76 @@ def user_category_features_key(user_id: str) -> str:
 
 
 def rt_item_counts_key(item_id: str) -> str:
-    return f"rt:item:{item_id}:cnt"
+    """rt:item:{i}: window start -> events on the item in that window (item's hash tag)."""
+    return f"rt:item:{{{item_id}}}"
 
 
 def rt_user_key(user_id: str) -> str:
-    return f"rt:user:{user_id}"
+    """rt:user:{u}: window start -> the user's events in that window (the user's hash tag)."""
+    return f"rt:user:{{{user_id}}}"
+
+
+@dataclass(frozen=True)
+class RealtimeCounts:
+    """Behavior events of one user or item: in the last minute (the current window and the one
+    before it, so a click counts at once and for at least a window) and in the last hour."""
+
+    last_1m: int = 0
+    last_1h: int = 0
+
+
+NO_COUNTS = RealtimeCounts()
+
+
+def realtime_counts_from(
+    fields: Mapping[str, str], now_s: float, window_s: int = RT_WINDOW_S
+) -> RealtimeCounts:
+    """The counts in one rt:* hash (window start -> count) as of `now_s`; fields that are not
+    integers (a foreign writer) are ignored, a missing hash is all zeros."""
+    current = int(now_s) // window_s * window_s
+    minute_from = current - window_s
+    hour_from = current - RT_RETENTION_S + window_s
+    last_1m = last_1h = 0
+    for start_text, count_text in fields.items():
+        try:
+            start, count = int(start_text), int(count_text)
+        except (TypeError, ValueError):
+            continue
+        if hour_from <= start <= current:
+            last_1h += count
+            if start >= minute_from:
+                last_1m += count
+    return RealtimeCounts(last_1m, last_1h)
+
+
+def read_realtime_counts(
+    kv: KVStore,
+    user_ids: Sequence[str] = (),
+    item_ids: Sequence[str] = (),
+    *,
+    now_s: float | None = None,
+    key_prefix: str = "",
+) -> tuple[dict[str, RealtimeCounts], dict[str, RealtimeCounts]]:
+    """(per user, per item) real-time counts for a batch, in ONE pipelined KV round trip.
+
+    The ranker's reader of flink-realtime's output: a missing key, or a KV that does not answer,
+    gives NO_COUNTS (zeros), never an error. `key_prefix` is the job's (tests, side-by-side runs)."""
+    now = time.time() if now_s is None else now_s
+    users, items = list(dict.fromkeys(user_ids)), list(dict.fromkeys(item_ids))
+    reads: list[ReadOp] = [HGetAll(key_prefix + rt_user_key(u)) for u in users]
+    reads += [HGetAll(key_prefix + rt_item_counts_key(i)) for i in items]
+    try:
+        results = kv.read(reads) if reads else []
+    except BackendUnavailableError:
+        return dict.fromkeys(users, NO_COUNTS), dict.fromkeys(items, NO_COUNTS)
+    counts = [realtime_counts_from(r or {}, now) for r in results]
+    return dict(zip(users, counts[: len(users)], strict=True)), dict(
+        zip(items, counts[len(users) :], strict=True)
+    )
 
 
 def feature_hash_writes(
-    key: str, fields: Mapping[str, object], ttl_s: int = OFFLINE_FEATURE_TTL_S
+    key: str, fields: Mapping[str, object], ttl_s: int = FEATURE_TTL_S
 ) -> list[WriteOp]:
     """Replace the feature hash `key` with `fields` (values become strings); it expires after
     `ttl_s` unless a later run writes it again."""

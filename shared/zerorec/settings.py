@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 log = logging.getLogger("zerorec.settings")
@@ -89,6 +89,11 @@ class Settings(BaseSettings):
     model_cache_dir: Path | None = Field(default=None, description="verified bundle files kept here")
     model_retry_s: float = Field(default=5.0, gt=0, description="retry period while no model is loaded")
     model_poll_s: float = Field(default=60.0, ge=0, description="how often LATEST is checked (0: never)")
+    vectors_model: str = Field(
+        default="vectors",
+        pattern=r"^[A-Za-z0-9._-]*$",
+        description="vector-generation's bundle, recall's vector channel ('': the model's own vectors)",
+    )
     rerank_diversity: float | None = Field(
         default=None, ge=0, le=1, description="MMR trade-off; None keeps the bundle's value"
     )
@@ -107,6 +112,16 @@ class Settings(BaseSettings):
         default=3600, gt=0, description="how long the consumer remembers an applied event id (at least)"
     )
     export_group: str = Field(default="zerorec-export-events", description="export task consumer group")
+    feedback_weights: str = Field(
+        default="",
+        description="weight per behaviour kind over the defaults, e.g. 'view=0.5,purchase=6'",
+    )
+    negative_neighbours: int = Field(
+        default=20, ge=0, le=200, description="item-CF neighbours of each disliked/hidden item recall demotes"
+    )
+    negative_demotion: float = Field(
+        default=0.5, gt=0, le=1, description="score factor of those neighbours (1: no demotion)"
+    )
     consumer_max_batch_bytes: int = Field(
         default=16 * 1024 * 1024, ge=1024, description="body limit of one batched delivery to the consumer"
     )
@@ -126,6 +141,26 @@ class Settings(BaseSettings):
     train_memory_fraction: float = Field(
         default=0.8, gt=0, le=1, description="share of the available memory a local training may plan to use"
     )
+
+    @field_validator("feedback_weights")
+    @classmethod
+    def _weights_parse(cls, value: str) -> str:
+        """Refuse a malformed ZEROREC_FEEDBACK_WEIGHTS at start-up, with the reason."""
+        from zerorec.feedback import parse_weights
+        from zerorec.realtime import EVENT_WEIGHTS
+
+        try:
+            parse_weights(value, EVENT_WEIGHTS)
+        except ValueError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("model_cache_dir", "sqlite_kv_path", "sqlite_bus_path", "init_dataset", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """`ZEROREC_MODEL_CACHE_DIR=` (set but empty) means "not set", not `Path("")`, the current
+        directory (a read-only root in a container, or files dropped wherever the process started)."""
+        return None if isinstance(value, str) and not value.strip() else value
 
     @property
     def real_backends(self) -> list[str]:

@@ -55,6 +55,8 @@ def task_handler(
 
     async def handle(request: Request) -> Response:
         if request.url.path.rstrip("/") == "/health":
+            if request.method not in ("GET", "HEAD"):
+                return _json({"error": "use GET /health"}, 405)
             return _json({"status": "ok", **(health() if health else {})}, 200)
         if request.method != "POST":
             return _json({"error": "POST a task CloudEvent"}, 405)

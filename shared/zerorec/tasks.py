@@ -3,16 +3,18 @@
 - `dev.zerorec.task.catalogue-import.v1`: a CSV/Parquet catalogue object -> item.upserted events on
   the items topic (`zerorec.catalog`), never straight into the KV: the item stream stays the single
   source of truth and the consumer applies it like any other change.
-- `dev.zerorec.task.rebuild-hot.v1`: recompute the hot lists (global and per category) from the
-  behavior log over the last `window_hours`, keep the top `n` of each, and replace them atomically.
-  This also bounds the hot zsets (the consumer only ever adds members).
+- `dev.zerorec.task.rebuild-hot.v1`: refresh the hot lists (global and per category) from the hour
+  buckets the consumer keeps as events arrive (`realtime.hot_count_writes`): the top `n` of the
+  last `window_hours`, replaced atomically. This also bounds the live hot zsets (the consumer only
+  ever adds members). It reads no log: its cost does not grow with the topic.
 - `dev.zerorec.task.export-events.v1`: the behavior log -> Parquet under `<prefix>/<date>/...` for
-  training. Default: since the last export (consumer group `settings.export_group`, committed after
-  each object is written: a crash re-exports, never skips; rows carry `event_id` to dedup). One run
-  exports what was in the log when it started (records stamped later wait for the next run: under
-  a steady stream the log is never "caught up") and stops after EXPORT_BUDGET_S, inside the
-  PingSource's delivery timeout, reporting `complete: false`; the next tick goes on from the commit.
-  Rows are written in chunks of EXPORT_CHUNK, so the worker's memory does not grow with the backlog.
+  training (default prefix `exports/events`, where every reader looks). Default: since the last
+  export (consumer group `settings.export_group`, committed after each object is written: a crash
+  re-exports, never skips; rows carry `event_id` to dedup). One run exports what was in the log
+  when it started (records stamped later wait for the next run: under a steady stream the log is
+  never "caught up") and stops after EXPORT_BUDGET_S, inside the PingSource's delivery timeout,
+  reporting `complete: false`; the next tick goes on from the commit. Rows are written in chunks
+  of EXPORT_CHUNK, so the worker's memory does not grow with the backlog.
   With `since`/`until`: a backfill that reads the whole log and commits nothing.
 
 PingSources send the same tasks as `dev.knative.sources.ping` with the `zerorectype` extension;
@@ -27,7 +29,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
@@ -38,25 +40,28 @@ from zerorec.cloudevents_io import from_kafka_record, validate
 from zerorec.errors import InvalidInputError
 from zerorec.event_schemas import catalogue, parse_timestamp
 from zerorec.realtime import (
-    categories_from,
-    decayed_increment,
-    event_weight,
+    DELETED_KEY,
+    DELETED_MAX,
+    HOT_BUCKET_DEPTH,
+    HOT_CATEGORIES_KEY,
+    HOT_WINDOW_MAX_S,
+    hot_bucket_key,
     hot_key,
-    item_categories_read,
+    hot_window_buckets,
 )
 from zerorec.settings import Settings
 from zerorec.storage.bus import EventBus, Record
-from zerorec.storage.kv import Delete, KVStore, SetAdd, SetMembers, WriteOp, ZIncr
+from zerorec.storage.kv import Delete, KVStore, SetAdd, SetMembers, WriteOp, ZIncr, ZTop
 from zerorec.storage.objects import ObjectStore
 
 CATALOGUE_IMPORT = "dev.zerorec.task.catalogue-import.v1"
 REBUILD_HOT = "dev.zerorec.task.rebuild-hot.v1"
 EXPORT_EVENTS = "dev.zerorec.task.export-events.v1"
 BEHAVIOR_TYPE = "dev.zerorec.behavior.v1"
-# The categories whose hot lists the last rebuild wrote (the hot lists' hash tag: one slot).
-HOT_CATEGORIES_KEY = "hot:{hot}:cats"
 EXPORT_CHUNK = 20_000  # rows per Parquet object: ~10 MB of row dicts in the worker at most
 EXPORT_BUDGET_S = 20.0  # one export run, well inside the PingSource's delivery timeout (30 s locally)
+# Where the export writes and every reader (training, feature engineering, vectors) looks by default.
+EXPORT_PREFIX = "exports/events"
 MAX_RECORDS = 2_000_000
 IDLE_S = 1.5  # caught up: this long without a record once records came
 FIRST_WAIT_S = 5.0  # an empty log: this long without any record (a Kafka group join takes ~0.5 s)
@@ -96,11 +101,10 @@ def run_task(task_type: str, data: Any, stores: Stores) -> dict[str, Any]:
         return catalogue_import(stores.objects, stores.bus, s.topic_items, data["key"], data["format"])
     if task_type == REBUILD_HOT:
         return rebuild_hot(
-            stores.bus,
             stores.kv,
-            s.topic_behavior,
-            window_hours=data.get("window_hours", 24),
-            n=data.get("n", 200),
+            # JSON Schema's "integer" admits 5.0: the slices and windows below need ints
+            window_hours=int(data.get("window_hours", 24)),
+            n=int(data.get("n", 200)),
         )
     if task_type == EXPORT_EVENTS:
         return export_events(
@@ -108,7 +112,7 @@ def run_task(task_type: str, data: Any, stores: Stores) -> dict[str, Any]:
             stores.objects,
             s.topic_behavior,
             group=s.export_group,
-            prefix=data.get("prefix", "events"),
+            prefix=data.get("prefix", EXPORT_PREFIX),
             since=data.get("since"),
             until=data.get("until"),
         )
@@ -254,49 +258,49 @@ def _behavior(record: Record) -> dict[str, Any] | None:
 
 
 def rebuild_hot(
-    bus: EventBus,
     kv: KVStore,
-    topic: str,
     *,
     window_hours: int = 24,
     n: int = 200,
     now: datetime | None = None,
 ) -> dict[str, Any]:
-    """Recompute hot:all and hot:cat:* from the behavior log of the last `window_hours` (top `n`)."""
-    since = (now or datetime.now(UTC)) - timedelta(hours=window_hours)
-    scores: dict[str, float] = {}
-    used = 0
-    group = f"zerorec-rebuild-hot-{uuid.uuid4().hex[:12]}"  # transient: reads all, commits nothing
-    with LogReader(bus, topic, group) as reader:
-        for batch in reader.batches():
-            for record in batch:
-                row = _behavior(record)
-                if row is None or row["timestamp"] < since:
-                    continue
-                used += 1
-                weight = event_weight(row["kind"], row["value"])
-                inc = decayed_increment(weight, row["timestamp"].timestamp())
-                scores[row["item_id"]] = scores.get(row["item_id"], 0.0) + inc
-    items = list(scores)
-    results = kv.read([item_categories_read(i) for i in items] + [SetMembers(HOT_CATEGORIES_KEY)])
-    previous: set[str] = results.pop()
-    per_category: dict[str, dict[str, float]] = {}
-    for item_id, result in zip(items, results, strict=True):
-        for category in categories_from(result):
-            per_category.setdefault(category, {})[item_id] = scores[item_id]
-    ops: list[WriteOp] = [*_replace_zset(hot_key(), scores, n)]
-    for category, members in per_category.items():
-        ops += _replace_zset(hot_key(category), members, n)
-    ops += [Delete(hot_key(c)) for c in previous - set(per_category)]
+    """Replace hot:all and hot:cat:* with the top `n` of the consumer's hour buckets in the last
+    `window_hours` (realtime.hot_count_writes): two pipelined reads and one atomic write, whatever
+    the size of the behavior log; it reads no topic and joins no consumer group. Categories that
+    had counts but have none in the window lose their list (and their place in the set)."""
+    window_s = window_hours * 3600
+    if window_s > HOT_WINDOW_MAX_S:
+        raise InvalidInputError(
+            f"window_hours must be at most {HOT_WINDOW_MAX_S // 3600}: the hour buckets expire after that"
+        )
+    buckets = hot_window_buckets((now or datetime.now(UTC)).timestamp(), window_s)
+    categories, deleted = kv.read([SetMembers(HOT_CATEGORIES_KEY), ZTop(DELETED_KEY, DELETED_MAX)])
+    gone = {item for item, _ in deleted}  # deleted items leave the lists; their buckets keep them
+    order: list[str | None] = [None, *sorted(categories)]
+    results = kv.read([ZTop(hot_bucket_key(b, c), HOT_BUCKET_DEPTH) for c in order for b in buckets])
+    ops: list[WriteOp] = []
+    kept: list[str] = []
+    summed_all: dict[str, float] = {}
+    for k, category in enumerate(order):
+        scores: dict[str, float] = {}
+        for top in results[k * len(buckets) : (k + 1) * len(buckets)]:
+            for member, score in top:
+                if member not in gone:
+                    scores[member] = scores.get(member, 0.0) + score
+        if category is None:
+            summed_all = scores
+        elif scores:
+            kept.append(category)
+        ops += _replace_zset(hot_key(category), scores, n)
     ops.append(Delete(HOT_CATEGORIES_KEY))
-    if per_category:
-        ops.append(SetAdd(HOT_CATEGORIES_KEY, tuple(sorted(per_category))))
+    if kept:
+        ops.append(SetAdd(HOT_CATEGORIES_KEY, tuple(kept)))
     kv.write(ops)  # atomic: readers see the old lists or the new ones
     return {
         "task": REBUILD_HOT,
-        "events": used,
-        "items": len(scores),
-        "categories": len(per_category),
+        "buckets": len(buckets),
+        "items": len(summed_all),
+        "categories": len(kept),
         "window_hours": window_hours,
         "n": n,
     }
@@ -339,7 +343,7 @@ def export_events(
     topic: str,
     *,
     group: str,
-    prefix: str = "events",
+    prefix: str = EXPORT_PREFIX,
     since: str | None = None,
     until: str | None = None,
     chunk: int = EXPORT_CHUNK,

@@ -14,7 +14,7 @@ def test_the_manifest_bounds_every_topic() -> None:
     names = Settings()
     assert set(specs) == {names.topic_behavior, names.topic_items, names.topic_dead_letter}
     behavior = specs[names.topic_behavior]
-    # The log must outlive the hot-list window (24 h) and the export interval (1 h), bounded in bytes.
+    # The log must outlive the export interval (1 h) and an outage of a day, bounded in bytes.
     assert int(behavior.config["retention.ms"]) >= 2 * 24 * 3600 * 1000
     assert 0 < int(behavior.config["retention.bytes"]) <= 64 * 2**30
     assert behavior.partitions >= 8  # the consumer scales out per partition

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from zerorec.realtime import (
     CATEGORY_FEATURES_MAX,
-    OFFLINE_FEATURE_TTL_S,
+    FEATURE_TTL_S,
     feature_hash_writes,
     item_features_key,
     user_category_feature_writes,
@@ -28,7 +28,7 @@ def test_feature_hashes_expire_unless_rewritten() -> None:
     kv = MemoryKVStore(clock=clock)
     kv.write(feature_hash_writes(item_features_key("i1"), {"cnt_1d": 3}))
     kv.write(user_category_feature_writes("u1", {"a": 1.0}))
-    clock.t += OFFLINE_FEATURE_TTL_S - 60
+    clock.t += FEATURE_TTL_S - 60
     assert kv.read([HGetAll(item_features_key("i1"))]) == [{"cnt_1d": "3"}]
     kv.write(user_category_feature_writes("u1", {"b": 2.0}))  # the next run rewrites u1 only
     clock.t += 120

@@ -108,3 +108,32 @@ def test_missing_log_is_a_clear_error(job, tmp_path, monkeypatch):
         assert job.main(["--events-prefix", "nothing/here"]) == 2
     finally:
         get_settings.cache_clear()
+
+
+def test_event_log_weights_by_kind_and_leaves_out_negative_feedback(job, tmp_path, monkeypatch):
+    """Per-kind weights (ZEROREC_FEEDBACK_WEIGHTS) reach training; dislike/hide are no positives."""
+    from zerorec import settings as settings_mod
+
+    monkeypatch.setenv("ZEROREC_FEEDBACK_WEIGHTS", "purchase=7,view=0.25")
+    settings_mod.get_settings.cache_clear()
+    try:
+        store = LocalObjectStore(tmp_path)
+        kinds = ["view", "purchase", "click", "dislike", "hide"]
+        rows = pd.DataFrame(
+            {
+                "event_id": [f"e{i}" for i in range(5)],
+                "user_id": ["u1"] * 5,
+                "item_id": [f"i{i}" for i in range(5)],
+                "kind": kinds,
+                "timestamp": pd.to_datetime([1_700_000_000 + i for i in range(5)], unit="s", utc=True),
+                "value": None,
+            }
+        )
+        buf = io.BytesIO()
+        rows.to_parquet(buf)
+        store.put("exports/events/2024-05-01/run-0.parquet", buf.getvalue())
+        frame = job.read_event_log(store, "exports/events")
+    finally:
+        settings_mod.get_settings.cache_clear()
+    weights = dict(zip(frame["item_id"], frame["weight"].astype(float), strict=True))
+    assert weights == {"i0": 0.25, "i1": 7.0, "i2": 1.0}

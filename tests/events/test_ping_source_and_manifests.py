@@ -31,7 +31,10 @@ EVENTING = DEFAULT_MANIFESTS / "eventing"
 def test_repo_kafka_sources_resolve_to_local_ports_and_the_dead_letter_topic() -> None:
     docs = load_documents([EVENTING])
     specs = {s.name: s for s in kafka_sources(docs, SinkResolver(docs, env={}))}
-    assert set(specs) == {"behavior-to-consumer", "items-to-consumer"}
+    assert set(specs) == {"behavior-to-consumer", "items-to-consumer", "models-to-recall"}
+    models = specs["models-to-recall"]  # vector-generation's announcements reach recall
+    assert models.topics == ("zerorec.models",) and models.initial_offset == "latest"
+    assert models.sink == Sink(url="http://127.0.0.1:8081/events/vectors-published")
     behavior = specs["behavior-to-consumer"]
     assert behavior.topics == ("zerorec.behavior",) and specs["items-to-consumer"].topics == (
         "zerorec.items",
@@ -51,6 +54,7 @@ def test_repo_ping_sources_send_valid_worker_tasks() -> None:
         "export-events": "http://127.0.0.1:8088",
         "feature-engineering": "http://127.0.0.1:8092",
         "nightly-training": "http://127.0.0.1:8091",
+        "vector-generation": "http://127.0.0.1:8093",
     }
     assert set(specs) == set(sinks)
     cat = catalogue()

@@ -1,20 +1,15 @@
 """Fixtures for the serving functions: a tiny trained bundle, functions-framework processes.
 
 The bundle is trained once per session with C's API (zerorec.pipeline.train_recommender) on a small
-synthetic set; processes start with local/functions.py's helpers on free ports.
+synthetic set; processes start with local/functions.py's helpers on free ports (fn_stack).
 """
 
 from __future__ import annotations
 
-import socket
-import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import pandas as pd
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -23,22 +18,9 @@ if str(REPO) not in sys.path:
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fn_bundles import publish, train_tiny  # noqa: E402
+from fn_stack import SERVING, Stack, Tiny, free_port, start_stack, stop_stack  # noqa: E402
 
-from local.functions import Service, ff, function_env, spawn, terminate, wait_ready  # noqa: E402
-
-SERVING = ("recall", "ranking", "reranking", "user", "item")
-
-
-@dataclass
-class Tiny:
-    files: dict[str, bytes]
-    interactions: pd.DataFrame
-    items: pd.DataFrame
-    info: dict[str, Any]
-
-    def history(self, user_id: str) -> list[str]:
-        rows = self.interactions[self.interactions.user_id == user_id]
-        return rows.item_id.tolist()
+from local.functions import ff, function_env  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -46,52 +28,6 @@ def tiny() -> Tiny:
     """A bundle's files trained in seconds on the synthetic generator (torch is used here only)."""
     rec, info, interactions, items = train_tiny()
     return Tiny(rec.to_files(), interactions, items, info)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Stack:
-    """Running processes: name -> base URL; logs under `logs`."""
-
-    urls: dict[str, str]
-    env: dict[str, str]
-    logs: Path
-    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-    services: dict[str, Service] = field(default_factory=dict)
-
-    def kill(self, name: str) -> None:
-        terminate(self.procs[name].pid, grace_s=5)
-
-    def log(self, name: str) -> str:
-        return (self.logs / f"{name}.log").read_text(errors="replace")
-
-
-def start_stack(services: list[Service], env: dict[str, str], logs: Path, timeout_s: float = 120) -> Stack:
-    """Spawn every service, wait for its readiness; the caller stops them (stop_stack)."""
-    stack = Stack({s.name: f"http://127.0.0.1:{s.port}" for s in services if s.port}, env, logs)
-    try:
-        for svc in services:
-            stack.procs[svc.name] = spawn(svc, env, logs / f"{svc.name}.log")
-            stack.services[svc.name] = svc
-        wait_ready(
-            {stack.services[n]: p for n, p in stack.procs.items()},
-            timeout_s,
-            {n: logs / f"{n}.log" for n in stack.procs},
-        )
-    except BaseException:
-        stop_stack(stack)
-        raise
-    return stack
-
-
-def stop_stack(stack: Stack) -> None:
-    for proc in stack.procs.values():
-        terminate(proc.pid, grace_s=5)
 
 
 @pytest.fixture(scope="session")

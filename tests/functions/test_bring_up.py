@@ -14,8 +14,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import SERVING, Stack, Tiny, free_port, start_stack, stop_stack
 from fn_bundles import publish
+from fn_stack import SERVING, Stack, Tiny, free_port, start_stack, stop_stack
 from zerorec.cloudevents_io import from_kafka_record
 from zerorec.consumer import EventApplier
 from zerorec.settings import Settings

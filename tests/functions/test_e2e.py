@@ -12,8 +12,8 @@ from datetime import UTC, datetime
 import grpc
 import httpx
 import pytest
-from conftest import REPO, SERVING, Stack, Tiny, free_port, start_stack, stop_stack
 from fn_bundles import publish
+from fn_stack import REPO, SERVING, Stack, Tiny, free_port, start_stack, stop_stack
 from zerorec.cloudevents_io import new_event, to_http_binary
 from zerorec.settings import Settings
 from zerorec.storage import object_store

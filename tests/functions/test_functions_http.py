@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
-from conftest import Stack, Tiny
 from fn_bundles import publish
+from fn_stack import Stack, Tiny
 from zerorec.api import MAX_BATCH_BODY_BYTES, MAX_BODY_BYTES
 from zerorec.cloudevents_io import new_event, to_http_binary, to_http_structured
 from zerorec.storage.objects_local import LocalObjectStore

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
-from conftest import Tiny
 from fn_bundles import publish
+from fn_stack import Tiny
 from zerorec.api import RankingRequest, RecallRequest, RecallResponse, RerankRequest
 from zerorec.bundle import LoadedBundle
 from zerorec.coldstart import ALL_PARTS, DATA_ONLY, RANKING_PARTS, RECALL_PARTS, prefetch

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, SERVING, Tiny
 from fn_bundles import publish
+from fn_stack import REPO, SERVING, Tiny
 from zerorec.storage.objects_local import LocalObjectStore
 
 from local.functions import function_env

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import time
 
-from conftest import Tiny
+from fn_stack import Tiny
 from zerorec.api import RecallCandidate, RecallRequest, RecallResponse, RerankRequest
 from zerorec.online import RecallStage, RerankStage, ServingModel
 from zerorec.pipeline import Recommender
 from zerorec.realtime import ItemRecord, item_delete_writes, item_upsert_writes
+from zerorec.storage.kv import ZTop
 from zerorec.storage.kv_memory import MemoryKVStore
 
 
@@ -41,6 +42,23 @@ def test_deleted_item_is_not_recalled_and_new_item_is(tiny: Tiny) -> None:
     # Re-listing the deleted item makes it recallable again.
     kv.write(item_upsert_writes(ItemRecord(gone, "Back", (), time.time())))
     assert gone in [c.item_id for c in _recall(recall, user)]
+
+
+def test_a_fresh_marker_without_its_item_hash_is_not_recalled(tiny: Tiny) -> None:
+    """A ghost: the fresh-items zset names an item whose metadata hash is gone (a Redis Cluster
+    write cut short between the {items} slot and the item's own, an eviction). Recall offers only
+    new items it can show."""
+    from zerorec.realtime import FRESH_KEY, item_key
+    from zerorec.storage.kv import Delete
+
+    model, kv = _stages(tiny)
+    user = str(tiny.interactions.user_id.iloc[0])
+    kv.write(item_upsert_writes(ItemRecord("real-new", "New", ("Drama",), time.time())))
+    kv.write(item_upsert_writes(ItemRecord("ghost-new", "Gone", ("Drama",), time.time() + 1)))
+    kv.write([Delete(item_key("ghost-new"))])  # the hash goes, the marker stays
+    assert "ghost-new" in [m for m, _ in kv.read([ZTop(FRESH_KEY, 10)])[0]]
+    ids = [c.item_id for c in _recall(RecallStage(model, kv), user)]
+    assert "real-new" in ids and "ghost-new" not in ids
 
 
 def test_rerank_keeps_a_fresh_slot_for_items_newer_than_the_model(tiny: Tiny) -> None:

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import httpx
-from conftest import free_port
+from fn_stack import free_port
 from zerorec.runner import command
 
 SOURCE = """

@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import free_port
+from fn_stack import free_port
 from zerorec.settings import API_KEYS_SECRET, RefusedToStart, Settings, require_api_key
 
 from local.functions import ff, function_env, spawn, terminate, wait_ready

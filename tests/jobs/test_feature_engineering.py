@@ -33,7 +33,7 @@ WEIGHTS = {"view": 0.5, "click": 1.0, "like": 2.0, "add_to_cart": 3.0, "purchase
 
 def _events(seed: int = 7, n: int = 400) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
-    kinds = np.array(["view", "click", "like", "add_to_cart", "purchase", "rating"])
+    kinds = np.array(["view", "click", "like", "add_to_cart", "purchase", "rating", "dislike", "hide"])
     # ages from 1 h in the future (must not count) to 40 days back; some exactly on window edges
     age_s = rng.uniform(-3600, 40 * 86400, n)
     age_s[:3] = [86400, 7 * 86400, 0]  # on the edges: 1 d and 7 d are out, 0 (= as_of) is in
@@ -69,6 +69,8 @@ def _put_export(objects: LocalObjectStore, prefix: str, frame: pd.DataFrame) -> 
 
 
 def _weight(kind: str, value: float) -> float:
+    if kind in ("dislike", "hide"):  # negative feedback: no affinity
+        return 0.0
     if kind == "rating" and not np.isnan(value):
         return max(0.0, (value - 2.5) / 2.5) + 0.2
     return WEIGHTS.get(kind, 1.0)

@@ -125,3 +125,16 @@ def test_flink_realtime_control(stack: tuple[dict[str, str], Path]) -> None:
     assert no_flink.status_code == 422 and "no Flink interpreter" in no_flink.text
     assert httpx.post(url + "/stop").json()["stopped"] is False
     assert httpx.get(url + "/nope").status_code == 404
+
+
+def test_vector_generation_follows_the_recommenders_model_published(
+    stack: tuple[dict[str, str], Path],
+) -> None:
+    """model-training's model.published (one of its ZEROREC_PUBLISHED_SINKS) triggers a run from
+    that model version; its own announcements (bundle "vectors") never trigger it: no loop."""
+    url = stack[0]["vector-generation"]
+    published = "dev.zerorec.model.published.v1"
+    r = _post(url, published, {"name": "recommender", "version": "v-that-does-not-exist"})
+    assert r.status_code == 422 and "v-that-does-not-exist" in r.text, r.text
+    r = _post(url, published, {"name": "vectors", "version": "v1"})
+    assert r.status_code == 400 and "follows model 'recommender'" in r.json()["error"], r.text

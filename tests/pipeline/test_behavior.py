@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 import pytest
-from conftest import call, click
+from pipeline_helpers import call, click
 from zerorec.cloudevents_io import from_kafka_record, new_event, to_http_binary, to_http_structured
 from zerorec.errors import DeliveryError
 from zerorec.ingest import BehaviorIngest, parse_batch

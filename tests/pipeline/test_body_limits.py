@@ -13,7 +13,7 @@ import functions_framework
 import httpx
 import orjson
 import pytest
-from conftest import REPO, call, click
+from pipeline_helpers import REPO, call, click
 from zerorec.cloudevents_io import BATCH, MAX_BODY_BYTES, new_event, to_http_binary, to_http_structured
 
 CHUNK = 16 * 1024

@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
+import httpx
 import orjson
 import pytest
-from conftest import call, click
+from pipeline_helpers import call, click
 from zerorec.cloudevents_io import BATCH, new_event, to_http_binary, to_http_structured
 from zerorec.consumer import EventApplier
 from zerorec.realtime import (
@@ -199,3 +202,50 @@ def test_batch_with_kv_down_is_503(make_app: Any) -> None:
 
 def test_health_reports_the_event_loop(app: Any) -> None:
     assert call(app, "GET", "/health").json()["loop"] in ("asyncio", "uvloop")
+
+
+class _SlowKV(MemoryKVStore):
+    """A KV whose every call takes `delay_s`, like a Redis that stalls."""
+
+    delay_s = 1.0
+
+    def read(self, ops: Any) -> list:
+        time.sleep(self.delay_s)
+        return super().read(ops)
+
+    def write(self, ops: Any) -> None:
+        time.sleep(self.delay_s)
+        super().write(ops)
+
+    def apply_once(self, token: Any, ops: Any, ttl_s: int = 7 * 24 * 3600) -> bool:
+        time.sleep(self.delay_s)
+        return super().apply_once(token, ops, ttl_s)
+
+    def apply_many(self, *args: Any, **kwargs: Any) -> Any:
+        time.sleep(self.delay_s)
+        return super().apply_many(*args, **kwargs)
+
+
+def test_a_slow_kv_does_not_stall_health(make_app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: the consumer applied events on its event loop, so one delivery waiting on a slow
+    Redis held up every other request, `/health` included (Knative then kills the pod)."""
+    import zerorec.storage
+
+    monkeypatch.setattr(zerorec.storage, "kv_store", lambda *a, **k: _SlowKV())
+    app = make_app("consumer", ZEROREC_CONSUMER_CATEGORY_CACHE_S="0")
+    event = new_event("dev.zerorec.behavior.v1", click("slow-u", "slow-i"), source="/test")
+    headers, body = to_http_binary(event)
+
+    async def go() -> tuple[float, int, int]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            started = time.monotonic()
+            post = asyncio.create_task(client.post("/", headers=headers, content=body))
+            await asyncio.sleep(0.05)  # the delivery is inside the KV call now
+            health = await client.get("/health")
+            took = time.monotonic() - started  # measured from before the delivery started
+            return took, health.status_code, (await post).status_code
+
+    took, health_status, post_status = asyncio.run(go())
+    assert health_status == 200 and post_status == 200
+    assert took < 0.5, f"/health answered {took:.2f} s after a delivery began waiting on a slow KV"

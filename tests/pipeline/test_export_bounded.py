@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
-from conftest import click
+from pipeline_helpers import click
 from zerorec import tasks
 from zerorec.ingest import BehaviorIngest
 from zerorec.storage.bus_sqlite import SqliteEventBus

@@ -9,7 +9,7 @@ from typing import Any
 import functions_framework
 import pandas as pd
 import pytest
-from conftest import EMBEDDED, REPO, call
+from pipeline_helpers import EMBEDDED, REPO, call
 from zerorec import settings as settings_mod
 from zerorec.bundle import latest_version
 from zerorec.cloudevents_io import new_event, to_http_binary

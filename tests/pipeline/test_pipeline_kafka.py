@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import REPO, click
+from pipeline_helpers import REPO, click
 from zerorec.bench_ingest import (
     Proc,
     bench_manifest,

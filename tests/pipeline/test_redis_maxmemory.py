@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import call, click
+from pipeline_helpers import call, click
 from zerorec.cloudevents_io import new_event, to_http_binary
 from zerorec.consumer import BEHAVIOR_TYPE
 from zerorec.realtime import CATEGORIES, ItemRecord, hot_key, item_upsert_writes, user_key

@@ -1,5 +1,6 @@
 """functions/worker in-process on the embedded backends: catalogue import -> item stream -> KV,
-rebuild-hot from the event log, export-events to Parquet (committed after writing), PingSource events."""
+rebuild-hot from the consumer's window counts, export-events to Parquet (committed after writing),
+PingSource events."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from conftest import call, click
+from pipeline_helpers import REPO, call, click
 from zerorec import catalog
 from zerorec.cloudevents_io import PING_EVENT_TYPE, from_kafka_record, new_event, to_http_binary
 from zerorec.consumer import EventApplier
@@ -108,7 +109,7 @@ def _post_clicks(namespace: str, clicks: list[dict[str, Any]]) -> None:
     BehaviorIngest(event_bus(), f"{namespace}.behavior").accept_payloads(clicks)
 
 
-def test_rebuild_hot_from_the_log_as_a_ping(app: Any, namespace: str) -> None:
+def test_rebuild_hot_from_the_consumers_window_counts_as_a_ping(app: Any, namespace: str) -> None:
     bus = event_bus()
     catalog.publish_upserts(
         bus,
@@ -130,12 +131,40 @@ def test_rebuild_hot_from_the_log_as_a_ping(app: Any, namespace: str) -> None:
         + [click("u2", f"{namespace}b")]
         + [{**click("u3", f"{namespace}old"), "timestamp": "2020-01-01T00:00:00Z"}],
     )
+    apply_topic(f"{namespace}.behavior", f"{namespace}-b")  # the consumer counts as events arrive
     r = task(app, "dev.zerorec.task.rebuild-hot.v1", {"window_hours": 24, "n": 1}, ping=True)
     assert r.status_code == 200, r.text
-    assert r.json()["events"] == 4 and r.json()["items"] == 2
+    assert r.json()["buckets"] in (24, 25)
     hot, cat = kv_store().read([ZTop(hot_key(), 10), ZTop(hot_key(f"{namespace}c"), 10)])
     assert [m for m, _ in hot] == [f"{namespace}a"]  # top n=1, the stale item out of the window
     assert [m for m, _ in cat] == [f"{namespace}a"]
+    r = task(app, "dev.zerorec.task.rebuild-hot.v1", {"window_hours": 24 * 365}, ping=True)
+    assert r.status_code == 400 and "window_hours" in r.json()["error"]
+
+
+def test_hot_lists_stay_right_past_any_log_size(
+    app: Any, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The old rebuild re-read the topic from the earliest offset in a new consumer group each run
+    and stopped at MAX_RECORDS: past that it saw only old events and emptied the lists. With a cap
+    of 5 records and 40 old events before the new ones, the refresh still finds the new items,
+    and it never asks the bus for a consumer."""
+    from zerorec import tasks
+
+    monkeypatch.setattr(tasks, "MAX_RECORDS", 5)
+    old = [{**click(f"u{k}", f"{namespace}old{k}"), "timestamp": "2020-01-01T00:00:00Z"} for k in range(40)]
+    _post_clicks(namespace, old + [click("u1", f"{namespace}new")] * 2 + [click("u2", f"{namespace}new2")])
+    apply_topic(f"{namespace}.behavior", f"{namespace}-b")
+
+    def no_consumer(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the hot-list refresh must not read the log")
+
+    monkeypatch.setattr(type(event_bus()), "consumer", no_consumer)
+    r = task(app, "dev.zerorec.task.rebuild-hot.v1", {"window_hours": 24, "n": 50})
+    assert r.status_code == 200, r.text
+    (hot,) = kv_store().read([ZTop(hot_key(), 1000)])
+    mine = [m for m, _ in hot if m.startswith(namespace)]
+    assert mine[:2] == [f"{namespace}new", f"{namespace}new2"] and len(mine) == 2
 
 
 def test_export_events_writes_parquet_then_commits(app: Any, namespace: str) -> None:
@@ -165,3 +194,38 @@ def test_invalid_task_events_are_400(app: Any) -> None:
     headers, body = to_http_binary(plain_ping)
     assert call(app, "POST", "/", headers=headers, content=body).status_code == 400
     assert get_settings().topic_items.endswith(".items")
+
+
+def test_export_events_default_prefix_is_where_the_readers_look(app: Any, namespace: str) -> None:
+    """Regression: the export's default prefix was `events` while training, feature engineering and
+    vector generation read `exports/events` by default, so a PingSource export without data was lost."""
+    _post_clicks(namespace, [click("u1", "i1")])
+    r = task(app, "dev.zerorec.task.export-events.v1", {}, ping=True)
+    assert r.status_code == 200, r.text
+    (key,) = r.json()["objects"]
+    assert key.startswith("exports/events/"), key
+    for reader in ("jobs/feature_engineering/__main__.py", "jobs/vector_generation/__main__.py"):
+        assert 'default="exports/events"' in (REPO / reader).read_text(encoding="utf-8"), reader
+
+
+def test_rebuild_hot_takes_integral_floats(app: Any, namespace: str) -> None:
+    """Regression (found by the fuzzer): JSON Schema's "integer" admits 5.0, and rebuild-hot sliced
+    with it: a 500 instead of a rebuild."""
+    _post_clicks(namespace, [click("u1", f"{namespace}a")])
+    r = task(app, "dev.zerorec.task.rebuild-hot.v1", {"window_hours": 24.0, "n": 5.0})
+    assert r.status_code == 200, r.text
+
+
+def test_rebuild_hot_ignores_negative_feedback(app: Any, namespace: str) -> None:
+    """Dislikes and hides are no popularity: many of them never make an item hot."""
+    _post_clicks(
+        namespace,
+        [click("u1", f"{namespace}liked")]
+        + [click(f"u{n}", f"{namespace}disliked", kind="dislike") for n in range(5)]
+        + [click(f"u{n}", f"{namespace}hidden", kind="hide") for n in range(5)],
+    )
+    apply_topic(f"{namespace}.behavior", f"{namespace}-b")  # the consumer counts as events arrive
+    r = task(app, "dev.zerorec.task.rebuild-hot.v1", {"window_hours": 24, "n": 1000})
+    assert r.status_code == 200, r.text
+    (hot,) = kv_store().read([ZTop(hot_key(), 1000)])
+    assert [m for m, _ in hot if m.startswith(namespace)] == [f"{namespace}liked"]  # the list is shared

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11recommender.proto\x12\x16zerorec.recommender.v1\x1a\x1cgoogle/protobuf/struct.proto\"t\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0e\n\x01n\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12(\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07\x65xclude\x18\x04 \x03(\tB\x04\n\x02_n\"~\n\x0fRecommendedItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x0f\n\x07\x63hannel\x18\x03 \x01(\t\x12\x0f\n\x07reasons\x18\x04 \x03(\t\x12)\n\x08metadata\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x8a\x03\n\x11RecommendResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x36\n\x05items\x18\x02 \x03(\x0b\x32\'.zerorec.recommender.v1.RecommendedItem\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x10\n\x08\x64\x65graded\x18\x04 \x03(\t\x12L\n\ntimings_ms\x18\x05 \x03(\x0b\x32\x38.zerorec.recommender.v1.RecommendResponse.TimingsMsEntry\x12T\n\x0emodel_versions\x18\x06 \x03(\x0b\x32<.zerorec.recommender.v1.RecommendResponse.ModelVersionsEntry\x1a\x30\n\x0eTimingsMsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a\x34\n\x12ModelVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32o\n\x0bRecommender\x12`\n\tRecommend\x12(.zerorec.recommender.v1.RecommendRequest\x1a).zerorec.recommender.v1.RecommendResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11recommender.proto\x12\x16zerorec.recommender.v1\x1a\x1cgoogle/protobuf/struct.proto\"\x8a\x01\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0e\n\x01n\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12(\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07\x65xclude\x18\x04 \x03(\t\x12\x14\n\x0crecent_items\x18\x05 \x03(\tB\x04\n\x02_n\"~\n\x0fRecommendedItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x0f\n\x07\x63hannel\x18\x03 \x01(\t\x12\x0f\n\x07reasons\x18\x04 \x03(\t\x12)\n\x08metadata\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x8a\x03\n\x11RecommendResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x36\n\x05items\x18\x02 \x03(\x0b\x32\'.zerorec.recommender.v1.RecommendedItem\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x10\n\x08\x64\x65graded\x18\x04 \x03(\t\x12L\n\ntimings_ms\x18\x05 \x03(\x0b\x32\x38.zerorec.recommender.v1.RecommendResponse.TimingsMsEntry\x12T\n\x0emodel_versions\x18\x06 \x03(\x0b\x32<.zerorec.recommender.v1.RecommendResponse.ModelVersionsEntry\x1a\x30\n\x0eTimingsMsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a\x34\n\x12ModelVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32o\n\x0bRecommender\x12`\n\tRecommend\x12(.zerorec.recommender.v1.RecommendRequest\x1a).zerorec.recommender.v1.RecommendResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,16 +36,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RECOMMENDRESPONSE_TIMINGSMSENTRY']._serialized_options = b'8\001'
   _globals['_RECOMMENDRESPONSE_MODELVERSIONSENTRY']._loaded_options = None
   _globals['_RECOMMENDRESPONSE_MODELVERSIONSENTRY']._serialized_options = b'8\001'
-  _globals['_RECOMMENDREQUEST']._serialized_start=75
-  _globals['_RECOMMENDREQUEST']._serialized_end=191
-  _globals['_RECOMMENDEDITEM']._serialized_start=193
-  _globals['_RECOMMENDEDITEM']._serialized_end=319
-  _globals['_RECOMMENDRESPONSE']._serialized_start=322
-  _globals['_RECOMMENDRESPONSE']._serialized_end=716
-  _globals['_RECOMMENDRESPONSE_TIMINGSMSENTRY']._serialized_start=614
-  _globals['_RECOMMENDRESPONSE_TIMINGSMSENTRY']._serialized_end=662
-  _globals['_RECOMMENDRESPONSE_MODELVERSIONSENTRY']._serialized_start=664
-  _globals['_RECOMMENDRESPONSE_MODELVERSIONSENTRY']._serialized_end=716
-  _globals['_RECOMMENDER']._serialized_start=718
-  _globals['_RECOMMENDER']._serialized_end=829
+  _globals['_RECOMMENDREQUEST']._serialized_start=76
+  _globals['_RECOMMENDREQUEST']._serialized_end=214
+  _globals['_RECOMMENDEDITEM']._serialized_start=216
+  _globals['_RECOMMENDEDITEM']._serialized_end=342
+  _globals['_RECOMMENDRESPONSE']._serialized_start=345
+  _globals['_RECOMMENDRESPONSE']._serialized_end=739
+  _globals['_RECOMMENDRESPONSE_TIMINGSMSENTRY']._serialized_start=637
+  _globals['_RECOMMENDRESPONSE_TIMINGSMSENTRY']._serialized_end=685
+  _globals['_RECOMMENDRESPONSE_MODELVERSIONSENTRY']._serialized_start=687
+  _globals['_RECOMMENDRESPONSE_MODELVERSIONSENTRY']._serialized_end=739
+  _globals['_RECOMMENDER']._serialized_start=741
+  _globals['_RECOMMENDER']._serialized_end=852
 # @@protoc_insertion_point(module_scope)
