@@ -143,10 +143,16 @@ def services() -> list[Service]:
 # ------------------------------------------------------------------------------- environment
 
 
-def infra_env() -> dict[str, str]:
-    """The ZEROREC_* variables `local/infra.sh env` prints (the real Kafka, Redis and S3)."""
+def infra_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The ZEROREC_* variables `local/infra.sh env` prints (the real Kafka, Redis and S3); `env`:
+    the script's environment (ZEROREC_INFRA_*_PORT of servers of one's own), default this one's."""
     out = subprocess.run(
-        [str(ROOT / "local" / "infra.sh"), "env"], capture_output=True, text=True, check=True, timeout=30
+        [str(ROOT / "local" / "infra.sh"), "env"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+        env=None if env is None else dict(env),
     ).stdout
     env = {}
     for line in out.splitlines():

@@ -17,8 +17,9 @@ from zerorec.openapi_docs import openapi_response
 from zerorec.settings import get_settings
 from zerorec.storage import event_bus, kv_store, object_store
 from zerorec.task_function import task_handler
-from zerorec.tasks import Stores, run_task
+from zerorec.tasks import Stores, run_task, warm_up
 
+warm_up()  # pyarrow's one-off imports at cold start, not inside a PingSource's delivery timeout
 _settings = get_settings()
 _stores = Stores(_settings, event_bus(_settings), kv_store(_settings), object_store(_settings))
 _handle = task_handler("worker", lambda kind, data: run_task(kind, data, _stores))

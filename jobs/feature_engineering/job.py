@@ -42,7 +42,7 @@ from zerorec.realtime import (
     feature_hash_writes,
     item_categories_read,
     item_features_key,
-    user_category_features_key,
+    user_category_feature_writes,
     user_features_key,
 )
 from zerorec.storage.kv import KVStore, WriteOp
@@ -279,8 +279,7 @@ def write_kv(files: dict[str, list[Path]], kv: KVStore, as_of: datetime, batch: 
     def cats() -> Iterator[list[WriteOp]]:  # rows sorted by user: one hash per run of a user
         rows = _rows(files["user_category_affinity"])
         for user_id, group in itertools.groupby(rows, key=lambda r: r["user_id"]):
-            values = {r["category"]: repr(round(float(r["affinity"]), 6)) for r in group}
-            yield feature_hash_writes(user_category_features_key(user_id), values)
+            yield user_category_feature_writes(user_id, {r["category"]: float(r["affinity"]) for r in group})
 
     return {
         "item_popularity": _batched(items(), kv, batch),

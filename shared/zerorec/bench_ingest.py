@@ -41,6 +41,7 @@ from typing import Any
 import httpx
 import yaml
 
+from zerorec.errors import ZeroRecError
 from zerorec.realtime import (
     CATEGORIES,
     ItemRecord,
@@ -265,6 +266,7 @@ class _Probes:
         self.kv = kv
         self.pending: dict[str, float] = {}
         self.lags_ms: list[float] = []
+        self.sent_at: list[float] = []  # monotonic send time of each lag sample, in the same order
         self.lock = threading.Lock()
         self.stop = threading.Event()
 
@@ -277,12 +279,18 @@ class _Probes:
             with self.lock:
                 users = list(self.pending)
             if users:
-                found = self.kv.read([op for u in users for op in user_state_reads(u)])
+                try:
+                    found = self.kv.read([op for u in users for op in user_state_reads(u)])
+                except ZeroRecError:  # the store is briefly down (a soak's fault): try again
+                    self.stop.wait(0.2)
+                    continue
                 now = time.monotonic()
                 with self.lock:
                     for user, result in zip(users, found, strict=True):
                         if user_state_from(user, [result]).recent_items:
-                            self.lags_ms.append((now - self.pending.pop(user)) * 1000)
+                            sent = self.pending.pop(user)
+                            self.lags_ms.append((now - sent) * 1000)
+                            self.sent_at.append(sent)
             self.stop.wait(0.02)
 
 

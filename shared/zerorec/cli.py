@@ -370,6 +370,24 @@ def recommend_batch(
     typer.echo(f"wrote {out} ({len(user_ids)} users)")
 
 
+@app.command("kafka-topics")
+def kafka_topics(
+    file: Annotated[Path | None, typer.Option(help="default: knative/eventing/kafka-topics.yaml")] = None,
+) -> None:
+    """Create the Kafka topics with their partitions and retention, or set them on existing ones."""
+    from zerorec.errors import ZeroRecError
+    from zerorec.kafka_topics import TOPICS_FILE, apply_topics, load_topic_specs
+    from zerorec.settings import get_settings
+
+    try:
+        done = apply_topics(get_settings().kafka_bootstrap, load_topic_specs(file or TOPICS_FILE))
+    except ZeroRecError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    for topic, what in done.items():
+        typer.echo(f"{topic}: {what}")
+
+
 # ------------------------------------------------------------------ benchmarks and the demo
 
 bench_app = typer.Typer(
@@ -431,6 +449,15 @@ def bench_scale(
 def bench_ingest(ctx: typer.Context) -> None:
     """Ingest benchmark on the real servers (options: python -m zerorec.bench_ingest --help)."""
     from zerorec.bench_ingest import main
+
+    raise typer.Exit(main(list(ctx.args)))
+
+
+@bench_app.command("soak", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def bench_soak(ctx: typer.Context) -> None:
+    """Recommendations and events at fixed rates for --minutes N, with --faults; RSS, errors, lag,
+    lost/duplicated (options: python -m zerorec.bench_soak --help)."""
+    from zerorec.bench_soak import main
 
     raise typer.Exit(main(list(ctx.args)))
 

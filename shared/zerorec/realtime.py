@@ -370,7 +370,10 @@ def categories_from(result: Sequence[str | None]) -> tuple[str, ...]:
 # ---- features: offline (feature-engineering, Spark) and real-time (flink-realtime) ------------
 #   feat:item:{i}          hash window popularity (cnt_1d, cnt_7d, cnt_30d), as_of
 #   feat:user:{u}          hash counts by kind (n_<kind>, n_total), last_active (epoch s), as_of
-#   feat:user:{u}:cats     hash category -> affinity (sum of event weights, 30 d)
+#   feat:user:{u}:cats     hash category -> affinity (sum of event weights, 30 d), the
+#                          CATEGORY_FEATURES_MAX largest
+#   (the three feat:* hashes expire FEATURE_TTL_S after the run that wrote them: the nightly job
+#   rewrites every user and item of its 30-day window, so a key it stops writing goes away)
 #   rt:user:{u}, rt:item:{i}   hash window start (epoch s, a multiple of RT_WINDOW_S) -> behavior
 #                          events of that user / on that item in the window (docs/realtime.md).
 #   (the braces are literal: the user's / item's hash tag, as in u:{u} and item:{i}, so a user's
@@ -379,6 +382,7 @@ def categories_from(result: Sequence[str | None]) -> tuple[str, ...]:
 # fields older than RT_RETENTION_S trimmed, key TTL RT_TTL_S); `read_realtime_counts` reads them.
 
 FEATURE_TTL_S = 2 * 24 * 3600  # offline feature hashes outlive a missed nightly run
+CATEGORY_FEATURES_MAX = 32  # category affinities kept per user (the largest)
 RT_WINDOW_S = 60  # the Flink job's window (its default --window-s)
 RT_RETENTION_S = 3600  # windows a rt:* hash keeps: the last hour answers "events in the last hour"
 RT_TTL_S = 2 * 3600  # a rt:* key idle this long is gone (no event for 2 hours: all counts are 0)
@@ -465,9 +469,21 @@ def read_realtime_counts(
     )
 
 
-def feature_hash_writes(key: str, fields: Mapping[str, object]) -> list[WriteOp]:
-    """Replace the feature hash `key` with `fields` (values become strings)."""
-    return [Delete(key), HSet(key, {k: str(v) for k, v in fields.items()})]
+def feature_hash_writes(
+    key: str, fields: Mapping[str, object], ttl_s: int = FEATURE_TTL_S
+) -> list[WriteOp]:
+    """Replace the feature hash `key` with `fields` (values become strings); it expires after
+    `ttl_s` unless a later run writes it again."""
+    return [Delete(key), HSet(key, {k: str(v) for k, v in fields.items()}), Expire(key, ttl_s)]
+
+
+def user_category_feature_writes(user_id: str, affinities: Mapping[str, float]) -> list[WriteOp]:
+    """Replace the user's category-affinity features with the CATEGORY_FEATURES_MAX largest
+    (a user active in every category would otherwise hold one field per category)."""
+    top = sorted(affinities.items(), key=lambda kv: (-kv[1], kv[0]))[:CATEGORY_FEATURES_MAX]
+    return feature_hash_writes(
+        user_category_features_key(user_id), {c: repr(round(float(a), 6)) for c, a in top}
+    )
 
 
 def rt_feature_reads(user_id: str, item_ids: Sequence[str]) -> list[ReadOp]:

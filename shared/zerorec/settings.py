@@ -53,6 +53,14 @@ class Settings(BaseSettings):
     connect_timeout_s: float = Field(default=3.0, gt=0)
     request_timeout_s: float = Field(default=5.0, gt=0)
 
+    # Retention of the embedded (SQLite) bus, per partition, like Kafka's retention.ms / .bytes.
+    bus_retention_s: float = Field(
+        default=7 * 24 * 3600.0, gt=0, description="embedded bus: records older than this are deleted"
+    )
+    bus_retention_records: int = Field(
+        default=1_000_000, ge=1, description="embedded bus: records kept per partition at most"
+    )
+
     @property
     def objects_dir(self) -> Path:
         return self.data_dir / "objects"

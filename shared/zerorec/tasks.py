@@ -9,8 +9,12 @@
   ever adds members). It reads no log: its cost does not grow with the topic.
 - `dev.zerorec.task.export-events.v1`: the behavior log -> Parquet under `<prefix>/<date>/...` for
   training (default prefix `exports/events`, where every reader looks). Default: since the last
-  export (consumer group `settings.export_group`, committed only after the objects are written:
-  a crash re-exports, never skips; rows carry `event_id` to dedup).
+  export (consumer group `settings.export_group`, committed after each object is written: a crash
+  re-exports, never skips; rows carry `event_id` to dedup). One run exports what was in the log
+  when it started (records stamped later wait for the next run: under a steady stream the log is
+  never "caught up") and stops after EXPORT_BUDGET_S, inside the PingSource's delivery timeout,
+  reporting `complete: false`; the next tick goes on from the commit. Rows are written in chunks
+  of EXPORT_CHUNK, so the worker's memory does not grow with the backlog.
   With `since`/`until`: a backfill that reads the whole log and commits nothing.
 
 PingSources send the same tasks as `dev.knative.sources.ping` with the `zerorectype` extension;
@@ -54,7 +58,8 @@ CATALOGUE_IMPORT = "dev.zerorec.task.catalogue-import.v1"
 REBUILD_HOT = "dev.zerorec.task.rebuild-hot.v1"
 EXPORT_EVENTS = "dev.zerorec.task.export-events.v1"
 BEHAVIOR_TYPE = "dev.zerorec.behavior.v1"
-EXPORT_CHUNK = 100_000
+EXPORT_CHUNK = 20_000  # rows per Parquet object: ~10 MB of row dicts in the worker at most
+EXPORT_BUDGET_S = 20.0  # one export run, well inside the PingSource's delivery timeout (30 s locally)
 # Where the export writes and every reader (training, feature engineering, vectors) looks by default.
 EXPORT_PREFIX = "exports/events"
 MAX_RECORDS = 2_000_000
@@ -160,11 +165,20 @@ class LogReader:
         max_records: int = MAX_RECORDS,
         idle_s: float | None = None,
         first_wait_s: float | None = None,
+        until_ms: int | None = None,
+        budget_s: float | None = None,
     ) -> None:
+        """`until_ms`: records stamped at or after it are not read (nor any later record of their
+        partition, so a commit never skips one); `budget_s`: stop reading after that long
+        (`exhausted` tells)."""
         self._consumer = bus.consumer([topic], group, from_beginning=from_beginning)
         self.max_records = max_records
         self.idle_s = IDLE_S if idle_s is None else idle_s
         self.first_wait_s = FIRST_WAIT_S if first_wait_s is None else first_wait_s
+        self.until_ms = until_ms
+        self.budget_s = budget_s
+        self.exhausted = False
+        self._closed: set[tuple[str, int]] = set()  # partitions that reached until_ms
         self._last: dict[tuple[str, int], Record] = {}
 
     def __enter__(self) -> LogReader:
@@ -178,7 +192,10 @@ class LogReader:
         started = last = time.monotonic()
         seen = 0
         while seen < self.max_records:
-            records = self._consumer.poll(min(1000, self.max_records - seen), 0.5)
+            if self.budget_s is not None and time.monotonic() - started > self.budget_s:
+                self.exhausted = True
+                return
+            records = self._before_until(self._consumer.poll(min(1000, self.max_records - seen), 0.5))
             now = time.monotonic()
             if not records:
                 if (seen and now - last > self.idle_s) or (not seen and now - started > self.first_wait_s):
@@ -188,6 +205,22 @@ class LogReader:
             for r in records:
                 self._last[(r.topic, r.partition)] = r
             yield records
+
+    def _before_until(self, records: list[Record]) -> list[Record]:
+        """The records stamped before until_ms, up to the first later one of each partition (a
+        record without a timestamp, 0, counts as before)."""
+        if self.until_ms is None:
+            return records
+        out = []
+        for r in records:
+            key = (r.topic, r.partition)
+            if key in self._closed:
+                continue
+            if r.timestamp_ms >= self.until_ms:
+                self._closed.add(key)
+                continue
+            out.append(r)
+        return out
 
     def commit(self) -> None:
         """Commit everything yielded so far."""
@@ -281,6 +314,13 @@ def _replace_zset(key: str, scores: dict[str, float], n: int) -> list[WriteOp]:
 # ---------------------------------------------------------------- export
 
 
+def warm_up() -> None:
+    """Build one tiny Arrow array now: pyarrow imports pandas on its first array (~50 MB and
+    seconds of imports), which would otherwise land in the first export's delivery and show as
+    growth of the worker's memory after its start. Called by the worker at cold start."""
+    pa.array([0], pa.int64())
+
+
 def _write_parquet(objects: ObjectStore, prefix: str, rows: Sequence[dict[str, Any]], run: str) -> list[str]:
     by_date: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
@@ -307,18 +347,22 @@ def export_events(
     since: str | None = None,
     until: str | None = None,
     chunk: int = EXPORT_CHUNK,
+    budget_s: float | None = EXPORT_BUDGET_S,
 ) -> dict[str, Any]:
-    """Export valid behavior events to Parquet, one object per event date and chunk."""
+    """Export valid behavior events to Parquet, one object per event date and chunk; what was in
+    the log at the start, for at most `budget_s` (not for a backfill, which cannot resume)."""
     backfill = since is not None or until is not None
     lo = parse_timestamp(since) if since else None
     hi = parse_timestamp(until) if until else None
-    run = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    started = datetime.now(UTC)
+    run = started.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     if backfill:
         group = f"zerorec-export-backfill-{uuid.uuid4().hex[:12]}"
     exported = skipped = 0
     keys: list[str] = []
     rows: list[dict[str, Any]] = []
-    with LogReader(bus, topic, group) as reader:
+    until_ms = int(started.timestamp() * 1000)
+    with LogReader(bus, topic, group, until_ms=until_ms, budget_s=None if backfill else budget_s) as reader:
         for batch in reader.batches():
             for record in batch:
                 row = _behavior(record)
@@ -342,4 +386,5 @@ def export_events(
         "skipped": skipped,
         "objects": keys,
         "backfill": backfill,
+        "complete": not reader.exhausted,  # false: the budget ran out; the next run goes on
     }

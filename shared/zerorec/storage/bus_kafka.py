@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING, Any
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Delivery reports that mean "the broker did not answer" (not "it refused the record").
+_UNACKNOWLEDGED = {KafkaError._MSG_TIMED_OUT, KafkaError._TIMED_OUT, KafkaError._TRANSPORT}
 # Errors librdkafka raises when it cannot reach the cluster at all.
 _TRANSPORT = {
     KafkaError._ALL_BROKERS_DOWN,
@@ -59,6 +62,11 @@ class KafkaEventBus(EventBus):
         }
         self._producer: _KProducer | None = None
         self._lock = threading.Lock()
+        # Fail fast while the broker does not acknowledge: one probe publish at a time finds out
+        # when it is back; the others are refused at once instead of each waiting its full timeout
+        # (a behavior function under load would queue requests behind them past any client timeout).
+        self._failing_since: float | None = None
+        self._next_probe = 0.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> KafkaEventBus:
@@ -123,18 +131,31 @@ class KafkaEventBus(EventBus):
         """Produce all records, flush, and raise DeliveryError unless every one was acknowledged."""
         if not records:
             return
+        wait_s = self.connect_timeout_s + self.request_timeout_s + 2.0
+        with self._lock:
+            now = time.monotonic()
+            if self._failing_since is not None:
+                if now < self._next_probe:
+                    raise DeliveryError(
+                        f"kafka at {self.bootstrap} has acknowledged nothing for "
+                        f"{now - self._failing_since:.0f}s; {len(records)} records to {topic!r} not sent "
+                        "(none of them may be treated as sent; retrying is safe)"
+                    )
+                self._next_probe = now + wait_s  # this publish is the probe: one at a time
         producer = self._get_producer()
         acked = 0
         failures: list[str] = []
         fatal = False
+        unreachable = False
 
         def on_delivery(err: KafkaError | None, _msg: Any) -> None:
-            nonlocal acked, fatal
+            nonlocal acked, fatal, unreachable
             if err is None:
                 acked += 1
             else:
                 failures.append(err.str())
                 fatal = fatal or err.fatal()
+                unreachable = unreachable or err.code() in _UNACKNOWLEDGED
 
         try:
             for r in records:
@@ -152,11 +173,16 @@ class KafkaEventBus(EventBus):
                         producer.poll(0.1)
         except KafkaException as exc:
             raise DeliveryError(f"kafka refused a record for {topic!r}: {exc.args[0].str()}") from exc
-        wait_s = self.connect_timeout_s + self.request_timeout_s + 2.0
         left = producer.flush(wait_s)
         if fatal:
             with self._lock:
                 self._producer = None  # a fatal producer can never send again; start afresh
+        with self._lock:
+            if acked == len(records) and not failures:
+                self._failing_since = None
+            elif left or unreachable:
+                self._failing_since = self._failing_since or time.monotonic()
+                self._next_probe = time.monotonic() + 1.0
         if failures or left or acked != len(records):
             missing = len(records) - acked
             reason = failures[0] if failures else f"no acknowledgement within {wait_s:.0f}s"
@@ -194,8 +220,15 @@ class KafkaConsumer(Consumer):
             # A crashed member's partitions move on after ~10 s instead of the 45 s default.
             "session.timeout.ms": 10000,
             "heartbeat.interval.ms": 3000,
+            # Bounded prefetch: librdkafka queues up to 64 MB (and fetches 50 MB responses) by
+            # default, which a reader of the whole log (the worker's tasks) would hold in a 256 MiB pod.
+            "queued.max.messages.kbytes": 8192,
+            "fetch.max.bytes": 8 * 1024 * 1024,
             "error_cb": self._on_error,
+            "on_commit": self._on_commit,
         }
+        self._buffered: list[Any] = []  # messages fetched while waiting for a commit's answer
+        self._commit_answer: tuple[Any, list[Any]] | None = None
         self._c = _KConsumer(conf)
         try:  # fail fast (bounded) when the cluster is unreachable, instead of polling forever
             self._c.list_topics(timeout=bus.connect_timeout_s + bus.request_timeout_s)
@@ -235,9 +268,15 @@ class KafkaConsumer(Consumer):
             )
         return out
 
+    def _on_commit(self, err: KafkaError | None, partitions: list[Any]) -> None:
+        self._commit_answer = (err, partitions)
+
     def poll(self, max_records: int = 500, timeout_s: float = 1.0) -> list[Record]:
         if max_records < 1:
             return []
+        if self._buffered:
+            msgs, self._buffered = self._buffered[:max_records], self._buffered[max_records:]
+            return self._convert(msgs)
         try:
             first = self._c.poll(timeout_s)
             msgs = [] if first is None else [first]
@@ -261,12 +300,35 @@ class KafkaConsumer(Consumer):
         if not latest:
             return
         offsets = [TopicPartition(t, p, o + 1) for (t, p), o in latest.items()]
+        want = {(t, p, o + 1) for (t, p), o in latest.items()}
+        # Asynchronous commit, answer awaited with a bound: librdkafka's synchronous commit can
+        # wait forever after a broker restart (seen in the soak: a KafkaSource stuck for good).
+        # Waiting serves the commit callback through consume(); messages it fetches meanwhile are
+        # kept for the next poll, in order.
+        self._commit_answer = None
         try:
-            result = self._c.commit(offsets=offsets, asynchronous=False)
+            self._c.commit(offsets=offsets, asynchronous=True)
+            wait_s = self._bus.connect_timeout_s + self._bus.request_timeout_s
+            deadline = time.monotonic() + wait_s
+            while True:
+                answer = self._commit_answer
+                if answer is not None and {(tp.topic, tp.partition, tp.offset) for tp in answer[1]} >= want:
+                    break
+                if time.monotonic() > deadline:
+                    raise BackendUnavailableError(
+                        f"kafka at {self._bus.bootstrap}: no answer to an offset commit within "
+                        f"{wait_s:.0f}s; "
+                        "the records will be redelivered unless a later commit covers them"
+                    )
+                self._buffered += self._c.consume(num_messages=100, timeout=0.05)
         except KafkaException as exc:
             err = exc.args[0]
             cls = BackendUnavailableError if err.code() in _TRANSPORT else DeliveryError
             raise cls(f"kafka offset commit failed ({err.str()}); the records will be redelivered") from exc
+        err, result = answer
+        if err is not None:
+            cls = BackendUnavailableError if err.code() in _TRANSPORT else DeliveryError
+            raise cls(f"kafka offset commit failed ({err.str()}); the records will be redelivered")
         for tp in result or ():
             if tp.error is not None:
                 raise DeliveryError(

@@ -13,10 +13,16 @@ Kafka's model, scaled down to one machine:
   the group's committed offsets, so uncommitted records are redelivered. A dropped member's commits
   are refused (DeliveryError), like Kafka's fenced members.
 - `poll` waits up to its timeout by polling the file with short sleeps.
+- retention, like Kafka's `retention.ms` and a record-count stand-in for `retention.bytes`: at most
+  every `prune_every_s`, a publishing process deletes the records of the partitions it wrote that
+  are older than `retention_s` or beyond the newest `retention_records`, oldest first. A consumer
+  whose position was deleted goes on from the oldest record kept (Kafka's `auto.offset.reset`
+  after a log truncation). SQLite reuses the freed pages, so the file stops growing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
@@ -26,7 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from zerorec.errors import DeliveryError, InvalidInputError
+from zerorec.errors import BackendUnavailableError, DeliveryError, InvalidInputError
 from zerorec.storage.bus import Consumer, EventBus, OutgoingRecord, Record
 from zerorec.storage.bus_memory import _check_topic
 from zerorec.storage.sqlite_base import SqliteFile
@@ -106,18 +112,64 @@ class SqliteEventBus(EventBus):
         busy_timeout_s: float = 5.0,
         session_timeout_s: float = 10.0,
         heartbeat_s: float = 1.0,
+        retention_s: float = 7 * 24 * 3600.0,
+        retention_records: int = 1_000_000,
+        prune_every_s: float = 60.0,
     ) -> None:
         self._db = SqliteFile(path, _SCHEMA, busy_timeout_s=busy_timeout_s)
         self.path = self._db.path
         self.session_timeout_s = session_timeout_s
         self.heartbeat_s = heartbeat_s
+        self.retention_s = retention_s
+        self.retention_records = retention_records
+        self.prune_every_s = prune_every_s
+        self._next_prune: dict[str, float] = {}  # topic -> monotonic time of its next pruning
         self._round_robin = 0
         self._lock = threading.Lock()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SqliteEventBus:
         """The bus at settings.bus_sqlite_file, waiting at most request_timeout_s for the lock."""
-        return cls(settings.bus_sqlite_file, busy_timeout_s=settings.request_timeout_s)
+        return cls(
+            settings.bus_sqlite_file,
+            busy_timeout_s=settings.request_timeout_s,
+            retention_s=settings.bus_retention_s,
+            retention_records=settings.bus_retention_records,
+        )
+
+    def prune(self, topic: str, now_ms: int | None = None) -> int:
+        """Delete `topic`'s records beyond the retention (age or count, per partition); how many."""
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        cutoff = now_ms - int(self.retention_s * 1000)
+
+        def tx(conn: sqlite3.Connection) -> int:
+            deleted = 0
+            ends = conn.execute("SELECT partition, next_offset FROM partitions WHERE topic = ?", (topic,))
+            for p, end in ends.fetchall():
+                # Offsets grow with time: the first record young enough is found from the oldest
+                # end of the partition, so the scan covers only what is about to be deleted.
+                row = conn.execute(
+                    "SELECT offset FROM records WHERE topic = ? AND partition = ? AND timestamp_ms >= ? "
+                    "ORDER BY offset LIMIT 1",
+                    (topic, p, cutoff),
+                ).fetchone()
+                keep_from = max(row[0] if row else end, end - self.retention_records)
+                deleted += conn.execute(
+                    "DELETE FROM records WHERE topic = ? AND partition = ? AND offset < ?",
+                    (topic, p, keep_from),
+                ).rowcount
+            return deleted
+
+        return int(self._db.run(f"retention of {topic!r}", tx, immediate=True))
+
+    def _prune_if_due(self, topic: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if now < self._next_prune.get(topic, 0.0):
+                return
+            self._next_prune[topic] = now + self.prune_every_s
+        with contextlib.suppress(BackendUnavailableError):  # the file is busy: the next publish prunes
+            self.prune(topic)
 
     @staticmethod
     def _create(conn: sqlite3.Connection, topic: str, partitions: int) -> int:
@@ -181,6 +233,7 @@ class SqliteEventBus(EventBus):
                 f"{len(records)} records to {topic!r} were not committed to {self.path}: {exc}; "
                 "none of them may be treated as sent"
             ) from exc
+        self._prune_if_due(topic)  # after the acknowledgement, in a transaction of its own
 
     def consumer(self, topics: Sequence[str], group: str, *, from_beginning: bool = True) -> SqliteConsumer:
         if not group:
