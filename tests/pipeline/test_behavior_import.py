@@ -113,3 +113,8 @@ def test_unacknowledged_import_is_503(app: Any, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(MemoryEventBus, "publish", refuse)
     r = post_import(app, jsonl([click("u-503", "i1")]))
     assert r.status_code == 503 and "retrying" in r.json()["error"]
+
+
+def test_the_route_is_in_the_openapi_document(app: Any) -> None:
+    op = call(app, "GET", "/openapi.json").json()["paths"]["/events/import"]["post"]
+    assert set(op["requestBody"]["content"]) == {JSONL, PARQUET} and "202" in op["responses"]

@@ -99,3 +99,9 @@ def test_export_stops_at_its_limit(app: Any, namespace: str) -> None:
     assert len(r.content.splitlines()) == 2
     for u in users:
         post(app, "/admin/users/delete", {"user_id": u})
+
+
+def test_the_routes_are_in_the_openapi_document(app: Any) -> None:
+    paths = call(app, "GET", "/openapi.json").json()["paths"]
+    for path in ("/admin/users", "/admin/users/get", "/admin/users/delete", "/admin/users/export"):
+        assert "401" in paths[path]["post"]["responses"], path
