@@ -21,7 +21,13 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from zerorec.cloudevents_io import from_http
 from zerorec.errors import BackendUnavailableError, DeliveryError, InvalidInputError
-from zerorec.ingest import BatchTooLargeError, BehaviorIngest, IngestResult, check_api_key
+from zerorec.ingest import (
+    IMPORT_MAX_BODY_BYTES,
+    BatchTooLargeError,
+    BehaviorIngest,
+    IngestResult,
+    check_api_key,
+)
 from zerorec.openapi_docs import openapi_response
 from zerorec.request_body import BodyTooLarge, read_limited
 from zerorec.settings import get_settings, require_api_key
@@ -51,14 +57,8 @@ def _is_cloudevent(request: Request) -> bool:
 IMPORT_PATH = "/events/import"
 
 
-def _import_max_bytes() -> int:
-    from zerorec.platform_api import IMPORT_MAX_BYTES  # the bulk routes' library, loaded on first use
-
-    return IMPORT_MAX_BYTES
-
-
 def _import(body: bytes, content_type: str) -> IngestResult:
-    from zerorec.platform_api import read_feedback
+    from zerorec.platform_api import read_feedback  # the bulk routes' library, loaded on first use
 
     return _ingest.accept_import(*read_feedback(body, content_type))
 
@@ -79,7 +79,7 @@ async def behavior(request: Request) -> Response:
         return _error(f"use POST {path}", 405)
     if not check_api_key(_settings.behavior_api_key, request.headers.get("x-api-key")):
         return _error("missing or wrong X-API-Key", 401)
-    limit = _settings.behavior_max_body_bytes if path != IMPORT_PATH else _import_max_bytes()
+    limit = _settings.behavior_max_body_bytes if path != IMPORT_PATH else IMPORT_MAX_BODY_BYTES
     try:
         body = await read_limited(request, limit)
     except BodyTooLarge as exc:

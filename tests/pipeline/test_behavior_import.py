@@ -15,7 +15,7 @@ import pytest
 from pipeline_helpers import call, click
 from zerorec.cloudevents_io import from_kafka_record
 from zerorec.errors import DeliveryError
-from zerorec.ingest import IMPORT_MAX_EVENTS
+from zerorec.ingest import IMPORT_MAX_BODY_BYTES, IMPORT_MAX_EVENTS
 from zerorec.platform_api import JSONL, PARQUET
 from zerorec.storage import event_bus
 from zerorec.storage.bus_memory import MemoryEventBus
@@ -95,6 +95,7 @@ def test_bad_imports_are_4xx_with_reasons(app: Any, make_app: Any) -> None:
         (jsonl([{**click(), "user_id": 7}]), JSONL, 400),  # no valid event
         (jsonl([{**good, "event_id": "x" * 129}]), JSONL, 400),
         (jsonl([good] * (IMPORT_MAX_EVENTS + 1)), JSONL, 413),
+        (b" " * (IMPORT_MAX_BODY_BYTES + 1), JSONL, 413),
     ]
     for body, ctype, status in cases:
         r = post_import(app, body, ctype)
