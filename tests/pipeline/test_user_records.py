@@ -105,3 +105,18 @@ def test_the_routes_are_in_the_openapi_document(app: Any) -> None:
     paths = call(app, "GET", "/openapi.json").json()["paths"]
     for path in ("/admin/users", "/admin/users/get", "/admin/users/delete", "/admin/users/export"):
         assert "401" in paths[path]["post"]["responses"], path
+
+
+def test_an_unreachable_kv_is_503_with_a_reason(make_app: Any) -> None:
+    app = make_app(
+        "user", ZEROREC_KV_STORE="redis", ZEROREC_REDIS_URL="redis://127.0.0.1:1/0", ZEROREC_ADMIN_API_KEY=KEY
+    )
+    calls = [
+        ("/admin/users", {"user_id": "u", "labels": ["a"]}),
+        ("/admin/users/get", {"user_id": "u"}),
+        ("/admin/users/delete", {"user_id": "u"}),
+        ("/admin/users/export", {}),
+    ]
+    for path, body in calls:
+        r = post(app, path, body)
+        assert r.status_code == 503 and "unavailable" in r.json()["error"], (path, r.text)
