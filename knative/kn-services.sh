@@ -155,9 +155,10 @@ svc reranking core "$SERVE" reranking "${HOT[@]}" --concurrency-limit 8 --scale-
   $(scratch 64Mi) "${HTTP_PROBE[@]}" --cluster-local
 
 # data: profiles, catalogue, event intake and sync. behavior is public (clients POST /events with
-# the API key of the zerorec-api-keys Secret); item's admin endpoint takes the admin key.
+# the API key of the zerorec-api-keys Secret); item's and user's admin endpoints take the admin key.
 svc user data "$SERVE" user "${HOT[@]}" --concurrency-limit 32 --scale-target 22 --timeout 10 \
   --request cpu=150m,memory=256Mi --limit "cpu=$BURST_CPU,memory=256Mi" "${ONE_THREAD[@]}" "${BACKENDS[@]}" \
+  --env-value-from ZEROREC_ADMIN_API_KEY=secret:zerorec-api-keys:admin \
   $(scratch 64Mi) "${HTTP_PROBE[@]}" --cluster-local
 svc item data "$SERVE" item "${HOT[@]}" --concurrency-limit 32 --scale-target 22 --timeout 10 \
   --request cpu=150m,memory=256Mi --limit "cpu=$BURST_CPU,memory=256Mi" "${ONE_THREAD[@]}" "${BACKENDS[@]}" \

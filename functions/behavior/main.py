@@ -1,5 +1,6 @@
-"""behavior, HTTP: `POST /events` (one event, an array, {"events": [...]} or a CloudEvent), `GET /health`,
-`GET /openapi.json`.
+"""behavior, HTTP: `POST /events` (one event, an array, {"events": [...]} or a CloudEvent),
+`POST /events/import` (a bulk import: JSON lines or Parquet, e.g. the worker's export; rows keep their
+`event_id`), `GET /health`, `GET /openapi.json`.
 
 Answers 202 with per-event results only after Kafka acknowledged every accepted event; 400/413 for
 bad input (with reasons), 401 for a wrong X-API-Key, 503 when the broker did not acknowledge in time.
@@ -20,7 +21,13 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from zerorec.cloudevents_io import from_http
 from zerorec.errors import BackendUnavailableError, DeliveryError, InvalidInputError
-from zerorec.ingest import BatchTooLargeError, BehaviorIngest, IngestResult, check_api_key
+from zerorec.ingest import (
+    IMPORT_MAX_BODY_BYTES,
+    BatchTooLargeError,
+    BehaviorIngest,
+    IngestResult,
+    check_api_key,
+)
 from zerorec.openapi_docs import openapi_response
 from zerorec.request_body import BodyTooLarge, read_limited
 from zerorec.settings import get_settings, require_api_key
@@ -47,6 +54,15 @@ def _is_cloudevent(request: Request) -> bool:
     return "ce-specversion" in request.headers or ctype.startswith("application/cloudevents+json")
 
 
+IMPORT_PATH = "/events/import"
+
+
+def _import(body: bytes, content_type: str) -> IngestResult:
+    from zerorec.platform_api import read_feedback  # the bulk routes' library, loaded on first use
+
+    return _ingest.accept_import(*read_feedback(body, content_type))
+
+
 @functions_framework.aio.http
 async def behavior(request: Request) -> Response:
     """Route on path: POST /events, GET /health, GET /openapi.json."""
@@ -57,13 +73,13 @@ async def behavior(request: Request) -> Response:
         return _json({"status": "ok", "topic": _ingest.topic}, 200)
     if path == "/openapi.json":
         return openapi_response("behavior", request.method)
-    if path not in ("/events", "/"):
+    if path not in ("/events", "/", IMPORT_PATH):
         return _error(f"no route {path}; use POST /events", 404)
     if request.method != "POST":
-        return _error("use POST /events", 405)
+        return _error(f"use POST {path}", 405)
     if not check_api_key(_settings.behavior_api_key, request.headers.get("x-api-key")):
         return _error("missing or wrong X-API-Key", 401)
-    limit = _settings.behavior_max_body_bytes
+    limit = _settings.behavior_max_body_bytes if path != IMPORT_PATH else IMPORT_MAX_BODY_BYTES
     try:
         body = await read_limited(request, limit)
     except BodyTooLarge as exc:
@@ -71,9 +87,12 @@ async def behavior(request: Request) -> Response:
     except ClientDisconnect:
         return _error("client disconnected", 400)
     try:
-        if _is_cloudevent(request):
+        if path == IMPORT_PATH:
+            ctype = request.headers.get("content-type", "")
+            result: IngestResult = await asyncio.to_thread(_import, body, ctype)
+        elif _is_cloudevent(request):
             event = from_http(dict(request.headers), body)
-            result: IngestResult = await asyncio.to_thread(_ingest.accept_cloudevent, event)
+            result = await asyncio.to_thread(_ingest.accept_cloudevent, event)
         else:
             result = await asyncio.to_thread(_ingest.accept_json, body)
     except BatchTooLargeError as exc:

@@ -182,6 +182,29 @@ def behavior_document() -> dict[str, Any]:
             }
         }
     }
+    from zerorec.platform_api import JSONL, PARQUET
+
+    paths["/events/import"] = {
+        "post": {
+            "operationId": "importEvents",
+            "summary": "bulk import: one event per JSON line or Parquet row (an `event_id` is kept); "
+            "202 once the broker acknowledged every accepted one",
+            "requestBody": {
+                "required": True,
+                "content": {
+                    JSONL: {"schema": {"type": "string"}},
+                    PARQUET: {"schema": {"type": "string", "format": "binary"}},
+                },
+            },
+            "responses": {
+                "202": _ok("accepted (per-row ids and rejections)", accepted),
+                "400": _error("not JSON lines / Parquet, another content type, or no valid event"),
+                "401": _error("missing or wrong X-API-Key"),
+                "413": _error("body or import too large"),
+                "503": _error("the event bus did not acknowledge; retrying the same import is safe"),
+            },
+        }
+    }
     return _document(
         "ZeroRec behavior", "Behaviour events in, Kafka out.", paths, {**_models(), "BehaviorEvent": event}
     )

@@ -1,8 +1,9 @@
 """The API a recommender platform is expected to have beyond `/recommend` (what Gorse offers):
-similar items, similar users, latest and popular items per category, catalogue bulk import and
-export. The functions here are the library; the handlers are thin: recall serves `/similar-items`
-and `/latest` (it holds the neighbour lists and the fresh order), user serves `/similar-users` (it
-holds the training histories), item serves `/admin/items/import` and `/admin/items/export`, and the
+similar items, similar users, latest and popular items per category, catalogue and feedback bulk
+import and export. The functions here are the library; the handlers are thin: recall serves
+`/similar-items` and `/latest` (it holds the neighbour lists and the fresh order), user serves
+`/similar-users` (it holds the training histories) and the user records' routes (zerorec.users),
+item serves `/admin/items/import` and `/admin/items/export`, behavior `/events/import`, and the
 BFF (recommender) makes them public with item metadata (`/similar-items`, `/similar-users`,
 `/latest`, `/popular`). `openapi_paths(function)` documents each function's share.
 
@@ -12,6 +13,7 @@ Every request's work is bounded: a row of neighbour lists, a k-NN search, at mos
 
 from __future__ import annotations
 
+import contextlib
 import io
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -338,6 +340,36 @@ def _parse_rows(body: bytes, content_type: str) -> list[dict[str, Any]]:
     raise InvalidInputError(f"content-type must be {JSONL} or {PARQUET}, got {content_type!r}")
 
 
+# Columns of the worker's event-log export (zerorec.tasks.EXPORT_SCHEMA) that are not event fields.
+_EXPORT_ONLY = ("source", "topic", "partition", "offset")
+
+
+def read_feedback(body: bytes, content_type: str) -> tuple[list[Any], list[str | None]]:
+    """Behaviour events of a JSON-lines or Parquet body as the payloads `POST /events` takes, and
+    each row's own `event_id` (None where it has none). The worker's Parquet export imports as is:
+    its log columns are dropped, timestamps become RFC 3339, `context` (a JSON string) an object,
+    and nulls (an absent field in a Parquet row) are left out."""
+    from datetime import UTC, datetime
+
+    payloads: list[Any] = []
+    ids: list[str | None] = []
+    for row in _parse_rows(body, content_type):
+        event_id = row.pop("event_id", None)
+        for column in _EXPORT_ONLY:
+            row.pop(column, None)
+        event = {k: v for k, v in row.items() if v is not None}
+        stamp = event.get("timestamp")
+        if isinstance(stamp, datetime):
+            utc = stamp.astimezone(UTC) if stamp.tzinfo else stamp.replace(tzinfo=UTC)
+            event["timestamp"] = utc.isoformat().replace("+00:00", "Z")
+        if isinstance(event.get("context"), str):
+            with contextlib.suppress(orjson.JSONDecodeError):  # else left a string: the schema says why
+                event["context"] = orjson.loads(event["context"])
+        payloads.append(event)
+        ids.append(event_id if event_id is None or isinstance(event_id, str) else str(event_id))
+    return payloads, ids
+
+
 def catalogue_items(
     model: ServingModel | None, kv: KVStore, limit: int = EXPORT_MAX
 ) -> Iterator[dict[str, Any]]:
@@ -511,7 +543,32 @@ def openapi_paths(function: str) -> tuple[dict[str, Any], list[type]]:
     models = {m for spec in table.values() for m in spec[2:4]}
     if models:
         models |= {ScoredItem, ScoredUser, ErrorResponse}
+    if function == "user":
+        admin_paths, admin_models = _user_admin_paths()
+        paths.update(admin_paths)
+        models |= admin_models
     return paths, sorted(models, key=lambda m: m.__name__)
+
+
+def _user_admin_paths() -> tuple[dict[str, Any], set[type]]:
+    """user's record routes (zerorec.users)."""
+    from zerorec.users import UserErased, UserIdRequest, UserRecord, UsersExportRequest, UserUpsertRequest
+
+    admin = (401, 400, 413, 422, 503)
+    paths = {
+        "/admin/users": _op("upsertUser", "Create or update a user record (labels, comment)",
+                            UserUpsertRequest, UserRecord, admin),
+        "/admin/users/get": _op("getUser", "A user record", UserIdRequest, UserRecord, (*admin, 404)),
+        "/admin/users/delete": _op("eraseUser", "Erase a user: the record and the user's online state",
+                                   UserIdRequest, UserErased, admin),
+        "/admin/users/export": _op("exportUsers", "Every user record as JSON lines (the upsert format)",
+                                   UsersExportRequest, None, admin),
+    }  # fmt: skip
+    paths["/admin/users/export"]["post"]["responses"]["200"] = {
+        "description": "the user records", "content": {JSONL: _BINARY[JSONL]},
+    }  # fmt: skip
+    models = {UserErased, UserIdRequest, UserRecord, UsersExportRequest, UserUpsertRequest, ErrorResponse}
+    return paths, models
 
 
 def merge_openapi(document: dict[str, Any], function: str) -> dict[str, Any]:

@@ -115,7 +115,7 @@ class Settings(BaseSettings):
     rerank_diversity: float | None = Field(
         default=None, ge=0, le=1, description="MMR trade-off; None keeps the bundle's value"
     )
-    admin_api_key: str = Field(default="", description="X-API-Key for the item admin endpoint")
+    admin_api_key: str = Field(default="", description="X-API-Key for the item and user admin endpoints")
 
     # --- event pipeline: behavior ingestion, consumer, worker -----------------------------------
     behavior_api_key: str = Field(default="", description="X-API-Key for POST /events")

@@ -1,4 +1,4 @@
-"""Secure by default: behavior and item admin refuse to start without an API key on real backends.
+"""Secure by default: behavior, item admin and user admin refuse to start without an API key on real backends.
 
 The refusal happens while main.py imports, before any backend is contacted, so these tests need no
 server: the processes get a real-backend configuration pointing nowhere.
@@ -17,7 +17,11 @@ from local.functions import ff, function_env, spawn, terminate, wait_ready
 
 REPO = Path(__file__).resolve().parents[2]
 REAL = {"ZEROREC_EVENT_BUS": "kafka", "ZEROREC_KAFKA_BOOTSTRAP": "127.0.0.1:1"}
-KEYS = {"behavior": "ZEROREC_BEHAVIOR_API_KEY", "item": "ZEROREC_ADMIN_API_KEY"}
+KEYS = {
+    "behavior": "ZEROREC_BEHAVIOR_API_KEY",
+    "item": "ZEROREC_ADMIN_API_KEY",
+    "user": "ZEROREC_ADMIN_API_KEY",
+}
 
 
 @pytest.mark.parametrize(
@@ -53,7 +57,7 @@ def _env(tmp_path: Path, extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
-@pytest.mark.parametrize("fn", ["behavior", "item"])
+@pytest.mark.parametrize("fn", ["behavior", "item", "user"])
 def test_the_process_exits_non_zero_and_names_the_setting(fn: str, tmp_path: Path) -> None:
     """No key, Kafka configured: the process ends at once with status 1 and one clear reason, so a
     pod never becomes Ready (kn service create reports it)."""
