@@ -194,7 +194,7 @@ def function_env(
     if real:
         env.update(infra_env())
         # Loopback-only processes on a developer's machine: open unless keys are given (in a
-        # cluster, behavior and item admin refuse to start without their keys).
+        # cluster, behavior, item admin and user admin refuse to start without their keys).
         env.setdefault("ZEROREC_ALLOW_UNAUTHENTICATED", "1")
     else:
         kind = _embedded_kind()
