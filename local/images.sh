@@ -61,7 +61,8 @@ build() {  # TARGET: build and tag zerorec-TARGET
   t=${EPOCHREALTIME/,/.}
   say "building zerorec-$target (base $BASE)"
   "${PODMAN[@]}" build "${ULIMITS[@]}" --layers --target "$target" --build-arg "BASE=$BASE" "${mounts[@]}" \
-    -t "zerorec-$target:latest" -t "zerorec-$target:$VERSION" -f "$ROOT/Containerfile" "$ROOT" >&2
+    -t "zerorec-$target:latest" -t "zerorec-$target:$VERSION" -f "$ROOT/Containerfile" "$ROOT" >&2 \
+    || { say "ERROR: zerorec-$target failed to build"; return 1; }  # `build a && build b` turns off errexit
   say "zerorec-$target:$VERSION built in $(secs "$t")s," \
     "$(("$("${PODMAN[@]}" image inspect --format '{{.Size}}' "zerorec-$target:latest")" / 1000000)) MB"
 }
@@ -71,8 +72,8 @@ if [[ -z ${BASE:-} ]]; then
   BASE=$DEBIAN_BASE
 fi
 case ${1:-all} in
-  serve | jobs) build "$1" ;;
-  all) build serve && build jobs ;;
+  serve | jobs) build "$1" || die "the $1 image failed" ;;
+  all) build serve || die "the serve image failed"; build jobs || die "the jobs image failed" ;;
   *) die "usage: local/images.sh [serve|jobs|all]" ;;
 esac
 # Rebuilt tags leave their old images dangling (GBs for the jobs image): drop them.
