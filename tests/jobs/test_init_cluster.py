@@ -151,6 +151,7 @@ def test_from_nothing_on_s3(fresh: tuple[Settings, Settings], tmp_path: Path) ->
             "ZEROREC_S3_BUCKET": cluster.s3_bucket,
             "ZEROREC_MODEL_RETRY_S": "0.5",
             "ZEROREC_KV_STORE": "memory",
+            "ZEROREC_ADMIN_API_KEY": "init-cluster-test",  # user's admin routes refuse to open without one
         },
     )
     port = _free_port()

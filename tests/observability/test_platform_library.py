@@ -115,7 +115,7 @@ def test_openapi_documents_name_every_new_route() -> None:
     base = {"openapi": "3.1.0", "info": {"title": "t", "version": "1"}, "paths": {"/": {}}}
     for function, paths in {
         "recall": {"/similar-items", "/latest"},
-        "user": {"/similar-users"},
+        "user": {"/similar-users", *(f"/admin/users{op}" for op in ("", "/get", "/delete", "/export"))},
         "item": {"/admin/items/import", "/admin/items/export"},
         "recommender": {"/similar-items", "/similar-users", "/latest", "/popular"},
     }.items():
